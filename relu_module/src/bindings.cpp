@@ -1,0 +1,254 @@
+// Python bindings for the ReLU kernels. This file only validates arguments, allocates outputs
+// and releases the GIL; the computation lives in relu_kernel.cpp.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "relu_kernel.hpp"
+#include "thread_pool.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+// Releasing and re-taking the GIL costs ~0.1-0.25 us; below this many bytes the kernel itself
+// takes about that long, so small calls keep the GIL.
+constexpr std::size_t kReleaseGilMinBytes = std::size_t(64) << 10;
+
+enum class Kind { f32, f64 };
+
+std::string to_text(const py::handle& h) { return py::str(h).cast<std::string>(); }
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+        s += std::to_string(a.shape()[d]);
+        if (a.ndim() == 1 || d + 1 < a.ndim()) s += d + 1 < a.ndim() ? ", " : ",";
+    }
+    return s + ")";
+}
+
+py::array as_array(const py::handle& obj, const char* fn, const char* arg) {
+    if (!py::isinstance<py::array>(obj)) {
+        throw py::type_error(std::string(fn) + ": " + arg + " must be a numpy.ndarray here, got " +
+                             to_text(py::type::handle_of(obj)) +
+                             "; call relu_module." + fn + "() rather than relu_module._ext, which "
+                             "also accepts torch tensors and sequences");
+    }
+    return py::reinterpret_borrow<py::array>(obj);
+}
+
+Kind kind_of(const py::array& a, const char* fn, const char* arg) {
+    const py::dtype dt = a.dtype();
+    const int num = dt.num();
+    const char bo = dt.byteorder();
+    const bool non_native = bo == '>';  // every platform this wheel builds for is little-endian
+    if (!non_native && num == py::detail::npy_api::NPY_FLOAT_) return Kind::f32;
+    if (!non_native && num == py::detail::npy_api::NPY_DOUBLE_) return Kind::f64;
+    throw py::type_error(std::string(fn) + ": " + arg + " has unsupported dtype " + to_text(dt) +
+                         "; accepted dtypes are float32 and float64 in native byte order. Convert "
+                         "first, e.g. x.astype(np.float32)");
+}
+
+void require_writeable(const py::array& a, const char* fn, const char* arg) {
+    if (!a.writeable()) {
+        throw py::value_error(std::string(fn) + ": " + arg + " is read-only (flags.writeable is False); "
+                              "pass a writeable array, e.g. a copy made with np.array(" + arg + ")");
+    }
+}
+
+void require_same(const py::array& a, const py::array& ref, const char* fn, const char* arg, const char* ref_name) {
+    bool same_shape = a.ndim() == ref.ndim() && std::equal(a.shape(), a.shape() + a.ndim(), ref.shape());
+    if (!same_shape) {
+        throw py::value_error(std::string(fn) + ": " + arg + " has shape " + shape_str(a) + " but " + ref_name +
+                              " has shape " + shape_str(ref) + "; shapes must match exactly (no broadcasting)");
+    }
+    if (a.dtype().num() != ref.dtype().num()) {
+        throw py::value_error(std::string(fn) + ": " + arg + " has dtype " + to_text(a.dtype()) + " but " + ref_name +
+                              " has dtype " + to_text(ref.dtype()) + "; pass an array of dtype " + to_text(ref.dtype()));
+    }
+}
+
+bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
+bool f_contiguous(const py::array& a) { return (a.flags() & py::array::f_style) != 0; }
+bool aligned(const py::array& a) { return (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0; }
+
+std::size_t size_of(const py::array& a) { return static_cast<std::size_t>(a.size()); }
+
+// Byte range [lo, hi) that an array's elements occupy.
+void extent(const py::array& a, const char** lo, const char** hi) {
+    const char* p = static_cast<const char*>(a.data());
+    std::ptrdiff_t l = 0, h = static_cast<std::ptrdiff_t>(a.itemsize());
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+        const std::ptrdiff_t span = (a.shape()[d] - 1) * a.strides()[d];
+        if (span < 0) l += span; else h += span;
+    }
+    *lo = p + l;
+    *hi = p + h;
+}
+
+// True if writing `out` element by element could clobber elements of `in` not yet read: the
+// two overlap in memory and are not the very same view (same start and strides).
+bool unsafe_overlap(const py::array& in, const py::array& out) {
+    if (size_of(in) == 0) return false;
+    const char *a0, *a1, *b0, *b1;
+    extent(in, &a0, &a1);
+    extent(out, &b0, &b1);
+    if (!(a0 < b1 && b0 < a1)) return false;
+    return !(in.data() == out.data() && std::equal(in.strides(), in.strides() + in.ndim(), out.strides()));
+}
+
+// A private, C-contiguous copy of an input that overlaps the output (numpy ufuncs do the same).
+py::array defensive_copy(const py::array& a) { return py::reinterpret_steal<py::array>(
+    py::detail::npy_api::get().PyArray_NewCopy_(a.ptr(), 0 /* NPY_CORDER */)); }
+
+py::array empty_like_layout(const py::array& x) {
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    if (!c_contiguous(x) && f_contiguous(x)) {
+        std::vector<py::ssize_t> strides(shape.size());
+        py::ssize_t s = x.itemsize();
+        for (std::size_t d = 0; d < shape.size(); ++d) {
+            strides[d] = s;
+            s *= std::max<py::ssize_t>(shape[d], 1);
+        }
+        return py::array(x.dtype(), shape, strides);
+    }
+    return py::array(x.dtype(), shape);
+}
+
+template <class T>
+void relu_dispatch(const py::array& x, py::array& out) {
+    const std::size_t n = size_of(x);
+    if (n == 0) return;
+    const bool flat = aligned(x) && aligned(out) &&
+                      ((c_contiguous(x) && c_contiguous(out)) || (f_contiguous(x) && f_contiguous(out)));
+    const T* xp = static_cast<const T*>(x.data());
+    T* yp = static_cast<T*>(out.mutable_data());
+    const int ndim = static_cast<int>(x.ndim());
+    const std::ptrdiff_t one = 1, zero_stride = 0;
+    const std::ptrdiff_t* shape = ndim ? x.shape() : &one;
+    relu_kernel::View xv{const_cast<char*>(static_cast<const char*>(x.data())), ndim ? x.strides() : &zero_stride};
+    relu_kernel::View yv{static_cast<char*>(out.mutable_data()), ndim ? out.strides() : &zero_stride};
+    auto work = [&] {
+        if (flat) relu_kernel::relu(xp, yp, n);
+        else relu_kernel::relu_strided<T>(ndim ? ndim : 1, shape, xv, yv);
+    };
+    if (n * sizeof(T) >= kReleaseGilMinBytes) {
+        py::gil_scoped_release nogil;
+        work();
+    } else {
+        work();
+    }
+}
+
+template <class T>
+void backward_dispatch(const py::array& g, const py::array& x, py::array& out) {
+    const std::size_t n = size_of(x);
+    if (n == 0) return;
+    const bool flat = aligned(g) && aligned(x) && aligned(out) &&
+                      ((c_contiguous(g) && c_contiguous(x) && c_contiguous(out)) ||
+                       (f_contiguous(g) && f_contiguous(x) && f_contiguous(out)));
+    const int ndim = static_cast<int>(x.ndim());
+    const std::ptrdiff_t one = 1, zero_stride = 0;
+    const std::ptrdiff_t* shape = ndim ? x.shape() : &one;
+    relu_kernel::View gv{const_cast<char*>(static_cast<const char*>(g.data())), ndim ? g.strides() : &zero_stride};
+    relu_kernel::View xv{const_cast<char*>(static_cast<const char*>(x.data())), ndim ? x.strides() : &zero_stride};
+    relu_kernel::View yv{static_cast<char*>(out.mutable_data()), ndim ? out.strides() : &zero_stride};
+    auto work = [&] {
+        if (flat) {
+            relu_kernel::relu_backward(reinterpret_cast<const T*>(gv.data), reinterpret_cast<const T*>(xv.data),
+                                       reinterpret_cast<T*>(yv.data), n);
+        } else {
+            relu_kernel::relu_backward_strided<T>(ndim ? ndim : 1, shape, gv, xv, yv);
+        }
+    };
+    if (n * sizeof(T) >= kReleaseGilMinBytes) {
+        py::gil_scoped_release nogil;
+        work();
+    } else {
+        work();
+    }
+}
+
+py::object relu_py(const py::handle& x_obj, const py::handle& out_obj) {
+    py::array x = as_array(x_obj, "relu", "x");
+    const Kind kind = kind_of(x, "relu", "x");
+    py::array out;
+    if (out_obj.is_none()) {
+        out = empty_like_layout(x);
+    } else {
+        out = as_array(out_obj, "relu", "out");
+        require_same(out, x, "relu", "out", "x");
+        require_writeable(out, "relu", "out");
+        if (unsafe_overlap(x, out)) x = defensive_copy(x);
+    }
+    if (kind == Kind::f32) relu_dispatch<float>(x, out);
+    else relu_dispatch<double>(x, out);
+    return out_obj.is_none() ? py::object(std::move(out)) : py::reinterpret_borrow<py::object>(out_obj);
+}
+
+py::object relu_inplace_py(const py::handle& x_obj) {
+    py::array x = as_array(x_obj, "relu_", "x");
+    const Kind kind = kind_of(x, "relu_", "x");
+    require_writeable(x, "relu_", "x");
+    // In place on the view itself, whatever its strides: never through a temporary.
+    if (kind == Kind::f32) relu_dispatch<float>(x, x);
+    else relu_dispatch<double>(x, x);
+    return py::reinterpret_borrow<py::object>(x_obj);
+}
+
+py::object relu_backward_py(const py::handle& g_obj, const py::handle& x_obj, const py::handle& out_obj) {
+    py::array g = as_array(g_obj, "relu_backward", "grad");
+    py::array x = as_array(x_obj, "relu_backward", "x");
+    const Kind kind = kind_of(x, "relu_backward", "x");
+    kind_of(g, "relu_backward", "grad");
+    require_same(g, x, "relu_backward", "grad", "x");
+    py::array out;
+    if (out_obj.is_none()) {
+        out = empty_like_layout(x);
+    } else {
+        out = as_array(out_obj, "relu_backward", "out");
+        require_same(out, x, "relu_backward", "out", "x");
+        require_writeable(out, "relu_backward", "out");
+        if (unsafe_overlap(g, out)) g = defensive_copy(g);
+        if (unsafe_overlap(x, out)) x = defensive_copy(x);
+    }
+    if (kind == Kind::f32) backward_dispatch<float>(g, x, out);
+    else backward_dispatch<double>(g, x, out);
+    return out_obj.is_none() ? py::object(std::move(out)) : py::reinterpret_borrow<py::object>(out_obj);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_ext, m) {
+    m.doc() = "Compiled ReLU kernels (private; use the relu_module package, which also takes torch "
+              "tensors and sequences).";
+    m.def("relu", &relu_py, py::arg("x"), py::arg("out") = py::none(),
+          "ReLU of a float32/float64 ndarray, bit-identical to torch.relu (keeps -0.0 and NaN "
+          "payloads). Writes into `out` when given (same shape and dtype, writeable) and returns "
+          "it; otherwise returns a new array with x's memory layout.");
+    m.def("relu_", &relu_inplace_py, py::arg("x"),
+          "In-place ReLU of a writeable float32/float64 ndarray of any strides; returns x.");
+    m.def("relu_backward", &relu_backward_py, py::arg("grad"), py::arg("x"), py::arg("out") = py::none(),
+          "Gradient of ReLU: where(x <= 0, +0, grad), bit-identical to torch's threshold_backward "
+          "(a NaN x passes its gradient). grad, x and out share one shape and dtype.");
+    m.def("get_num_threads", &relu_kernel::get_num_threads,
+          "Threads used for large arrays (RELU_MODULE_NUM_THREADS, else the usable CPUs).");
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+            relu_kernel::set_num_threads(n);
+        },
+        py::arg("n"), "Sets the number of threads used for large arrays (n >= 1).");
+    m.def("simd_level", &relu_kernel::simd_level,
+          "Instruction set the runtime dispatcher picked: 'avx512f', 'avx2' or 'baseline'.");
+    m.attr("PARALLEL_MIN_BYTES") = relu_kernel::kParallelMinBytes;
+    m.attr("STREAM_MIN_BYTES") = relu_kernel::kStreamMinBytes;
+    m.attr("RELEASE_GIL_MIN_BYTES") = kReleaseGilMinBytes;
+}

@@ -1,0 +1,77 @@
+"""torch integration: an autograd Function and an ``nn.Module`` running the relu_module kernels.
+
+Forward and backward run the C++ kernels on zero-copy numpy views of CPU float32/float64
+tensors. Exported to ONNX the op is the standard ``Relu`` node, so exported models need no
+custom op in ONNX Runtime, TensorRT or Triton:
+
+* ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracer): :meth:`ReLUFunction.symbolic`
+  emits ``Relu``.
+* ``torch.onnx.export(..., dynamo=True)`` (the default in torch >= 2.9) and ``torch.compile``:
+  while torch is tracing, :func:`relu` calls ``torch.relu``, whose results are bit-identical to
+  the kernel's, so the traced graph holds ``aten.relu`` and ONNX gets ``Relu``.
+
+On other devices or dtypes (CUDA, float16, bfloat16) the module also uses ``torch.relu``: the
+kernel is CPU-only, and the semantics are the same.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from . import _ext
+
+__all__ = ["ReLUFunction", "relu", "ReLU"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+class ReLUFunction(torch.autograd.Function):
+    """ReLU whose forward and backward both run the C++ kernels."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        y = torch.from_numpy(_ext.relu(x.detach().numpy(), None))
+        # Save the output, as torch does: y <= 0 exactly where x <= 0, and x can then be freed.
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.from_numpy(_ext.relu_backward(grad.detach().numpy(), y.detach().numpy(), None))
+
+    @staticmethod
+    def symbolic(g: Any, x: Any) -> Any:
+        """ONNX graph for the TorchScript exporter: the standard Relu operator."""
+        return g.op("Relu", x)
+
+
+def _tracing() -> bool:
+    """True under torch.compile / torch.export (dynamo or non-strict), where numpy calls cannot be traced."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def relu(x: Tensor) -> Tensor:
+    """``torch.relu`` through the kernel, with autograd; see the module docstring for fallbacks."""
+    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided or _tracing():
+        return torch.relu(x)
+    if torch.jit.is_tracing():
+        # The TorchScript ONNX exporter records the Function as one node and maps it to Relu via
+        # `symbolic`; the tracer's warnings about the numpy calls inside it do not apply.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return ReLUFunction.apply(x)
+    return ReLUFunction.apply(x)
+
+
+class ReLU(nn.Module):
+    """Drop-in for ``nn.ReLU()`` (without ``inplace``) that runs the relu_module kernels."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (*) -> (*)
+        return relu(x)
