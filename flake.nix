@@ -1,0 +1,135 @@
+{
+  description = "mlpipe: a reproducible MLOps pipeline from DVC-versioned data to a measured Triton endpoint";
+
+  # The only input. flake.lock pins it to one nixos-25.11 revision; the pip/Makefile path is
+  # pinned separately by constraints.txt, so package versions differ between the two.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+
+      # PyPI has nvidia-pytriton wheels (the bundled tritonserver) for these two only.
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = lib.genAttrs systems;
+
+      pkgsFor = forAllSystems (
+        system:
+        import nixpkgs {
+          inherit system;
+          overlays = [ self.overlays.default ];
+        }
+      );
+
+      # NVIDIA's CUDA toolkit and TensorRT are unfree: the cuda shell is evaluated with
+      # allowUnfree only when the user consents with NIXPKGS_ALLOW_UNFREE=1 and --impure (pure
+      # evaluation reads every variable as empty); otherwise it explains how (pkgs/cuda-*.nix).
+      unfreeAllowed = builtins.getEnv "NIXPKGS_ALLOW_UNFREE" == "1";
+      pkgsCudaFor =
+        system:
+        import nixpkgs {
+          inherit system;
+          overlays = [ self.overlays.default ];
+          config = {
+            allowUnfree = true;
+            cudaSupport = true;
+          };
+        };
+
+      # `nix run .#<name>`: pkgs/app.nix checks for a checkout, then runs the entry point.
+      appSpecs = {
+        train = {
+          command = "mlpipe-train";
+          description = "Train the digits classifier (Hydra overrides as arguments)";
+        };
+        serve = {
+          command = "mlpipe-serve";
+          description = "Serve the exported model on the bundled Triton server";
+        };
+        bench = {
+          command = "mlpipe-bench";
+          description = "Latency and throughput per backend";
+        };
+        profile = {
+          command = "mlpipe-profile";
+          description = "FLOPs, bytes and roofline per layer";
+        };
+        test = {
+          command = "pytest";
+          description = "The test suite on CPU, run in the checkout";
+          hydra = false;
+          required = [
+            "pyproject.toml"
+            "tests"
+            "conf"
+          ];
+        };
+      };
+    in
+    {
+      overlays.default = final: prev: {
+        pythonPackagesExtensions = prev.pythonPackagesExtensions ++ [
+          (pyfinal: pyprev: {
+            relu-module = pyfinal.callPackage ./pkgs/relu-module.nix { };
+            nvidia-pytriton = pyfinal.callPackage ./pkgs/nvidia-pytriton.nix { };
+            # On nixpkgs master since 2026-01 (NixOS/nixpkgs#481422), not in nixos-25.11.
+            onnx-ir = pyprev.onnx-ir or (pyfinal.callPackage ./pkgs/onnx-ir.nix { });
+            onnxscript = pyprev.onnxscript or (pyfinal.callPackage ./pkgs/onnxscript.nix { });
+            mlpipe = pyfinal.callPackage ./pkgs/mlpipe.nix { };
+          })
+        ];
+        mlpipe = final.python3Packages.mlpipe;
+        mlpipe-python = final.callPackage ./pkgs/python-env.nix { };
+      };
+
+      packages = forAllSystems (
+        system:
+        let
+          pkgs = pkgsFor.${system};
+        in
+        {
+          relu-wheel = pkgs.python3Packages.relu-module.dist;
+          mlpipe = pkgs.mlpipe;
+          nvidia-pytriton = pkgs.python3Packages.nvidia-pytriton;
+          docker-image = pkgs.callPackage ./pkgs/docker-image.nix { };
+          default = pkgs.mlpipe;
+        }
+      );
+
+      apps = forAllSystems (
+        system:
+        lib.mapAttrs (name: spec: {
+          type = "app";
+          program = lib.getExe (pkgsFor.${system}.callPackage ./pkgs/app.nix ({ inherit name; } // spec));
+          meta.description = spec.description;
+        }) appSpecs
+      );
+
+      devShells = forAllSystems (system: {
+        default = pkgsFor.${system}.callPackage ./pkgs/dev-shell.nix { };
+        cuda =
+          if unfreeAllowed then
+            (pkgsCudaFor system).callPackage ./pkgs/cuda-shell.nix { }
+          else
+            pkgsFor.${system}.callPackage ./pkgs/cuda-needs-unfree-shell.nix { };
+      });
+
+      checks = forAllSystems (
+        system:
+        let
+          pkgs = pkgsFor.${system};
+        in
+        {
+          pytest = pkgs.callPackage ./pkgs/mlpipe-tests.nix { };
+          relu-wheel = self.packages.${system}.relu-wheel;
+          nix-format = pkgs.callPackage ./pkgs/nix-format-check.nix { };
+        }
+      );
+
+      formatter = forAllSystems (system: pkgsFor.${system}.nixfmt-tree);
+    };
+}

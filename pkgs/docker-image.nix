@@ -1,0 +1,113 @@
+# packages.<system>.docker-image: an OCI image (streamed, so no multi-GB tarball lands in the
+# store) that replaces the original project's Dockerfile. It holds mlpipe's Python environment
+# and a copy of the checkout at /work, runs as the unprivileged user mlpipe (uid 1000), and
+# takes a command:
+#   test              pytest on CPU (the suite CI runs, slow tests included)
+#   train [hydra...]  dvc pull, then mlpipe-train
+#   serve [hydra...]  mlpipe-serve on the model repository (Triton HTTP 8000, gRPC 8001, metrics 8002)
+#   <anything else>   run as a command, e.g. `bash`, `dvc repro`, `mlpipe-bench`
+# Volumes: /work/conf (Hydra configs, to override them) and /work/model_repository (the
+# generated Triton model repository, to keep or share it). Load with
+#   $(nix build --print-out-paths .#docker-image) | docker load
+{
+  lib,
+  dockerTools,
+  fakeNss,
+  writeShellApplication,
+  bashInteractive,
+  coreutils,
+  git,
+  mlpipe-python,
+  mlpipe,
+}:
+
+let
+  user = "mlpipe";
+  uid = "1000";
+  workdir = "/work";
+  home = "/home/${user}";
+
+  entrypoint = writeShellApplication {
+    name = "mlpipe-entrypoint";
+    runtimeInputs = [
+      mlpipe-python
+      coreutils
+      git
+    ];
+    text = ''
+      cd ${workdir}
+      cmd="''${1:-test}"
+      (( $# > 0 )) && shift
+      case "$cmd" in
+        test) exec pytest "$@" ;;
+        train)
+          dvc pull
+          exec mlpipe-train --config-path ${workdir}/conf "$@"
+          ;;
+        serve) exec mlpipe-serve --config-path ${workdir}/conf "$@" ;;
+        *) exec "$cmd" "$@" ;;
+      esac
+    '';
+  };
+
+  checkout = lib.cleanSource ../.;
+in
+dockerTools.streamLayeredImage {
+  name = "mlpipe";
+  tag = mlpipe.version;
+
+  contents = [
+    mlpipe-python
+    entrypoint
+    bashInteractive
+    coreutils
+    git
+    dockerTools.binSh
+    dockerTools.usrBinEnv
+    dockerTools.caCertificates
+    (fakeNss.override {
+      extraPasswdLines = [ "${user}:x:${uid}:${uid}:${user}:${home}:/bin/sh" ];
+      extraGroupLines = [ "${user}:x:${uid}:" ];
+    })
+  ];
+
+  # The checkout is copied (not linked) so the user can write data/, artifacts/ and reports/;
+  # DVC also needs it to be a git repository.
+  fakeRootCommands = ''
+    mkdir -p .${workdir} .${home} ./tmp
+    chmod 1777 ./tmp
+    cp -r ${checkout}/. .${workdir}/
+    chmod -R u+w .${workdir}
+    ${lib.getExe git} -C .${workdir} init --quiet
+    ${lib.getExe git} -C .${workdir} add --all
+    ${lib.getExe git} -C .${workdir} -c user.name=nix -c user.email=nix@localhost \
+      commit --quiet --message "mlpipe image"
+    chown -R ${uid}:${uid} .${workdir} .${home}
+  '';
+  enableFakechroot = false;
+
+  config = {
+    User = "${uid}:${uid}";
+    WorkingDir = workdir;
+    Entrypoint = [ (lib.getExe entrypoint) ];
+    Cmd = [ "test" ];
+    Env = [
+      "HOME=${home}"
+      "MLPIPE_ROOT=${workdir}"
+      "MPLBACKEND=Agg"
+    ];
+    ExposedPorts = {
+      "8000/tcp" = { };
+      "8001/tcp" = { };
+      "8002/tcp" = { };
+    };
+    Volumes = {
+      "${workdir}/conf" = { };
+      "${workdir}/model_repository" = { };
+    };
+    Labels = {
+      "org.opencontainers.image.title" = "mlpipe";
+      "org.opencontainers.image.description" = mlpipe.meta.description;
+    };
+  };
+}

@@ -1,0 +1,115 @@
+# mlpipe: the pipeline package (data, model, train, export, serve, bench, profile) with its
+# console scripts mlpipe-train, -export, -serve, -client, -bench, -profile and -report.
+# conf/ is not installed: the Hydra apps read the checkout's conf/ (see pkgs/app.nix).
+{
+  lib,
+  buildPythonPackage,
+
+  # build-system
+  setuptools,
+
+  # dependencies
+  relu-module,
+  numpy,
+  torch,
+  lightning,
+  torchmetrics,
+  hydra-core,
+  omegaconf,
+  dvc,
+  onnx,
+  onnxruntime,
+  onnxscript,
+  fvcore,
+  tritonclient,
+  nvidia-pytriton,
+  protobuf,
+  matplotlib,
+  tensorboard,
+  tqdm,
+  tabulate,
+  psutil,
+  # tritonclient[http,grpc]
+  aiohttp,
+  geventhttpclient,
+  python-rapidjson,
+  grpcio,
+  packaging,
+
+  # tests (the `dev` extra)
+  pytest,
+  pytest-timeout,
+  hypothesis,
+  build,
+  pybind11,
+}:
+
+let
+  pyproject = lib.importTOML ../pyproject.toml;
+in
+buildPythonPackage {
+  pname = pyproject.project.name;
+  inherit (pyproject.project) version;
+  pyproject = true;
+
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../pyproject.toml
+      ../README.md
+      ../mlpipe
+    ];
+  };
+
+  build-system = [ setuptools ];
+
+  dependencies = [
+    relu-module
+    numpy
+    torch
+    lightning
+    torchmetrics
+    hydra-core
+    omegaconf
+    dvc
+    onnx
+    onnxruntime
+    onnxscript
+    fvcore
+    tritonclient
+    nvidia-pytriton
+    protobuf
+    matplotlib
+    tensorboard
+    tqdm
+    tabulate
+    psutil
+    aiohttp
+    geventhttpclient
+    python-rapidjson
+    grpcio
+    packaging
+  ];
+
+  # pyproject.toml's ranges are written for constraints.txt (numpy<2, protobuf<7 ...); nixpkgs
+  # brings its own, newer set, which flake.lock pins. Keep the names, drop the bounds.
+  pythonRelaxDeps = true;
+
+  optional-dependencies.dev = [
+    pytest
+    pytest-timeout
+    hypothesis
+    build
+    setuptools
+    pybind11
+  ];
+
+  # The test suite needs the checkout (conf/, tests/, DVC data): checks.<system>.pytest runs it.
+  pythonImportsCheck = [ "mlpipe" ];
+
+  meta = {
+    description = "Reproducible MLOps pipeline: DVC data, Lightning + Hydra training, ONNX/TensorRT export, Triton serving";
+    license = lib.licenses.mit;
+    platforms = lib.platforms.linux;
+  };
+}

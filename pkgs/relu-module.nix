@@ -1,0 +1,65 @@
+# relu-module: the C++ ReLU kernel with its pybind11 binding, built by its own
+# relu_module/pyproject.toml (setuptools + pybind11). buildPythonPackage keeps the wheel it
+# builds in the `dist` output, which the flake exposes as packages.<system>.relu-wheel.
+{
+  lib,
+  buildPythonPackage,
+
+  # build-system
+  setuptools,
+  pybind11,
+
+  # dependencies
+  numpy,
+}:
+
+let
+  # One version, one place: relu_module/pyproject.toml.
+  pyproject = lib.importTOML ../relu_module/pyproject.toml;
+in
+buildPythonPackage {
+  pname = pyproject.project.name;
+  inherit (pyproject.project) version;
+  pyproject = true;
+
+  # Only what the build reads; never a local build/ or dist/ left by `make wheel`.
+  src = lib.fileset.toSource {
+    root = ../relu_module;
+    fileset = lib.fileset.unions [
+      ../relu_module/pyproject.toml
+      ../relu_module/setup.py
+      ../relu_module/MANIFEST.in
+      ../relu_module/README.md
+      (lib.fileset.fileFilter (
+        file:
+        lib.any file.hasExt [
+          "cpp"
+          "hpp"
+          "py"
+          "pyi"
+          "typed"
+        ]
+      ) ../relu_module/src)
+    ];
+  };
+
+  build-system = [
+    setuptools
+    pybind11
+  ];
+
+  dependencies = [ numpy ];
+
+  # The kernel's tests live in the checkout's tests/ and run in checks.<system>.pytest against
+  # the installed package; here, check that the compiled extension imports.
+  pythonImportsCheck = [
+    "relu_module"
+    "relu_module._ext"
+  ];
+
+  meta = {
+    description = "ReLU for numpy arrays and CPU torch tensors at memory bandwidth (C++/pybind11)";
+    license = lib.licenses.mit;
+    platforms = lib.platforms.linux;
+  };
+}
