@@ -56,13 +56,13 @@ dockerTools.streamLayeredImage {
   name = "mlpipe";
   tag = mlpipe.version;
 
+  # bashInteractive also provides /bin/sh.
   contents = [
     mlpipe-python
     entrypoint
     bashInteractive
     coreutils
     git
-    dockerTools.binSh
     dockerTools.usrBinEnv
     dockerTools.caCertificates
     (fakeNss.override {
