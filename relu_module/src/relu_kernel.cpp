@@ -119,29 +119,29 @@ inline void relu_serial(const T* x, T* y, std::size_t n, bool stream) {
     else relu_leaf(x, y, n);
 }
 
-// [begin, end) of part `part` of `parts`, boundaries on cache-line multiples of elements so two
-// threads never write the same line.
-inline void split(std::size_t n, std::size_t elem, int part, int parts, std::size_t* b, std::size_t* e) {
-    const std::size_t grain = std::max<std::size_t>(1, kCacheLine / elem);
-    const std::size_t blocks = (n + grain - 1) / grain;
-    const std::size_t per = blocks / parts, extra = blocks % parts;
-    const std::size_t p = static_cast<std::size_t>(part);
-    const std::size_t first = p * per + std::min(p, extra);
-    const std::size_t count = per + (p < extra ? 1 : 0);
-    *b = std::min(n, first * grain);
-    *e = std::min(n, (first + count) * grain);
+// Blocks that threads claim dynamically: small enough to balance two threads when one of them
+// arrives late, large enough that claiming one (an atomic add) costs nothing next to the work.
+constexpr std::size_t kMinBlockBytes = std::size_t(32) << 10;
+constexpr std::size_t kMaxBlockBytes = std::size_t(1) << 20;
+constexpr std::size_t kBlocksPerThread = 8;
+
+// Elements per block for a contiguous job of n elements of `elem` bytes on `threads` threads;
+// a multiple of the cache line so two threads never write the same line.
+inline std::size_t block_elems(std::size_t n, std::size_t elem, int threads) {
+    std::size_t bytes = n * elem / (kBlocksPerThread * static_cast<std::size_t>(threads));
+    bytes = std::min(kMaxBlockBytes, std::max(kMinBlockBytes, bytes));
+    bytes -= bytes % kCacheLine;
+    return bytes / elem;
 }
 
-// Runs task on the pool when the output is large enough to pay for a second thread; otherwise
-// (or when another thread owns the pool) runs it entirely on the caller, with no pool overhead.
-void run(ThreadPool::Task task, void* ctx, std::size_t out_bytes, std::size_t max_parts) {
-    const int threads = get_num_threads();
-    if (threads > 1 && out_bytes >= kParallelMinBytes && max_parts > 1) {
+// Runs task over `blocks` blocks on the pool when the output is large enough to pay for a
+// second thread; otherwise (or when another thread owns the pool) entirely on the caller.
+void run(ThreadPool::Task task, void* ctx, std::size_t blocks, std::size_t out_bytes) {
+    if (blocks > 1 && out_bytes >= kParallelMinBytes && get_num_threads() > 1) {
         std::shared_ptr<ThreadPool> pool = global_pool();
-        const int parts = static_cast<int>(std::min<std::size_t>(pool->size(), max_parts));
-        if (pool->try_run(task, ctx, parts)) return;
+        if (pool->try_run(task, ctx, blocks)) return;
     }
-    task(ctx, 0, 1);
+    for (std::size_t b = 0; b < blocks; ++b) task(ctx, b);
 }
 
 template <class T>
@@ -149,15 +149,15 @@ struct UnaryJob {
     const T* x;
     T* y;
     std::size_t n;
+    std::size_t block;
     bool stream;
 };
 
 template <class T>
-void unary_task(void* ctx, int part, int parts) {
+void unary_task(void* ctx, std::size_t blk) {
     const auto& j = *static_cast<const UnaryJob<T>*>(ctx);
-    std::size_t b, e;
-    split(j.n, sizeof(T), part, parts, &b, &e);
-    if (e > b) relu_serial(j.x + b, j.y + b, e - b, j.stream);
+    const std::size_t b = blk * j.block, e = std::min(j.n, b + j.block);
+    relu_serial(j.x + b, j.y + b, e - b, j.stream);
 }
 
 template <class T>
@@ -166,27 +166,39 @@ struct BinaryJob {
     const T* x;
     T* y;
     std::size_t n;
+    std::size_t block;
 };
 
 template <class T>
-void binary_task(void* ctx, int part, int parts) {
+void binary_task(void* ctx, std::size_t blk) {
     const auto& j = *static_cast<const BinaryJob<T>*>(ctx);
-    std::size_t b, e;
-    split(j.n, sizeof(T), part, parts, &b, &e);
-    if (e > b) bwd_leaf(j.g + b, j.x + b, j.y + b, e - b);
+    const std::size_t b = blk * j.block, e = std::min(j.n, b + j.block);
+    bwd_leaf(j.g + b, j.x + b, j.y + b, e - b);
 }
 
 template <class T>
 void relu_contiguous(const T* x, T* y, std::size_t n) {
     const std::size_t bytes = n * sizeof(T);
-    UnaryJob<T> job{x, y, n, kHaveStream && x != y && bytes >= kStreamMinBytes};
-    run(&unary_task<T>, &job, bytes, n);
+    const bool stream = kHaveStream && x != y && bytes >= kStreamMinBytes;
+    if (bytes < kParallelMinBytes || get_num_threads() == 1) {
+        relu_serial(x, y, n, stream);
+        return;
+    }
+    const std::size_t block = block_elems(n, sizeof(T), get_num_threads());
+    UnaryJob<T> job{x, y, n, block, stream};
+    run(&unary_task<T>, &job, (n + block - 1) / block, bytes);
 }
 
 template <class T>
 void relu_backward_contiguous(const T* g, const T* x, T* y, std::size_t n) {
-    BinaryJob<T> job{g, x, y, n};
-    run(&binary_task<T>, &job, n * sizeof(T), n);
+    const std::size_t bytes = n * sizeof(T);
+    if (bytes < kParallelMinBytes || get_num_threads() == 1) {
+        bwd_leaf(g, x, y, n);
+        return;
+    }
+    const std::size_t block = block_elems(n, sizeof(T), get_num_threads());
+    BinaryJob<T> job{g, x, y, n, block};
+    run(&binary_task<T>, &job, (n + block - 1) / block, bytes);
 }
 
 // ---- strided n-d iteration ------------------------------------------------------------------
@@ -225,6 +237,7 @@ int coalesce(int ndim, const std::ptrdiff_t* shape, const std::ptrdiff_t* const*
 
 template <class T>
 struct StridedUnary {
+    std::size_t rows_per_block;  // of the first (outermost) dimension
     int ndim;
     std::ptrdiff_t shape[kMaxDims];
     std::ptrdiff_t st[2][kMaxDims];  // x, y
@@ -257,10 +270,10 @@ void unary_rec(const StridedUnary<T>& j, int d, char* xp, char* yp) {
 }
 
 template <class T>
-void strided_unary_task(void* ctx, int part, int parts) {
+void strided_unary_task(void* ctx, std::size_t blk) {
     const auto& j = *static_cast<const StridedUnary<T>*>(ctx);
     const std::size_t len = static_cast<std::size_t>(j.shape[0]);
-    const std::size_t b = len * part / parts, e = len * (part + 1) / parts;
+    const std::size_t b = blk * j.rows_per_block, e = std::min(len, b + j.rows_per_block);
     if (e <= b) return;
     char* xp = j.base[0] + static_cast<std::ptrdiff_t>(b) * j.st[0][0];
     char* yp = j.base[1] + static_cast<std::ptrdiff_t>(b) * j.st[1][0];
@@ -273,6 +286,7 @@ void strided_unary_task(void* ctx, int part, int parts) {
 
 template <class T>
 struct StridedBinary {
+    std::size_t rows_per_block;
     int ndim;
     std::ptrdiff_t shape[kMaxDims];
     std::ptrdiff_t st[3][kMaxDims];  // grad, x, y
@@ -310,10 +324,10 @@ void binary_rec(const StridedBinary<T>& j, int d, char* gp, char* xp, char* yp) 
 }
 
 template <class T>
-void strided_binary_task(void* ctx, int part, int parts) {
+void strided_binary_task(void* ctx, std::size_t blk) {
     const auto& j = *static_cast<const StridedBinary<T>*>(ctx);
     const std::size_t len = static_cast<std::size_t>(j.shape[0]);
-    const std::size_t b = len * part / parts, e = len * (part + 1) / parts;
+    const std::size_t b = blk * j.rows_per_block, e = std::min(len, b + j.rows_per_block);
     if (e <= b) return;
     const auto off = static_cast<std::ptrdiff_t>(b);
     char* gp = j.base[0] + off * j.st[0][0];
@@ -331,6 +345,16 @@ std::size_t element_count(int ndim, const std::ptrdiff_t* shape) {
     std::size_t n = 1;
     for (int d = 0; d < ndim; ++d) n *= static_cast<std::size_t>(shape[d]);
     return n;
+}
+
+// Splits the outermost dimension into blocks of about block_elems() elements and runs them.
+template <class Job>
+void run_rows(ThreadPool::Task task, Job& j, std::size_t elem) {
+    const std::size_t n = element_count(j.ndim, j.shape);
+    const std::size_t rows = static_cast<std::size_t>(j.shape[0]);
+    const std::size_t row_elems = std::max<std::size_t>(1, n / rows);
+    j.rows_per_block = std::max<std::size_t>(1, block_elems(n, elem, get_num_threads()) / row_elems);
+    run(task, &j, (rows + j.rows_per_block - 1) / j.rows_per_block, n * elem);
 }
 
 }  // namespace
@@ -359,7 +383,7 @@ void relu_strided(int ndim, const std::ptrdiff_t* shape, View x, View out) {
                         static_cast<std::size_t>(j.shape[0]));
         return;
     }
-    run(&strided_unary_task<T>, &j, element_count(j.ndim, j.shape) * sizeof(T), static_cast<std::size_t>(j.shape[0]));
+    run_rows(&strided_unary_task<T>, j, sizeof(T));
 }
 
 template <class T>
@@ -379,7 +403,7 @@ void relu_backward_strided(int ndim, const std::ptrdiff_t* shape, View grad, Vie
                                  reinterpret_cast<T*>(out.data), static_cast<std::size_t>(j.shape[0]));
         return;
     }
-    run(&strided_binary_task<T>, &j, element_count(j.ndim, j.shape) * sizeof(T), static_cast<std::size_t>(j.shape[0]));
+    run_rows(&strided_binary_task<T>, j, sizeof(T));
 }
 
 template void relu_strided<float>(int, const std::ptrdiff_t*, View, View);

@@ -35,7 +35,7 @@ int current_pid() {
 }  // namespace
 
 ThreadPool::ThreadPool(int nthreads) {
-    for (int i = 1; i < nthreads; ++i) workers_.emplace_back(&ThreadPool::worker_loop, this, i);
+    for (int i = 1; i < nthreads; ++i) workers_.emplace_back(&ThreadPool::worker_loop, this);
 }
 
 ThreadPool::~ThreadPool() {
@@ -47,33 +47,41 @@ ThreadPool::~ThreadPool() {
     for (auto& t : workers_) t.join();
 }
 
-bool ThreadPool::try_run(Task task, void* ctx, int parts) {
+void ThreadPool::work() {
+    const Task task = task_.load(std::memory_order_relaxed);
+    void* ctx = ctx_.load(std::memory_order_relaxed);
+    const std::size_t blocks = blocks_.load(std::memory_order_relaxed);
+    for (std::size_t b; (b = next_block_.fetch_add(1, std::memory_order_relaxed)) < blocks;) task(ctx, b);
+}
+
+bool ThreadPool::try_run(Task task, void* ctx, std::size_t blocks) {
     std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
-    if (parts > size()) parts = size();
+    task_.store(task, std::memory_order_relaxed);
+    ctx_.store(ctx, std::memory_order_relaxed);
+    blocks_.store(blocks, std::memory_order_relaxed);
+    next_block_.store(0, std::memory_order_relaxed);
+    joined_.store(0, std::memory_order_release);  // open: publishes the job to joining workers
     {
         std::lock_guard<std::mutex> lk(mu_);
-        task_ = task;
-        ctx_ = ctx;
-        parts_ = parts;
-        pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
         generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    task(ctx, 0, parts);
-    // Every worker acknowledges every job, so no worker can still be reading task_/ctx_ when
-    // the next job overwrites them.
-    for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    work();
+    // Close the job: workers that have not joined yet never will (they see kClosed), so only
+    // the ones already inside, each finishing at most one block, are waited for.
+    joined_.fetch_or(kClosed, std::memory_order_acq_rel);
+    for (unsigned spins = 0; (joined_.load(std::memory_order_acquire) & ~kClosed) != 0; ++spins) {
         if (spins < 4096) {
             RELU_CPU_RELAX();
         } else {
-            std::this_thread::yield();  // a worker was preempted: give it the core
+            std::this_thread::yield();  // a worker was preempted mid-block: give it the core
         }
     }
     return true;
 }
 
-void ThreadPool::worker_loop(int index) {
+void ThreadPool::worker_loop() {
     std::uint64_t seen = 0;
     for (;;) {
         std::uint64_t gen = generation_.load(std::memory_order_acquire);
@@ -92,17 +100,14 @@ void ThreadPool::worker_loop(int index) {
             gen = generation_.load(std::memory_order_acquire);
         }
         seen = gen;
-        Task task;
-        void* ctx;
-        int parts;
-        {
-            std::lock_guard<std::mutex> lk(mu_);
-            task = task_;
-            ctx = ctx_;
-            parts = parts_;
+        // Join the current job unless the caller has already closed it.
+        std::uint32_t s = joined_.load(std::memory_order_acquire);
+        while ((s & kClosed) == 0 &&
+               !joined_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
         }
-        if (index < parts) task(ctx, index, parts);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+        if (s & kClosed) continue;
+        work();
+        joined_.fetch_sub(1, std::memory_order_release);
     }
 }
 

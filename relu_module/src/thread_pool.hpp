@@ -2,13 +2,19 @@
 //
 // Why not std::thread per call: spawning costs 30-140 us here, more than the whole kernel at
 // 1e5-1e6 elements. Why not OpenMP: torch ships its own libgomp, and two OpenMP runtimes in
-// one process spin against each other on a 2-core machine. Workers spin briefly after a job
-// (back-to-back calls then start in well under a microsecond) and then sleep on a condition
+// one process spin against each other on a 2-core machine.
+//
+// Jobs are split into blocks that threads claim from an atomic counter, and the caller works
+// too. On a busy machine a worker may be descheduled when a job arrives: the caller then simply
+// claims every block itself and closes the job, so a late worker never delays a call (a static
+// split would make the caller wait for the missing thread's share). Idle workers spin briefly,
+// so back-to-back calls start in well under a microsecond, and then sleep on a condition
 // variable so an idle pool costs no CPU.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -19,9 +25,9 @@ namespace relu_kernel {
 
 class ThreadPool {
 public:
-    using Task = void (*)(void* ctx, int part, int parts);
+    using Task = void (*)(void* ctx, std::size_t block);
 
-    // A pool that runs jobs on `nthreads` threads: the caller plus nthreads - 1 workers.
+    // A pool that runs jobs on up to `nthreads` threads: the caller plus nthreads - 1 workers.
     explicit ThreadPool(int nthreads);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
@@ -29,23 +35,28 @@ public:
 
     int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-    // Runs task(ctx, i, parts) for i in [0, parts), parts <= size(); the caller runs part 0.
-    // Returns false (and runs nothing) if another thread is using the pool right now, so the
-    // caller can fall back to running the whole job itself instead of waiting.
-    bool try_run(Task task, void* ctx, int parts);
+    // Runs task(ctx, b) for every b in [0, blocks), on the caller and whichever workers join in
+    // time. Returns false (and runs nothing) if another thread is using the pool right now, so
+    // the caller can run the job itself instead of waiting.
+    bool try_run(Task task, void* ctx, std::size_t blocks);
 
 private:
-    void worker_loop(int index);
+    void worker_loop();
+    void work();
+
+    static constexpr std::uint32_t kClosed = 1u << 31;
 
     std::vector<std::thread> workers_;
     std::mutex busy_;  // held by the one caller that owns the pool during a job
     std::mutex mu_;
     std::condition_variable cv_;
     std::atomic<std::uint64_t> generation_{0};
-    std::atomic<int> pending_{0};
-    Task task_ = nullptr;
-    void* ctx_ = nullptr;
-    int parts_ = 0;
+    // Workers currently inside the job, plus kClosed once the caller has finished all blocks.
+    std::atomic<std::uint32_t> joined_{kClosed};
+    std::atomic<std::size_t> next_block_{0};
+    std::atomic<Task> task_{nullptr};
+    std::atomic<void*> ctx_{nullptr};
+    std::atomic<std::size_t> blocks_{0};
     bool stop_ = false;
 };
 
