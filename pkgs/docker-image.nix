@@ -95,6 +95,8 @@ dockerTools.streamLayeredImage {
       "HOME=${home}"
       "MLPIPE_ROOT=${workdir}"
       "MPLBACKEND=Agg"
+      # DVC's default site cache, /var/tmp/dvc, does not exist in the image.
+      "DVC_SITE_CACHE_DIR=/tmp/dvc-site-cache"
     ];
     ExposedPorts = {
       "8000/tcp" = { };

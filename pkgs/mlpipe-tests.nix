@@ -26,6 +26,8 @@ stdenv.mkDerivation {
     runHook preBuild
 
     export HOME="$TMPDIR/home" MPLCONFIGDIR="$TMPDIR/mpl" MPLBACKEND=Agg
+    # DVC's default site cache is /var/tmp/dvc, which the sandbox lacks.
+    export DVC_SITE_CACHE_DIR="$TMPDIR/dvc-site-cache"
     mkdir -p "$HOME"
 
     # DVC wants an SCM repository; give the copied tree one, then fetch data/ from the

@@ -90,8 +90,9 @@ buildPythonPackage {
     packaging
   ];
 
-  # The wheel pins numpy<2; nixpkgs ships numpy 2. mlpipe only launches the bundled tritonserver.
-  pythonRelaxDeps = [ "numpy" ];
+  # The wheel pins numpy<2 (nixpkgs ships numpy 2) and tritonclient~=2.50; keep the names, drop
+  # the bounds. mlpipe uses the bundled tritonserver, not PyTriton's numpy-facing API.
+  pythonRelaxDeps = true;
 
   postInstall = ''
     if [[ ! -x "${stubDir}/${python.pythonVersion}/triton_python_backend_stub" ]]; then
