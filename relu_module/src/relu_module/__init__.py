@@ -9,6 +9,7 @@ into zero-copy ndarray views, so the fast path for ndarrays adds two ``type()`` 
 from __future__ import annotations
 
 import sys
+from array import array as array_type
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
 _ndarray = np.ndarray
 _ACCEPTED = "float32 and float64"
 _PY_SEQUENCES = (list, tuple, range, int, float)
+_BUFFERS = (memoryview, bytearray, array_type)
 
 
 def _torch_tensor_type() -> Any:
@@ -83,10 +85,11 @@ def _as_array(x: Any, fn: str, arg: str, writeable: bool) -> tuple[np.ndarray, b
             f"{fn}: {arg} must be a writeable numpy.ndarray or CPU torch tensor, got "
             f"{type(x).__name__}; there is nothing to write into. Use relu_module.relu(x), which returns a new array"
         )
-    if isinstance(x, bool) or not isinstance(x, _PY_SEQUENCES) and not hasattr(x, "__array__") and not hasattr(x, "__array_interface__"):
+    array_like = isinstance(x, _PY_SEQUENCES + _BUFFERS) or hasattr(x, "__array__") or hasattr(x, "__array_interface__")
+    if isinstance(x, bool) or not array_like:
         raise TypeError(
-            f"{fn}: {arg} must be a numpy array, a CPU torch tensor or a sequence of numbers; "
-            f"got {type(x).__name__}"
+            f"{fn}: {arg} must be a numpy array, a CPU torch tensor, a buffer or a sequence of "
+            f"numbers; got {type(x).__name__}"
         )
     try:
         arr = np.asarray(x)
