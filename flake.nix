@@ -1,5 +1,5 @@
 {
-  description = "mlpipe: a reproducible MLOps pipeline from DVC-versioned data to a measured Triton endpoint";
+  description = "mlpipe: reproducible MLOps pipeline, DVC data to a measured Triton endpoint";
 
   # The only input. flake.lock pins it to one nixos-25.11 revision; the pip/Makefile path is
   # pinned separately by constraints.txt, so package versions differ between the two.
@@ -40,7 +40,8 @@
           };
         };
 
-      # `nix run .#<name>`: pkgs/app.nix checks for a checkout, then runs the entry point.
+      # `nix run .#<name>`: pkgs/app.nix checks for a checkout, then runs the entry point; the
+      # scripts are also in the overlay as `mlpipe-apps`.
       appSpecs = {
         train = {
           command = "mlpipe-train";
@@ -69,6 +70,12 @@
           ];
         };
       };
+      mkAppScript = pkgs: name: spec: pkgs.callPackage ./pkgs/app.nix ({ inherit name; } // spec);
+      mkApp = name: script: {
+        type = "app";
+        program = lib.getExe script;
+        meta = { inherit (script.meta) description; };
+      };
     in
     {
       overlays.default = final: prev: {
@@ -84,6 +91,7 @@
         ];
         mlpipe = final.python3Packages.mlpipe;
         mlpipe-python = final.callPackage ./pkgs/python-env.nix { };
+        mlpipe-apps = lib.mapAttrs (mkAppScript final) appSpecs;
       };
 
       packages = forAllSystems (
@@ -100,14 +108,7 @@
         }
       );
 
-      apps = forAllSystems (
-        system:
-        lib.mapAttrs (name: spec: {
-          type = "app";
-          program = lib.getExe (pkgsFor.${system}.callPackage ./pkgs/app.nix ({ inherit name; } // spec));
-          meta.description = spec.description;
-        }) appSpecs
-      );
+      apps = forAllSystems (system: lib.mapAttrs mkApp pkgsFor.${system}.mlpipe-apps);
 
       devShells = forAllSystems (system: {
         default = pkgsFor.${system}.callPackage ./pkgs/dev-shell.nix { };

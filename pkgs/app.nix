@@ -22,6 +22,9 @@
   ],
 }:
 
+let
+  hydraArgs = lib.optionalString hydra ''--config-path "$PWD/conf"'';
+in
 writeShellApplication {
   name = "mlpipe-${name}-app";
   runtimeInputs = [ mlpipe-python ];
@@ -38,12 +41,7 @@ writeShellApplication {
       } >&2
       exit 2
     fi
-    ${
-      if hydra then
-        ''exec ${command} --config-path "$PWD/conf" "$@"''
-      else
-        ''exec ${command} "$@"''
-    }
+    exec ${command} ${hydraArgs} "$@"
   '';
   meta = {
     inherit description;

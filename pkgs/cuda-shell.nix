@@ -13,7 +13,7 @@
 }:
 
 let
-  tensorrtPython = lib.optional (python3Packages.tensorrt.meta.available or false) python3Packages.tensorrt;
+  tensorrtAvailable = python3Packages.tensorrt.meta.available or false;
 in
 mkShell {
   name = "mlpipe-cuda";
@@ -22,7 +22,7 @@ mkShell {
     cudaPackages.cudatoolkit
     cudaPackages.tensorrt
   ]
-  ++ tensorrtPython;
+  ++ lib.optional tensorrtAvailable python3Packages.tensorrt;
   shellHook = ''
     export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"
     cat >&2 <<'NOTE'

@@ -108,7 +108,7 @@ buildPythonPackage {
   pythonImportsCheck = [ "mlpipe" ];
 
   meta = {
-    description = "Reproducible MLOps pipeline: DVC data, Lightning + Hydra training, ONNX/TensorRT export, Triton serving";
+    description = "Reproducible MLOps pipeline from DVC-versioned data to a Triton endpoint";
     license = lib.licenses.mit;
     platforms = lib.platforms.linux;
   };

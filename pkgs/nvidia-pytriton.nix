@@ -47,9 +47,8 @@ let
     };
   };
   system = stdenv.hostPlatform.system;
-  wheel =
-    wheels.${system}
-      or (throw "nvidia-pytriton ${version}: PyPI has wheels for ${lib.concatStringsSep " and " (lib.attrNames wheels)} only, not ${system}");
+  unsupported = throw "nvidia-pytriton ${version}: PyPI has no wheel for ${system}";
+  wheel = wheels.${system} or unsupported;
   # The wheel carries one python-backend stub per CPython minor; keep the one this interpreter needs.
   stubDir = "$out/${python.sitePackages}/pytriton/tritonserver/python_backend_stubs";
 in

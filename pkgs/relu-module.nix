@@ -16,6 +16,7 @@
 let
   # One version, one place: relu_module/pyproject.toml.
   pyproject = lib.importTOML ../relu_module/pyproject.toml;
+  isSource = file: builtins.match ".*\\.(cpp|hpp|py|pyi|typed)" file.name != null;
 in
 buildPythonPackage {
   pname = pyproject.project.name;
@@ -30,16 +31,7 @@ buildPythonPackage {
       ../relu_module/setup.py
       ../relu_module/MANIFEST.in
       ../relu_module/README.md
-      (lib.fileset.fileFilter (
-        file:
-        lib.any file.hasExt [
-          "cpp"
-          "hpp"
-          "py"
-          "pyi"
-          "typed"
-        ]
-      ) ../relu_module/src)
+      (lib.fileset.fileFilter isSource ../relu_module/src)
     ];
   };
 

@@ -6,7 +6,9 @@ the flake. What is checked: every tracked ``.nix`` file parses, ``flake.lock`` h
 Nix writes, the flake's outputs named in README.md and docs/nix.md exist as attribute names in
 ``flake.nix`` (a text check), every ``pkgs/*.nix`` is wired into the flake, and every
 fixed-output hash is a well-formed SRI hash (the slow test re-downloads the wheels and recomputes
-them). Users run ``nix flake check`` for the rest (docs/nix.md).
+them). Where ``NIXPKGS_LIB`` points at a nixpkgs ``lib/`` directory, the flake is also evaluated
+against ``tests/nix/mock-nixpkgs`` (the real lib, stand-in packages) and its generated scripts are
+shellchecked and run. Users run ``nix flake check`` for the rest (docs/nix.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -27,6 +30,8 @@ FLAKE = ROOT / "flake.nix"
 LOCK = ROOT / "flake.lock"
 PKGS = ROOT / "pkgs"
 DOCS = [ROOT / "README.md", ROOT / "docs" / "nix.md"]
+EVAL_FLAKE = ROOT / "tests" / "nix" / "eval-flake.nix"
+SYSTEMS = {"x86_64-linux", "aarch64-linux"}
 
 SRI_SHA256 = re.compile(r"sha256-[A-Za-z0-9+/]{43}=")
 NAME = r"[A-Za-z0-9_][A-Za-z0-9_'-]*"
@@ -280,3 +285,113 @@ def test_wheel_hashes_match_pypi_downloads(tmp_path: Path) -> None:
         assert wheel.exists(), f"pip fetched {sorted(p.name for p in dest.iterdir())}, not {filename}"
         digest = hashlib.sha256(wheel.read_bytes()).digest()
         assert "sha256-" + base64.b64encode(digest).decode() == sri, f"{name}: {filename}"
+
+
+# --- evaluation against tests/nix/mock-nixpkgs (needs a nixpkgs lib) ------------------------------
+
+
+def evaluate_flake(**env: str) -> dict:
+    """Evaluate the flake with Nix 2.8 against the mock package set; JSON summary of the outputs."""
+    exe = nix_instantiate()
+    if not os.environ.get("NIXPKGS_LIB"):
+        pytest.skip(
+            "NIXPKGS_LIB is unset: point it at a nixpkgs lib/ directory to evaluate the flake "
+            "against tests/nix/mock-nixpkgs (nixpkgs itself cannot be fetched here)"
+        )
+    proc = subprocess.run(
+        [exe, "--eval", "--strict", "--json", str(EVAL_FLAKE)],
+        capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT,
+    )
+    assert proc.returncode == 0, f"flake evaluation failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def evaluated() -> dict:
+    return evaluate_flake(NIXPKGS_ALLOW_UNFREE="", MOCK_HAS_ONNXSCRIPT="")
+
+
+def test_flake_evaluates_for_every_system(evaluated: dict) -> None:
+    assert set(evaluated) == SYSTEMS
+    for system, out in evaluated.items():
+        assert set(out["packages"]) == {"relu-wheel", "mlpipe", "nvidia-pytriton", "docker-image", "default"}
+        assert out["packages"]["relu-wheel"].endswith("-dist"), "relu-wheel is the wheel (dist output)"
+        assert set(out["apps"]) == {"train", "serve", "bench", "profile", "test"}
+        assert all(a["type"] == "app" and a["program"].startswith("/nix/store/") for a in out["apps"].values())
+        assert set(out["checks"]) == {"pytest", "relu-wheel", "nix-format"}
+        assert out["formatter"] == "nixfmt-tree"
+        arch = system.split("-")[0]
+        assert out["python"]["nvidia-pytriton"]["src"].endswith(f"manylinux_2_35_{arch}.whl")
+
+
+def test_mlpipe_depends_on_its_wheels_and_the_fallbacks(evaluated: dict) -> None:
+    py = evaluated["x86_64-linux"]["python"]
+    deps = py["mlpipe"]["dependencies"]
+    for name in ("relu-module-1.0.0", "nvidia-pytriton-0.7.0", "onnxscript-0.7.2", "torch", "dvc"):
+        assert any(name in d for d in deps), f"mlpipe lacks {name}: {deps}"
+    assert any("onnx-ir-1.1.0" in d for d in py["onnxscript"]["dependencies"])
+    assert py["relu-module"]["build-system"] == ["setuptools", "pybind11"]
+    stubs = py["nvidia-pytriton"]["postInstall"]
+    assert "python_backend_stubs/3.13/triton_python_backend_stub" in stubs
+
+
+def test_nixpkgs_onnxscript_is_preferred_when_present() -> None:
+    out = evaluate_flake(MOCK_HAS_ONNXSCRIPT="1", NIXPKGS_ALLOW_UNFREE="")
+    py = out["x86_64-linux"]["python"]
+    assert py["onnxscript"]["name"] == "onnxscript" and py["onnx-ir"]["name"] == "onnx-ir"
+
+
+def test_cuda_shell_needs_consent(evaluated: dict) -> None:
+    shell = evaluated["x86_64-linux"]["devShells"]["cuda"]
+    assert shell["name"] == "mlpipe-cuda-needs-unfree"
+    assert "NIXPKGS_ALLOW_UNFREE=1 nix develop --impure .#cuda" in shell["shellHook"]
+    assert shell["shellHook"].rstrip().endswith("exit 1")
+
+    consented = evaluate_flake(NIXPKGS_ALLOW_UNFREE="1", MOCK_HAS_ONNXSCRIPT="")
+    shell = consented["x86_64-linux"]["devShells"]["cuda"]
+    assert shell["name"] == "mlpipe-cuda"
+    assert {"cudatoolkit", "tensorrt"} <= set(shell["packages"])
+    assert "libcuda.so.1" in shell["shellHook"]
+
+
+def write_script(tmp_path: Path, name: str, text: str) -> Path:
+    """The script as writeShellApplication writes it (its preamble: errexit, nounset, pipefail)."""
+    path = tmp_path / f"{name}.sh"
+    path.write_text("#!/usr/bin/env bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n" + text)
+    return path
+
+
+def test_generated_scripts_pass_shellcheck(evaluated: dict, tmp_path: Path) -> None:
+    """writeShellApplication runs shellcheck at build time; catch its complaints here."""
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    for name, text in evaluated["x86_64-linux"]["scripts"].items():
+        proc = subprocess.run([shellcheck, str(write_script(tmp_path, name, text))], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{name}:\n{proc.stdout}"
+
+
+def test_app_refuses_to_run_outside_a_checkout(evaluated: dict, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "train", evaluated["x86_64-linux"]["scripts"]["train"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run(["bash", str(script)], cwd=elsewhere, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "is not an mlpipe checkout (missing: conf dvc.yaml)" in proc.stderr
+    assert "nix run .#train" in proc.stderr
+
+
+def test_app_runs_the_entry_point_on_the_checkouts_conf(evaluated: dict, tmp_path: Path) -> None:
+    script = write_script(tmp_path, "train", evaluated["x86_64-linux"]["scripts"]["train"])
+    checkout, bindir = tmp_path / "checkout", tmp_path / "bin"
+    (checkout / "conf").mkdir(parents=True)
+    (checkout / "dvc.yaml").write_text("stages: {}\n")
+    bindir.mkdir()
+    fake = bindir / "mlpipe-train"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(script), "trainer.max_epochs=1"], cwd=checkout, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["--config-path", f"{checkout}/conf", "trainer.max_epochs=1"]

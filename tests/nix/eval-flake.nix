@@ -1,0 +1,65 @@
+# Evaluate mlpipe's flake against ./mock-nixpkgs with Debian's Nix 2.8 and return, as JSON, what
+# tests/test_nix.py checks: every output's name, the Python packages' dependency lists, the app,
+# entrypoint and shell-hook scripts (for shellcheck), and the cuda shell with and without consent.
+# Needs NIXPKGS_LIB (see ./lib.nix). Run by hand:
+#   NIXPKGS_LIB=/path/to/nixpkgs/lib nix-instantiate --eval --strict --json tests/nix/eval-flake.nix
+let
+  lib = import ./lib.nix;
+  flake = import ../../flake.nix;
+  nixpkgs = {
+    inherit lib;
+    outPath = toString ./mock-nixpkgs;
+  };
+  self = flake.outputs { inherit self nixpkgs; };
+  names = map (p: p.name);
+  python =
+    p:
+    {
+      inherit (p) name;
+      dependencies = names (p.dependencies or [ ]);
+      build-system = names (p.build-system or [ ]);
+      src = p.src.name or "source";
+    }
+    // lib.optionalAttrs (p ? postInstall) { inherit (p) postInstall postInstallCheck; };
+  perSystem =
+    system:
+    let
+      pkgs = import ./mock-nixpkgs {
+        inherit system;
+        overlays = [ self.overlays.default ];
+      };
+      image = self.packages.${system}.docker-image;
+      isEntrypoint = c: lib.hasInfix "entrypoint" c.name;
+    in
+    {
+      packages = lib.mapAttrs (_: p: p.name) self.packages.${system};
+      python = lib.mapAttrs (_: python) {
+        inherit (pkgs.python3Packages)
+          mlpipe
+          relu-module
+          nvidia-pytriton
+          onnxscript
+          onnx-ir
+          ;
+      };
+      apps = lib.mapAttrs (_: a: {
+        inherit (a) type program;
+        inherit (a.meta) description;
+      }) self.apps.${system};
+      scripts = lib.mapAttrs (_: s: s.text) pkgs.mlpipe-apps // {
+        docker-entrypoint = (lib.findFirst isEntrypoint null image.contents).text;
+        docker-fakeroot = image.fakeRootCommands;
+      };
+      image = {
+        inherit (image) name tag config;
+        contents = names image.contents;
+      };
+      devShells = lib.mapAttrs (_: s: {
+        inherit (s) name shellHook;
+        packages = names (s.packages or [ ]);
+      }) self.devShells.${system};
+      checks = lib.mapAttrs (_: c: c.name) self.checks.${system};
+      formatter = self.formatter.${system}.name;
+    };
+in
+lib.genAttrs (lib.attrNames self.packages) perSystem
