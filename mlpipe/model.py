@@ -78,9 +78,10 @@ class DigitsClassifier(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self._step(batch)
         if not torch.isfinite(loss):
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+            trainer = self._trainer  # None when the step is called outside a Trainer
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer is not None and trainer.optimizers else None
             raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} (learning rate {lr:g}); "
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx} (learning rate {lr}); "
                 "stopping. Lower optimizer.lr or check the data and data.augment settings."
             )
         self.train_loss(loss)

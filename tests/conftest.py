@@ -1,0 +1,112 @@
+"""Shared fixtures: the real Hydra config, composed and shrunk; the real DVC data; a trained checkpoint.
+
+Everything writes under pytest's tmp dirs; only `data/` (restored with a real `dvc pull` when
+missing) is shared with the checkout.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+
+def run_dvc(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real `dvc` CLI of this interpreter's environment; raise with its output on failure."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def compose_train(tmp_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose conf/train.yaml with every output under `tmp_dir`, CPU, no workers, no progress bar."""
+    base = [
+        f"paths.root_dir={ROOT}",
+        f"paths.log_dir={tmp_dir}/logs",
+        f"paths.artifacts_dir={tmp_dir}/artifacts",
+        f"paths.reports_dir={tmp_dir}/reports",
+        "data.num_workers=0",
+        "trainer=cpu",
+        "callbacks.progress_bar.refresh_rate=0",
+        "trainer.enable_model_summary=false",
+    ]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
+        return compose(config_name="train", overrides=[*base, *overrides])
+
+
+# A few batches per phase: exercises every code path in seconds.
+SHRINK: tuple[str, ...] = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def dvc_data() -> Path:
+    """The DVC-tracked data folder; fetched with a real `dvc pull data.dvc` when absent."""
+    data_dir = ROOT / "data"
+    if not (data_dir / "digits.csv.gz").is_file():
+        run_dvc("pull", "data.dvc", cwd=ROOT)
+    return data_dir
+
+
+@pytest.fixture
+def cfg_train(tmp_path: Path, dvc_data: Path) -> DictConfig:
+    """The real train config, shrunk to a few batches, writing under tmp_path."""
+    return compose_train(tmp_path, SHRINK)
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path, dvc_data: Path):
+    """Factory: compose the real train config with extra overrides (outputs under tmp_path)."""
+
+    def _compose(*overrides: str, shrink: bool = True) -> DictConfig:
+        return compose_train(tmp_path, [*(SHRINK if shrink else ()), *overrides])
+
+    return _compose
+
+
+@dataclass(frozen=True)
+class TrainedCheckpoint:
+    """A real, briefly trained DigitsClassifier and the config that made it."""
+
+    ckpt_path: Path  # <checkpoint_dir>/best.ckpt
+    checkpoint_dir: Path
+    metrics_path: Path  # reports/train/metrics.json of that run
+    cfg: DictConfig  # the composed train config (paths point into the tmp dir)
+    metrics: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, dvc_data: Path) -> TrainedCheckpoint:
+    """Train the default model for a few epochs on the real data (a few seconds, once per session).
+
+    For the export/serve/bench tests: `trained_checkpoint.ckpt_path` is a real Lightning
+    checkpoint that `mlpipe.model.load_network` loads with weights_only=True.
+    """
+    from mlpipe.train import train
+
+    tmp_dir = tmp_path_factory.mktemp("trained")
+    cfg = compose_train(tmp_dir, ["trainer.max_epochs=3", "callbacks.early_stopping.patience=3"])
+    metrics = train(cfg)
+    ckpt = Path(cfg.outputs.best_checkpoint)
+    assert ckpt.is_file(), f"training did not write {ckpt}"
+    return TrainedCheckpoint(ckpt, ckpt.parent, Path(cfg.outputs.metrics), cfg, metrics)
