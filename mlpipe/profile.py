@@ -221,7 +221,7 @@ def markdown_table(result: Mapping[str, Any], device: str) -> str:
         for r in result["layers"]
     ]
     headers = ["name", "type", "flops", "params", "bytes", "intensity", "bound", "flip_batch"]
-    return tabulate(rows, headers=headers, tablefmt="github")
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def resolve_devices(names: Sequence[str], device_dir: str | Path, dtype: str) -> list[DevicePeaks]:

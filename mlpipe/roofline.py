@@ -221,11 +221,13 @@ def plot_roofline(
     ax.plot(grid, [min(peaks.peak_flops, x * peaks.peak_bandwidth) for x in grid], "k-", lw=2,
             label=f"roof: {peaks.peak_flops / 1e12:.3g} TFLOP/s, {peaks.peak_bandwidth / 1e9:.4g} GB/s")
     ax.axvline(peaks.ridge, color="grey", ls=":", label=f"ridge {peaks.ridge:.3g} FLOP/B")
-    for l in pts:
-        attainable = min(peaks.peak_flops, l["intensity"] * peaks.peak_bandwidth)
-        marker = "o" if l["bound"] == "compute" else "s"
-        ax.scatter(l["intensity"], attainable, marker=marker, s=40, zorder=3)
-        ax.annotate(f"{l['name']} ({l['type']})", (l["intensity"], attainable),
+    groups: dict[tuple[float, str, str], list[str]] = {}
+    for l in pts:  # identical layers sit on one point: one marker, one label listing them
+        groups.setdefault((round(l["intensity"], 9), l["type"], l["bound"]), []).append(l["name"])
+    for (x, typ, regime), names in groups.items():
+        attainable = min(peaks.peak_flops, x * peaks.peak_bandwidth)
+        ax.scatter(x, attainable, marker="o" if regime == "compute" else "s", s=40, zorder=3)
+        ax.annotate(f"{', '.join(names)} ({typ})", (x, attainable),
                     textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
