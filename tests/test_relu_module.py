@@ -36,12 +36,12 @@ def bits(a: np.ndarray) -> np.ndarray:
 
 
 def torch_relu(x: np.ndarray) -> np.ndarray:
-    return torch.relu(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    return torch.relu(torch.from_numpy(x.copy())).numpy()
 
 
 def torch_relu_grad(grad: np.ndarray, x: np.ndarray) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(x)).clone().requires_grad_()
-    torch.relu(t).backward(torch.from_numpy(np.ascontiguousarray(grad)))
+    t = torch.from_numpy(x.copy()).clone().requires_grad_()
+    torch.relu(t).backward(torch.from_numpy(grad.copy()))
     return t.grad.numpy()
 
 
@@ -225,6 +225,30 @@ def test_concurrent_python_threads() -> None:
         t.join()
     for i, x in enumerate(xs):
         np.testing.assert_array_equal(results[i], np.maximum(x, 0))
+
+
+def test_large_outputs_reuse_cached_blocks() -> None:
+    """Outputs >= CACHE_MIN_BYTES come from huge-page blocks that return to a bounded cache."""
+    from relu_module import _ext
+
+    n = _ext.CACHE_MIN_BYTES // 4 + 1000
+    x = np.random.default_rng(4).standard_normal(n).astype(np.float32)
+    relu_module.empty_cache()
+    assert relu_module.cached_bytes() == 0
+    y = relu(x)
+    view = y[::2]
+    del y
+    assert relu_module.cached_bytes() == 0, "a live view must keep the block"
+    np.testing.assert_array_equal(view, np.maximum(x[::2], 0))
+    del view
+    assert 0 < relu_module.cached_bytes() <= _ext.cache_limit_bytes()
+    y2 = relu(-x)  # reuses the block: stale contents must be fully overwritten
+    assert relu_module.cached_bytes() == 0
+    np.testing.assert_array_equal(bits(y2), bits(torch_relu(-x)))
+    t = relu(torch.from_numpy(x))
+    del y2
+    assert relu_module.empty_cache() > 0 and relu_module.cached_bytes() == 0
+    torch.testing.assert_close(t, torch.relu(torch.from_numpy(x)), rtol=0, atol=0)
 
 
 # ---- backward -------------------------------------------------------------------------------

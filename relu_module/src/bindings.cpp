@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer_cache.hpp"
 #include "relu_kernel.hpp"
 #include "thread_pool.hpp"
 
@@ -107,18 +108,38 @@ bool unsafe_overlap(const py::array& in, const py::array& out) {
 py::array defensive_copy(const py::array& a) { return py::reinterpret_steal<py::array>(
     py::detail::npy_api::get().PyArray_NewCopy_(a.ptr(), 0 /* NPY_CORDER */)); }
 
+struct CachedBlock {
+    void* ptr;
+    std::size_t capacity;
+};
+
+// A new uninitialised array shaped like x: Fortran order if x is F- but not C-contiguous, else C
+// order. Large ones live in a huge-page block from the buffer cache, returned there when the
+// array (and every view of it) is gone; the rest come from numpy's allocator.
 py::array empty_like_layout(const py::array& x) {
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-    if (!c_contiguous(x) && f_contiguous(x)) {
-        std::vector<py::ssize_t> strides(shape.size());
-        py::ssize_t s = x.itemsize();
-        for (std::size_t d = 0; d < shape.size(); ++d) {
-            strides[d] = s;
-            s *= std::max<py::ssize_t>(shape[d], 1);
-        }
-        return py::array(x.dtype(), shape, strides);
+    std::vector<py::ssize_t> strides(shape.size());
+    const bool fortran = !c_contiguous(x) && f_contiguous(x);
+    py::ssize_t s = x.itemsize();
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        const std::size_t d = fortran ? i : shape.size() - 1 - i;
+        strides[d] = s;
+        s *= std::max<py::ssize_t>(shape[d], 1);
     }
-    return py::array(x.dtype(), shape);
+    const std::size_t nbytes = size_of(x) * static_cast<std::size_t>(x.itemsize());
+    if (nbytes >= relu_kernel::kCacheMinBytes) {
+        std::size_t capacity = 0;
+        if (void* p = relu_kernel::acquire_buffer(nbytes, &capacity)) {
+            auto* block = new CachedBlock{p, capacity};
+            py::capsule owner(block, [](void* b) {
+                auto* blk = static_cast<CachedBlock*>(b);
+                relu_kernel::release_buffer(blk->ptr, blk->capacity);
+                delete blk;
+            });
+            return py::array(x.dtype(), shape, strides, p, owner);
+        }
+    }
+    return py::array(x.dtype(), shape, strides);
 }
 
 template <class T>
@@ -248,6 +269,13 @@ PYBIND11_MODULE(_ext, m) {
         py::arg("n"), "Sets the number of threads used for large arrays (n >= 1).");
     m.def("simd_level", &relu_kernel::simd_level,
           "Instruction set the runtime dispatcher picked: 'avx512f', 'avx2' or 'baseline'.");
+    m.def("empty_cache", &relu_kernel::clear_buffer_cache,
+          "Unmaps the cached output blocks (kept for reuse by large out-of-place calls); returns "
+          "the bytes released.");
+    m.def("cached_bytes", &relu_kernel::cached_bytes, "Bytes held by the output-block cache.");
+    m.def("cache_limit_bytes", &relu_kernel::cache_limit_bytes,
+          "Limit of the output-block cache (RELU_MODULE_CACHE_MB, default 1024 MiB; 0 disables).");
+    m.attr("CACHE_MIN_BYTES") = relu_kernel::kCacheMinBytes;
     m.attr("PARALLEL_MIN_BYTES") = relu_kernel::kParallelMinBytes;
     m.attr("STREAM_MIN_BYTES") = relu_kernel::kStreamMinBytes;
     m.attr("RELEASE_GIL_MIN_BYTES") = kReleaseGilMinBytes;

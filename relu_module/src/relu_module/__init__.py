@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _ext
-from ._ext import get_num_threads, set_num_threads, simd_level
+from ._ext import cached_bytes, empty_cache, get_num_threads, set_num_threads, simd_level
 
 try:
     __version__ = _dist_version("relu-module")
@@ -31,6 +31,8 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "simd_level",
+    "empty_cache",
+    "cached_bytes",
     "__version__",
 ]
 
