@@ -52,9 +52,12 @@ class ReLUFunction(torch.autograd.Function):
         return g.op("Relu", x)
 
 
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
+
+
 def _tracing() -> bool:
     """True under torch.compile / torch.export (dynamo or non-strict), where numpy calls cannot be traced."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    return torch.compiler.is_compiling() or _is_exporting()
 
 
 def relu(x: Tensor) -> Tensor:
