@@ -573,7 +573,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
          for r in ok],
         headers=["backend", "batch", "conc", "p50 ms", "p90 ms", "p99 ms", "samples/s",
                  f"x vs {baseline}", "MFU %", "p50/roofline", "stable"],
-        tablefmt="github",
+        tablefmt="github", disable_numparse=True,
     )
     other = [f"- **{r['backend']}**"
              + (f" (batch {r['batch']}, conc {r['concurrency']})" if "batch" in r else "")

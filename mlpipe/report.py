@@ -1,0 +1,351 @@
+"""mlpipe-report: one markdown report (reports/REPORT.md) from every stage's JSON, with plots.
+
+Sections: data version and training metrics, export parity, serving latency/throughput, roofline
+per model, relu_module benchmark, GPU results (committed under reports/gpu/), provenance. A
+stage that has not run yet gives a `not run: <command that makes it>` line, never a crash, so the
+report can be built at any point of the pipeline (and from the small fixtures in the tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import hydra
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Section:
+    """One report section: markdown body plus a one-line screen summary (None: nothing to say)."""
+
+    title: str
+    body: str
+    summary: str | None = None
+
+
+class Missing(Exception):
+    """An input of a section is absent or unreadable; the message is the line shown instead."""
+
+
+def read_json(path: Path, how_to: str) -> Any:
+    """Parsed JSON, or Missing('not run: <how_to>') / Missing('unreadable: ...')."""
+    if not path.is_file():
+        raise Missing(f"not run: `{how_to}` writes {path.name} ({path})")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise Missing(f"unreadable: {path}: {err}; rerun `{how_to}`") from err
+
+
+def sha256_file(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_revision(root: Path) -> str:
+    """HEAD commit, with `-dirty` when tracked files changed; `unknown` outside a git checkout."""
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+def data_version(data_dvc: Path) -> dict[str, Any]:
+    """md5 / size / file count DVC recorded for the data folder (data.dvc)."""
+    if not data_dvc.is_file():
+        raise Missing(f"not run: no {data_dvc}; `dvc add data` creates it (see docs)")
+    try:
+        out = yaml.safe_load(data_dvc.read_text())["outs"][0]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError) as err:
+        raise Missing(f"unreadable: {data_dvc}: {err}") from err
+    return {k: out.get(k) for k in ("path", "md5", "size", "nfiles")}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and cores from /proc/cpuinfo, GPU from nvidia-smi (no torch import needed)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        gpu = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or "none",
+            "os": platform.platform(), "python": platform.python_version()}
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    return Path(os.path.relpath(path, out_dir)).as_posix()
+
+
+def _image(path: Path, out_dir: Path, alt: str) -> str:
+    if path.is_file():
+        return f"![{alt}]({_rel(path, out_dir)})"
+    return f"_(plot {path.name} missing)_"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+# -- sections ----------------------------------------------------------------------------------
+def section_data_and_training(rc: Mapping[str, Any], reports: Path) -> Section:
+    lines, summary = [], []
+    try:
+        d = data_version(Path(rc["data_dvc"]))
+        lines.append(f"Data: `{d['path']}` md5 `{d['md5']}` ({d['nfiles']} files, {d['size']} bytes), "
+                     "from `data.dvc`.")
+        summary.append(f"data md5 {str(d['md5'])[:12]}")
+    except Missing as err:
+        lines.append(f"Data: {err}")
+    try:
+        m = read_json(reports / rc["inputs"]["train_metrics"], rc["how_to"]["train"])
+        scalars = {k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))}
+        lines.append("\n" + _table(["metric", "value"],
+                                   [[k, f"{v:.4f}" if isinstance(v, float) else v]
+                                    for k, v in scalars.items()]))
+        if "test_acc" in m:
+            summary.append(f"test acc {m['test_acc']:.4f}")
+    except Missing as err:
+        lines.append(f"Training metrics: {err}")
+    return Section("Data and training", "\n".join(lines), ", ".join(summary) or None)
+
+
+def section_export(rc: Mapping[str, Any], reports: Path) -> Section:
+    try:
+        p = read_json(reports / rc["inputs"]["parity"], rc["how_to"]["export"])
+    except Missing as err:
+        return Section("Export parity", str(err))
+    rows = []
+    for key, label in (("onnx_vs_torch", "ONNX Runtime vs torch"),
+                       ("tensorrt_vs_ort", "TensorRT vs ONNX Runtime")):
+        if key in p:
+            c = p[key]
+            rows.append([label, f"{c.get('max_abs_diff', float('nan')):.3g}",
+                         f"{c.get('argmax_agreement', float('nan')):.4%}",
+                         f"{c.get('reference_acc', float('nan')):.4f}",
+                         f"{c.get('candidate_acc', float('nan')):.4f}"])
+    limits = p.get("limits", {})
+    body = (f"`{p.get('onnx_path', '?')}` (opset {p.get('opset', '?')}, exporter "
+            f"{p.get('exporter', '?')}, split `{p.get('split', '?')}`), passed: "
+            f"**{p.get('passed')}**, limits: atol {limits.get('atol')}, argmax agreement ≥ "
+            f"{limits.get('min_argmax_agreement')}.\n\n"
+            + _table(["comparison", "max abs diff", "argmax agreement", "reference acc",
+                      "candidate acc"], rows))
+    summary = None
+    if "onnx_vs_torch" in p:
+        summary = f"ONNX parity max|diff| {p['onnx_vs_torch'].get('max_abs_diff', float('nan')):.2g}"
+    return Section("Export parity", body, summary)
+
+
+def section_bench(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
+    from mlpipe.bench import markdown_table
+
+    path = reports / rc["inputs"]["bench"]
+    try:
+        b = read_json(path, rc["how_to"]["bench"])
+    except Missing as err:
+        return Section("Serving latency and throughput", str(err))
+    meta, rows = b.get("meta", {}), b.get("rows", [])
+    baseline = meta.get("config", {}).get("baseline", "ort_cpu")
+    peaks = "; ".join(f"{d}: {p['name']} {p['peak_flops'] / 1e9:.4g} GFLOP/s, "
+                      f"{p['peak_bandwidth'] / 1e9:.4g} GB/s ({p['kind']})"
+                      for d, p in meta.get("peaks", {}).items())
+    machine = meta.get("machine", {})
+    body = "\n".join([
+        f"Measured on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, GPU: "
+        f"{machine.get('gpu') or 'none'}) in {meta.get('wall_s', '?')} s. Client-observed "
+        "latency (serialization included for Triton); throughput = samples / wall time of the "
+        f"window. MFU = achieved FLOP/s / peak; p50/roofline = p50 / max(FLOPs/peak, bytes/bandwidth). "
+        f"Peaks: {peaks or 'n/a'}.",
+        "",
+        markdown_table(rows, baseline),
+        _image(path.parent / "latency_vs_batch.png", out_dir, "latency vs batch"),
+        _image(path.parent / "throughput_vs_concurrency.png", out_dir, "throughput vs concurrency"),
+    ])
+    ok = [r for r in rows if r.get("status") == "ok"]
+    best = {}
+    for r in ok:
+        if r["batch"] == 1 and r["concurrency"] == 1:
+            best[r["backend"]] = r["p50_ms"]
+    summary = ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(best.items(), key=lambda kv: kv[1]))
+    unavailable = sorted({r["backend"] for r in rows if r.get("status") == "unavailable"})
+    if unavailable:
+        summary += f" (unavailable: {', '.join(unavailable)})"
+    return Section("Serving latency and throughput", body,
+                   f"batch-1 p50: {summary}" if summary else None)
+
+
+def section_profile(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
+    pdir = reports / rc["inputs"]["profile_dir"]
+    files = sorted(pdir.glob("*.json")) if pdir.is_dir() else []
+    if not files:
+        return Section("Roofline per layer", f"not run: `{rc['how_to']['profile']}` writes "
+                       f"{pdir}/<model>.json")
+    parts, summary = [], []
+    for f in files:
+        try:
+            p = read_json(f, rc["how_to"]["profile"])
+            devices = list(p["devices"])
+            layers = p["layers"]
+        except (Missing, KeyError, TypeError) as err:
+            parts.append(f"### {f.stem}\n\nunreadable: {f}: {err}")
+            continue
+        t = p.get("totals", {})
+        dev_desc = "; ".join(
+            f"{d}: {v['peak_flops'] / 1e12:.4g} TFLOP/s, {v['peak_bandwidth'] / 1e9:.4g} GB/s, "
+            f"ridge {v['ridge']:.3g} FLOP/B ({v['kind']}; {v['source']})"
+            for d, v in p["devices"].items())
+        rows = [[l["name"], l["type"], f"{l['flops']:.4g}", str(l["params"]), f"{l['bytes']:.4g}",
+                 f"{l['intensity']:.3g}",
+                 *[f"{l['bound'][d]} / {'never' if l['flip_batch'][d] is None else l['flip_batch'][d]}"
+                   for d in devices]]
+                for l in layers]
+        plots = " ".join(_image(pdir / v["plot"], out_dir, f"roofline {f.stem} {d}")
+                         for d, v in p["devices"].items() if v.get("plot"))
+        ratio = t.get("cross_check_ratio")
+        parts.append("\n".join([
+            f"### {p.get('model', f.stem)} ({p['dtype']}, batch {p['batch_size']})",
+            "",
+            f"Total {t.get('flops', float('nan')):.4g} FLOPs, {t.get('params')} params; matmul/conv "
+            f"FLOPs fvcore×2 {t.get('mac_flops_fvcore_x2', float('nan')):.4g} vs FlopCounterMode "
+            f"{t.get('mac_flops_torch_flop_counter', float('nan')):.4g} (ratio "
+            f"{'n/a' if ratio is None else f'{ratio:.4f}'}). Devices: {dev_desc}.",
+            "",
+            _table(["layer", "type", "FLOPs", "params", "bytes", "FLOP/B",
+                    *[f"{d}: bound / flip batch" for d in devices]], rows),
+            "",
+            plots,
+        ]))
+        flips = []
+        for d in devices:
+            fb = sorted({l["flip_batch"][d] for l in layers if l["flip_batch"][d] is not None})
+            flips.append(f"{d} {fb if fb else 'never'}")
+        summary.append(f"{p.get('model', f.stem)} flip batches: {', '.join(flips)}")
+    conv = ("FLOPs = 2 × fvcore's multiply-add count for matmul/conv (fvcore counts one "
+            "multiply-add as one flop), 1 FLOP per element for elementwise ops; bytes = weights + "
+            "input + output activations at the dtype; compute-bound when FLOP/B ≥ ridge = peak "
+            "FLOP/s ÷ bandwidth; flip batch = smallest batch that is compute-bound (never: the "
+            "layer's FLOP/B limit stays below the ridge).")
+    return Section("Roofline per layer", conv + "\n\n" + "\n\n".join(parts),
+                   "; ".join(summary) or None)
+
+
+def section_relu(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
+    path = reports / rc["inputs"]["relu"]
+    try:
+        r = read_json(path, rc["how_to"]["relu"])
+        targets = r["summary"]["targets"]
+    except Missing as err:
+        return Section("relu_module benchmark", str(err))
+    except (KeyError, TypeError) as err:
+        return Section("relu_module benchmark", f"unreadable: {path}: no summary.targets ({err})")
+    rows = [[t["name"], f"{t['worst']:.3g}", t["limit"], t["where"], "pass" if t["pass"] else "MISS"]
+            for t in targets]
+    machine = r.get("machine", {})
+    body = "\n".join([
+        f"Mode `{r.get('mode', '?')}`, {r.get('elapsed_s', 0):.0f} s"
+        + (", machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()) if machine else "")
+        + ".",
+        "",
+        _table(["target", "worst", "limit", "where", "result"], rows),
+        "",
+        _image(path.parent / "bench.png", out_dir, "relu_module benchmark"),
+    ])
+    passed = sum(bool(t["pass"]) for t in targets)
+    return Section("relu_module benchmark", body, f"relu_module targets {passed}/{len(targets)} pass")
+
+
+def section_gpu(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
+    gdir = reports / rc["inputs"]["gpu_dir"]
+    docs = sorted(gdir.glob("*.md")) if gdir.is_dir() else []
+    if not docs:
+        return Section("GPU results", f"not run: {rc['how_to']['gpu']}")
+    body = "\n\n".join(f"#### {d.stem}\n\n{d.read_text().strip()}" for d in docs)
+    return Section("GPU results (committed, measured on the device named in each file)", body,
+                   f"GPU results: {len(docs)} file(s) in {gdir}")
+
+
+def section_provenance(rc: Mapping[str, Any]) -> Section:
+    root = Path(rc["root_dir"])
+    rows = [["git revision", git_revision(root)]]
+    for name in rc["lock_files"]:
+        rows.append([f"sha256 {name}", sha256_file(root / name) or "absent"])
+    try:
+        rows.append(["data md5 (data.dvc)", data_version(Path(rc["data_dvc"]))["md5"]])
+    except Missing as err:
+        rows.append(["data md5 (data.dvc)", str(err)])
+    for k, v in machine_info().items():
+        rows.append([f"machine {k}", v])
+    rows.append(["report written", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")])
+    return Section("Provenance", _table(["item", "value"], rows))
+
+
+def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """Markdown text and the screen summary lines."""
+    reports = Path(rc["reports_dir"])
+    out_dir = Path(rc["output"]).parent
+    sections = [
+        section_data_and_training(rc, reports),
+        section_export(rc, reports),
+        section_bench(rc, reports, out_dir),
+        section_profile(rc, reports, out_dir),
+        section_relu(rc, reports, out_dir),
+        section_gpu(rc, reports, out_dir),
+        section_provenance(rc),
+    ]
+    text = "\n\n".join([f"# {rc['title']}", rc["intro"].strip()]
+                       + [f"## {s.title}\n\n{s.body.strip()}" for s in sections]) + "\n"
+    summary = [f"{s.title}: {s.summary or s.body.splitlines()[0]}" for s in sections
+               if s.title != "Provenance"]
+    return text, summary
+
+
+def report(cfg: DictConfig) -> Path:
+    """Write the report; print a short summary; return the report's path."""
+    rc = OmegaConf.to_container(cfg.report, resolve=True)
+    text, summary = build_report(rc)
+    out = Path(rc["output"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print("\n".join(["", f"== mlpipe report: {out} ==", *[f"  {line}" for line in summary]]))
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+def main(cfg: DictConfig) -> None:
+    report(cfg)
+
+
+if __name__ == "__main__":
+    main()

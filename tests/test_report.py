@@ -1,0 +1,92 @@
+"""mlpipe.report: the report builds from the fixtures in tests/fixtures/report/, every missing
+or broken input becomes a clear line, and provenance hashes are the files' real hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mlpipe.bench import plot as bench_plot
+from mlpipe.report import report
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "report"
+
+
+def _cfg(root: Path) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose(config_name="report", overrides=[f"paths.root_dir={root}"])
+
+
+@pytest.fixture
+def fixture_root(tmp_path: Path) -> Path:
+    root = tmp_path / "checkout"
+    shutil.copytree(FIXTURES, root)
+    return root
+
+
+def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureFixture) -> None:
+    reports = fixture_root / "reports"
+    bench = json.loads((reports / "bench" / "results.json").read_text())
+    bench_plot(bench["rows"], reports / "bench")  # the real plot code makes the linked PNGs
+    out = report(_cfg(fixture_root))
+    assert out == reports / "REPORT.md"
+    text = out.read_text()
+    for heading in ("## Data and training", "## Export parity", "## Serving latency and throughput",
+                    "## Roofline per layer", "## relu_module benchmark", "## GPU results",
+                    "## Provenance"):
+        assert heading in text
+    assert "3585fe091615bb9ca159fef4b9e914ad.dir" in text  # data.dvc md5
+    assert "| test_acc     | 0.9833" in text
+    assert "2.4e-07" in text and "100.0000%" in text  # export parity
+    assert "| triton_grpc | 1       | 4      | 2.000" in text  # bench row, formatted
+    assert "**tensorrt**: unavailable: import tensorrt failed" in text
+    assert "![latency vs batch](bench/latency_vs_batch.png)" in text
+    assert "_(plot tiny_h100_sxm.png missing)_" in text  # linked only when the file exists
+    # roofline rows: Linear(64, 256) at ridge 17.2 flips at ceil(17.2*66560/(32768-17.2*1280)) = 107
+    assert "| 1       | Linear  | 2.097e+06 | 16640    | 1.485e+05 | 14.1     | memory / 107" in text
+    assert "| 2       | ReLU    |" in text
+    assert "memory / never" in text and "ridge 17.2 FLOP/B" in text
+    assert "| time vs faster of numpy/torch" in text and "MISS" in text
+    digest = hashlib.sha256((fixture_root / "constraints.txt").read_bytes()).hexdigest()
+    assert f"| sha256 constraints.txt | {digest} |" in text
+    assert "| sha256 dvc.lock        | absent" in text
+    assert "| git revision           | unknown" in text  # the copy is not a git checkout
+    screen = capsys.readouterr().out
+    assert "test acc 0.9833" in screen and "relu_module targets 1/2 pass" in screen
+    assert "tiny flip batches: h100_sxm [" in screen
+
+
+def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
+    (tmp_path / "reports").mkdir()
+    text = report(_cfg(tmp_path)).read_text()
+    for line in ("Training metrics: not run: `make train (mlpipe-train)`",
+                 "not run: `make export (mlpipe-export)` writes parity.json",
+                 "not run: `make bench-serve (mlpipe-bench)` writes results.json",
+                 "not run: `make profile (mlpipe-profile)`",
+                 "not run: `make bench (python benchmarks/relu_bench.py)`",
+                 "Data: not run: no "):
+        assert line in text, line
+
+
+def test_unreadable_input_is_named_and_the_rest_still_reports(fixture_root: Path) -> None:
+    (fixture_root / "reports" / "export" / "parity.json").write_text("{not json")
+    (fixture_root / "reports" / "relu" / "results.json").write_text('{"mode": "quick"}')
+    text = report(_cfg(fixture_root)).read_text()
+    assert "unreadable: " in text and "parity.json" in text and "rerun `make export" in text
+    assert "no summary.targets" in text
+    assert "| test_acc     | 0.9833" in text  # other sections unaffected
+
+
+def test_gpu_results_are_included_when_committed(fixture_root: Path) -> None:
+    gpu = fixture_root / "reports" / "gpu"
+    gpu.mkdir()
+    (gpu / "h100.md").write_text("Measured on NVIDIA H100 80GB HBM3.\n\n| backend | p50 ms |\n")
+    text = report(_cfg(fixture_root)).read_text()
+    assert "#### h100" in text and "Measured on NVIDIA H100 80GB HBM3." in text
