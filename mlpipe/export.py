@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -128,10 +129,13 @@ def export_onnx(net: torch.nn.Module, sample: torch.Tensor, onnx_path: Path, onn
                 dynamic_shapes=({0: torch.export.Dim(batch)},), **common,
             )
         else:
-            torch.onnx.export(
-                net, (sample,), str(onnx_path), dynamo=False,
-                dynamic_axes={in_name: {0: batch}, out_name: {0: batch}}, **common,
-            )
+            with warnings.catch_warnings():  # chosen explicitly in config: torch's deprecation notice is noise
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+                warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+                torch.onnx.export(
+                    net, (sample,), str(onnx_path), dynamo=False,
+                    dynamic_axes={in_name: {0: batch}, out_name: {0: batch}}, **common,
+                )
 
 
 def add_metadata(onnx_path: Path, props: Mapping[str, str]) -> None:
