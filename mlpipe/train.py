@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -36,6 +37,20 @@ from mlpipe.model import NonFiniteLossError
 from mlpipe.nets import ACTIVATIONS
 
 log = logging.getLogger(__name__)
+
+def config_dir() -> str:
+    """Absolute path of the checkout's conf/.
+
+    Hydra resolves a relative `config_path` as a Python package when the app is started through a
+    console script (`mlpipe-train`), which fails for a plain folder; an absolute path works for
+    `python -m` and console scripts alike. Next to the package (checkout / editable install) first,
+    else `$MLPIPE_ROOT/conf` or `./conf` (a wheel install run from a checkout).
+    """
+    beside = Path(__file__).resolve().parents[1] / "conf"
+    if beside.is_dir():
+        return str(beside)
+    return str(Path(os.environ.get("MLPIPE_ROOT", ".")).resolve() / "conf")
+
 
 # Errors that are the user's to fix: reported as one message, without a traceback.
 USER_ERRORS = (ConfigError, DataError, NonFiniteLossError, FileNotFoundError)
@@ -164,7 +179,7 @@ def _isolate_sweep_job(cfg: DictConfig) -> None:
     log.info("multirun job %s: outputs under %s", hydra_cfg.job.num, job_dir)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra wrapper; returns test_acc (the objective for sweepers)."""
     _isolate_sweep_job(cfg)

@@ -60,6 +60,12 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shrink_overrides() -> tuple[str, ...]:
+    """Overrides that cut training to a few batches (for CLI runs in subprocesses)."""
+    return SHRINK
+
+
+@pytest.fixture(scope="session")
 def dvc_data() -> Path:
     """The DVC-tracked data folder; fetched with a real `dvc pull data.dvc` when absent."""
     data_dir = ROOT / "data"
@@ -78,8 +84,8 @@ def cfg_train(tmp_path: Path, dvc_data: Path) -> DictConfig:
 def compose_cfg(tmp_path: Path, dvc_data: Path):
     """Factory: compose the real train config with extra overrides (outputs under tmp_path)."""
 
-    def _compose(*overrides: str, shrink: bool = True) -> DictConfig:
-        return compose_train(tmp_path, [*(SHRINK if shrink else ()), *overrides])
+    def _compose(*overrides: str, shrink: bool = True, tmp_dir: Path | None = None) -> DictConfig:
+        return compose_train(tmp_dir or tmp_path, [*(SHRINK if shrink else ()), *overrides])
 
     return _compose
 

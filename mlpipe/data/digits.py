@@ -208,7 +208,7 @@ def load_split(data_cfg: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.
     Returns `(images float32 (N, 1, H, W), labels int64 (N,))`; `data_cfg` is the composed `cfg.data`.
     """
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     validate_data_cfg(data_cfg)
     digits = load_digits(data_cfg)
     idx = split_indices(data_cfg, digits.labels)[split]
