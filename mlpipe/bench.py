@@ -633,8 +633,12 @@ def write_outputs(result: Mapping[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     baseline = result["meta"]["config"]["baseline"]
     table = markdown_table(result["rows"], baseline)
+    m = result["meta"]["machine"]
+    header = (f"Measured on {m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}; torch "
+              f"{m['torch']}, onnxruntime {m['onnxruntime']}; "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n")
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "results.md").write_text(table)
+    (out_dir / "results.md").write_text(header + table)
     plot(result["rows"], out_dir)
     print(table)
     log.info("wrote %s/results.json, results.md and PNGs in %.1f s", out_dir,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -288,10 +289,18 @@ def section_relu(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section
 
 def section_gpu(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
     gdir = reports / rc["inputs"]["gpu_dir"]
-    docs = sorted(gdir.glob("*.md")) if gdir.is_dir() else []
+    docs = sorted(gdir.rglob("*.md")) if gdir.is_dir() else []
     if not docs:
         return Section("GPU results", f"not run: {rc['how_to']['gpu']}")
-    body = "\n\n".join(f"#### {d.stem}\n\n{d.read_text().strip()}" for d in docs)
+
+    def embed(doc: Path) -> str:
+        # image links inside the file are relative to it: make them relative to the report
+        prefix = _rel(doc.parent, out_dir)
+        text = re.sub(r"(!\[[^\]]*\]\()(?![a-z]+://|/)([^)]+\))", rf"\g<1>{prefix}/\g<2>",
+                      doc.read_text().strip())
+        return f"#### {_rel(doc, gdir)}\n\n{text}"
+
+    body = "\n\n".join(embed(d) for d in docs)
     return Section("GPU results (committed, measured on the device named in each file)", body,
                    f"GPU results: {len(docs)} file(s) in {gdir}")
 

@@ -88,5 +88,9 @@ def test_gpu_results_are_included_when_committed(fixture_root: Path) -> None:
     gpu = fixture_root / "reports" / "gpu"
     gpu.mkdir()
     (gpu / "h100.md").write_text("Measured on NVIDIA H100 80GB HBM3.\n\n| backend | p50 ms |\n")
+    (gpu / "profile").mkdir()
+    (gpu / "profile" / "cnn.md").write_text("### cnn\n\n![roofline](cnn_cuda_measured.png)\n")
     text = report(_cfg(fixture_root)).read_text()
-    assert "#### h100" in text and "Measured on NVIDIA H100 80GB HBM3." in text
+    assert "#### h100.md" in text and "Measured on NVIDIA H100 80GB HBM3." in text
+    # an image link inside a nested file is rewritten relative to REPORT.md
+    assert "#### profile/cnn.md" in text and "![roofline](gpu/profile/cnn_cuda_measured.png)" in text
