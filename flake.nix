@@ -70,7 +70,9 @@
           ];
         };
       };
-      mkAppScript = pkgs: name: spec: pkgs.callPackage ./pkgs/app.nix ({ inherit name; } // spec);
+      mkAppScript =
+        pkgs: name: spec:
+        pkgs.callPackage ./pkgs/app.nix ({ inherit name; } // spec);
       mkApp = name: script: {
         type = "app";
         program = lib.getExe script;

@@ -87,7 +87,9 @@ let
               // {
                 dist = drv "python3.13-${args.pname}-${args.version}-dist" { };
                 optional-dependencies = args.optional-dependencies or { };
-                meta = (args.meta or { }) // { available = true; };
+                meta = (args.meta or { }) // {
+                  available = true;
+                };
               }
             );
         };
@@ -109,16 +111,30 @@ let
       drv (baseNameOf args.url) args;
     autoPatchelfHook = leaf "auto-patchelf-hook";
     zlib = leaf "zlib";
-    git = leaf "git" // { meta.mainProgram = "git"; };
+    git = leaf "git" // {
+      meta.mainProgram = "git";
+    };
     coreutils = leaf "coreutils";
     bashInteractive = leaf "bash-interactive";
     nixfmt = leaf "nixfmt";
     nixfmt-tree = leaf "nixfmt-tree";
-    fakeNss = leaf "fake-nss" // { override = args: drv "fake-nss" args; };
+    fakeNss = leaf "fake-nss" // {
+      override = args: drv "fake-nss" args;
+    };
     writeShellApplication =
-      args: drv args.name (args // { meta = (args.meta or { }) // { mainProgram = args.name; }; });
+      args:
+      drv args.name (
+        args
+        // {
+          meta = (args.meta or { }) // {
+            mainProgram = args.name;
+          };
+        }
+      );
     mkShell = args: drv (args.name or "nix-shell") args;
-    runCommand = name: env: text: drv name (env // { inherit text; });
+    runCommand =
+      name: env: text:
+      drv name (env // { inherit text; });
     dockerTools = {
       streamLayeredImage = args: drv "stream-${args.name}" args;
       usrBinEnv = leaf "usr-bin-env";
