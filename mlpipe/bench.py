@@ -28,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from mlpipe.loadgen import MODES, CallerFactory, run_until_stable
 from mlpipe.roofline import DevicePeaks, ProfileConfigError, check_batch_sizes
 
+from mlpipe.train import config_dir  # absolute conf/ path: console scripts need it
+
 log = logging.getLogger(__name__)
 
 
@@ -645,7 +647,7 @@ def write_outputs(result: Mapping[str, Any], out_dir: Path) -> None:
              result["meta"]["wall_s"])
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="bench")
 def main(cfg: DictConfig) -> None:
     try:
         bench(cfg)

@@ -37,6 +37,8 @@ from mlpipe.roofline import (
     plot_roofline,
 )
 
+from mlpipe.train import config_dir  # absolute conf/ path: console scripts need it
+
 log = logging.getLogger(__name__)
 
 #: fvcore ops whose count is multiply-adds (fvcore reports them without the `aten::`): x2.
@@ -280,7 +282,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="profile")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="profile")
 def main(cfg: DictConfig) -> None:
     try:
         profile(cfg)

@@ -24,6 +24,8 @@ import hydra
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from mlpipe.train import config_dir  # absolute conf/ path: console scripts need it
+
 log = logging.getLogger(__name__)
 
 
@@ -351,7 +353,7 @@ def report(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="report")
 def main(cfg: DictConfig) -> None:
     report(cfg)
 
