@@ -30,7 +30,7 @@ def run_dvc(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
 
 
 def compose_train(tmp_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose conf/train.yaml with every output under `tmp_dir`, CPU, no workers, no progress bar."""
+    """Compose conf/train.yaml with every output under `tmp_dir`, on CPU, without loader workers."""
     base = [
         f"paths.root_dir={ROOT}",
         f"paths.log_dir={tmp_dir}/logs",
@@ -38,7 +38,6 @@ def compose_train(tmp_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
         f"paths.reports_dir={tmp_dir}/reports",
         "data.num_workers=0",
         "trainer=cpu",
-        "callbacks.progress_bar.refresh_rate=0",
         "trainer.enable_model_summary=false",
     ]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
