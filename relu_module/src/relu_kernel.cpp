@@ -27,22 +27,25 @@ constexpr std::size_t kCacheLine = 64;
 // ---- serial leaf loops: branchless, vectorised (check with -fopt-info-vec) ----------------
 // `x < 0 ? 0 : x` is exactly MAXPS(0, x): NaN and -0.0 take the x branch and pass unchanged.
 
+// Unrolled 4x after vectorisation: in L1/L2 the loop-control uops otherwise cap throughput.
+#define RELU_UNROLL _Pragma("GCC unroll 4")
+
 #define RELU_DEFINE_LEAVES(T, S)                                                                \
     RELU_CLONES void relu_leaf_##S(const T* __restrict x, T* __restrict y, std::size_t n) {     \
-        for (std::size_t i = 0; i < n; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];                   \
+        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];       \
     }                                                                                           \
     RELU_CLONES void relu_leaf_inplace_##S(T* y, std::size_t n) {                               \
-        for (std::size_t i = 0; i < n; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];                   \
+        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];       \
     }                                                                                           \
     RELU_CLONES void bwd_leaf_##S(const T* __restrict g, const T* __restrict x, T* __restrict y, \
                                   std::size_t n) {                                              \
-        for (std::size_t i = 0; i < n; ++i) y[i] = x[i] <= T(0) ? T(0) : g[i];                  \
+        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = x[i] <= T(0) ? T(0) : g[i];      \
     }                                                                                           \
     RELU_CLONES void bwd_leaf_into_g_##S(T* g, const T* __restrict x, std::size_t n) {          \
-        for (std::size_t i = 0; i < n; ++i) g[i] = x[i] <= T(0) ? T(0) : g[i];                  \
+        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) g[i] = x[i] <= T(0) ? T(0) : g[i];      \
     }                                                                                           \
     RELU_CLONES void bwd_leaf_into_x_##S(const T* __restrict g, T* x, std::size_t n) {          \
-        for (std::size_t i = 0; i < n; ++i) x[i] = x[i] <= T(0) ? T(0) : g[i];                  \
+        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) x[i] = x[i] <= T(0) ? T(0) : g[i];      \
     }
 
 RELU_DEFINE_LEAVES(float, f32)

@@ -34,8 +34,8 @@ int current_pid() {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int nthreads) {
-    for (int i = 1; i < nthreads; ++i) workers_.emplace_back(&ThreadPool::worker_loop, this);
+ThreadPool::ThreadPool(int nthreads) : shares_(new Share[nthreads < 1 ? 1 : nthreads]) {
+    for (int i = 1; i < nthreads; ++i) workers_.emplace_back(&ThreadPool::worker_loop, this, i);
 }
 
 ThreadPool::~ThreadPool() {
@@ -47,11 +47,14 @@ ThreadPool::~ThreadPool() {
     for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::work() {
+void ThreadPool::work(int index) {
     const Task task = task_.load(std::memory_order_relaxed);
     void* ctx = ctx_.load(std::memory_order_relaxed);
-    const std::size_t blocks = blocks_.load(std::memory_order_relaxed);
-    for (std::size_t b; (b = next_block_.fetch_add(1, std::memory_order_relaxed)) < blocks;) task(ctx, b);
+    const int n = size();
+    for (int k = 0; k < n; ++k) {  // own share first, then help the others
+        Share& s = shares_[(index + k) % n];
+        for (std::size_t b; (b = s.next.fetch_add(1, std::memory_order_relaxed)) < s.end;) task(ctx, b);
+    }
 }
 
 bool ThreadPool::try_run(Task task, void* ctx, std::size_t blocks) {
@@ -60,14 +63,18 @@ bool ThreadPool::try_run(Task task, void* ctx, std::size_t blocks) {
     task_.store(task, std::memory_order_relaxed);
     ctx_.store(ctx, std::memory_order_relaxed);
     blocks_.store(blocks, std::memory_order_relaxed);
-    next_block_.store(0, std::memory_order_relaxed);
+    const std::size_t n = static_cast<std::size_t>(size());
+    for (std::size_t i = 0; i < n; ++i) {
+        shares_[i].next.store(blocks * i / n, std::memory_order_relaxed);
+        shares_[i].end = blocks * (i + 1) / n;
+    }
     joined_.store(0, std::memory_order_release);  // open: publishes the job to joining workers
     {
         std::lock_guard<std::mutex> lk(mu_);
         generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    work();
+    work(0);
     // Close the job: workers that have not joined yet never will (they see kClosed), so only
     // the ones already inside, each finishing at most one block, are waited for.
     joined_.fetch_or(kClosed, std::memory_order_acq_rel);
@@ -81,7 +88,7 @@ bool ThreadPool::try_run(Task task, void* ctx, std::size_t blocks) {
     return true;
 }
 
-void ThreadPool::worker_loop() {
+void ThreadPool::worker_loop(int index) {
     std::uint64_t seen = 0;
     for (;;) {
         std::uint64_t gen = generation_.load(std::memory_order_acquire);
@@ -106,7 +113,7 @@ void ThreadPool::worker_loop() {
                !joined_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
         }
         if (s & kClosed) continue;
-        work();
+        work(index);
         joined_.fetch_sub(1, std::memory_order_release);
     }
 }

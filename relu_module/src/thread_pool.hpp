@@ -4,10 +4,12 @@
 // 1e5-1e6 elements. Why not OpenMP: torch ships its own libgomp, and two OpenMP runtimes in
 // one process spin against each other on a 2-core machine.
 //
-// Jobs are split into blocks that threads claim from an atomic counter, and the caller works
-// too. On a busy machine a worker may be descheduled when a job arrives: the caller then simply
-// claims every block itself and closes the job, so a late worker never delays a call (a static
-// split would make the caller wait for the missing thread's share). Idle workers spin briefly,
+// Jobs are split into blocks, and the blocks into one contiguous share per thread (the caller
+// is thread 0). Each thread claims blocks of its own share from an atomic counter, so in steady
+// state thread i touches the same memory every call and finds it in its own L2; a thread that
+// runs out then claims blocks of the other shares. On a busy machine a worker may be
+// descheduled when a job arrives: the caller then claims every block itself and closes the job,
+// so a late worker never delays a call (a plain static split would wait for its share). Idle workers spin briefly,
 // so back-to-back calls start in well under a microsecond, and then sleep on a condition
 // variable so an idle pool costs no CPU.
 #pragma once
@@ -41,8 +43,8 @@ public:
     bool try_run(Task task, void* ctx, std::size_t blocks);
 
 private:
-    void worker_loop();
-    void work();
+    void worker_loop(int index);
+    void work(int index);
 
     static constexpr std::uint32_t kClosed = 1u << 31;
 
@@ -53,7 +55,11 @@ private:
     std::atomic<std::uint64_t> generation_{0};
     // Workers currently inside the job, plus kClosed once the caller has finished all blocks.
     std::atomic<std::uint32_t> joined_{kClosed};
-    std::atomic<std::size_t> next_block_{0};
+    struct alignas(64) Share {  // one cache line each: threads claim without false sharing
+        std::atomic<std::size_t> next{0};
+        std::size_t end = 0;
+    };
+    std::unique_ptr<Share[]> shares_;
     std::atomic<Task> task_{nullptr};
     std::atomic<void*> ctx_{nullptr};
     std::atomic<std::size_t> blocks_{0};
