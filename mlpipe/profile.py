@@ -12,6 +12,7 @@ Counting conventions (docs/measure.md):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -227,17 +228,28 @@ def markdown_table(result: Mapping[str, Any], device: str) -> str:
 
 
 def resolve_devices(names: Sequence[str], device_dir: str | Path, dtype: str) -> list[DevicePeaks]:
-    """Device presets by name from `device_dir`, or an error listing the valid names."""
+    """Device presets by name from `device_dir`, or an error listing the valid names.
+
+    `name:figures` picks another figure set of the preset than its `use`, e.g. `h100_sxm:datasheet`.
+    """
     valid = available_presets(device_dir)
     if isinstance(names, str):
         names = [names]
-    unknown = [n for n in names if n not in valid]
+    unknown = [n for n in names if n.split(":")[0] not in valid]
     if not names or unknown:
         raise ProfileConfigError(
             f"unknown device preset(s) {unknown or names!r}; valid choices: {valid} "
-            f"(files in {device_dir})"
+            f"(files in {device_dir}; add ':measured' or ':datasheet' to pick a figure set)"
         )
-    return [device_peaks(OmegaConf.load(Path(device_dir) / f"{n}.yaml"), dtype) for n in names]
+    peaks = []
+    for entry in names:
+        name, _, use = entry.partition(":")
+        cfg = OmegaConf.load(Path(device_dir) / f"{name}.yaml")
+        if use:
+            cfg.use = use
+        p = device_peaks(cfg, dtype)
+        peaks.append(dataclasses.replace(p, name=entry) if use else p)
+    return peaks
 
 
 def build_network(cfg: DictConfig) -> nn.Module:
@@ -261,7 +273,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
         png = plot_roofline(
             [{**r, "bound": r["bound"][dev.name]} for r in result["layers"]],
             dev,
-            f"{stem}_{dev.name}.png",
+            f"{stem}_{dev.name.replace(':', '-')}.png",
             f"{pc.model_name} on {dev.name} ({pc.dtype}, batch {pc.batch_size})",
         )
         result["devices"][dev.name]["plot"] = png.name

@@ -160,6 +160,16 @@ def test_unknown_device_preset_lists_valid_choices() -> None:
         assert name in msg
 
 
+def test_a_preset_figure_set_can_be_picked_by_name() -> None:
+    measured, datasheet = resolve_devices(["h100_sxm", "h100_sxm:datasheet"], DEVICE_DIR, "bf16")
+    assert (measured.peak_flops, measured.kind) == (786e12, "measured")
+    assert (datasheet.name, datasheet.peak_flops, datasheet.peak_bandwidth) == (
+        "h100_sxm:datasheet", 989.4e12, 3.35e12)
+    assert "nvidia-tensor-core-gpu-datasheet" in datasheet.source
+    with pytest.raises(ProfileConfigError, match=r"use='guess'.*valid choices: \['datasheet'\]"):
+        resolve_devices(["a100:guess"], DEVICE_DIR, "fp32")
+
+
 def test_unknown_dtype_and_missing_preset_dtype_list_valid_choices() -> None:
     with pytest.raises(ProfileConfigError, match="fp8") as err:
         profile_network(tiny_net(), [1, 8, 8], 1, "fp8", [H100_FP32])
