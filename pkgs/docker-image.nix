@@ -4,7 +4,9 @@
 # takes a command:
 #   test              pytest on CPU (the suite CI runs, slow tests included)
 #   train [hydra...]  dvc pull, then mlpipe-train
-#   serve [hydra...]  mlpipe-serve on the model repository (Triton HTTP 8000, gRPC 8001, metrics 8002)
+#   serve [hydra...]  mlpipe-serve on the model repository, bound to all of the container's
+#                     interfaces (`docker run -p` decides what is exposed): HTTP 8000, gRPC 8001,
+#                     metrics 8002
 #   <anything else>   run as a command, e.g. `bash`, `dvc repro`, `mlpipe-bench`
 # Volumes: /work/conf (Hydra configs, to override them) and /work/model_repository (the
 # generated Triton model repository, to keep or share it). Load with
@@ -44,7 +46,10 @@ let
           dvc pull
           exec mlpipe-train --config-path ${workdir}/conf "$@"
           ;;
-        serve) exec mlpipe-serve --config-path ${workdir}/conf "$@" ;;
+        serve)
+          exec mlpipe-serve --config-path ${workdir}/conf \
+            serve.host=0.0.0.0 serve.allow_non_loopback=true "$@"
+          ;;
         *) exec "$cmd" "$@" ;;
       esac
     '';
