@@ -194,6 +194,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     from mlpipe.data import load_split  # the training area's loader: (N,1,8,8) float32, int64 labels
 
     ecfg = cfg.export
+    if ecfg.tensorrt.enabled:  # fail before the ONNX work, not after it
+        from mlpipe.tensorrt_engine import require_tensorrt
+
+        require_tensorrt()
     checkpoint = Path(ecfg.checkpoint_path)
     onnx_path = Path(ecfg.onnx_path)
     net = load_checkpoint_network(checkpoint)
@@ -256,7 +260,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     """CLI: ``mlpipe-export [export=tensorrt] [export.onnx.opset=17] ...``."""
-    report = export(cfg)
+    from mlpipe.tensorrt_engine import TensorRTUnavailable
+
+    try:
+        report = export(cfg)
+    except (FileNotFoundError, ParityError, TensorRTUnavailable) as err:
+        log.error("%s", err)
+        raise SystemExit(1) from None
     parity = report["onnx_vs_torch"]
     print(
         f"ONNX {report['onnx_path']}: max abs diff {parity['max_abs_diff']:.2g}, argmax agreement "
