@@ -3,7 +3,7 @@
 # on hand. cudaPackages.tensorrt is fetched from NVIDIA's public redistributable tarballs in
 # recent nixpkgs (pkgs/development/cuda-modules/packages/tensorrt.nix, buildRedist);
 # python3Packages.tensorrt (pkgs/development/python-modules/tensorrt/default.nix) unpacks the
-# wheel from that tarball and is added only where it evaluates as available.
+# wheel from that tarball; it joins the Python environment where it evaluates as available.
 {
   lib,
   mkShell,
@@ -14,15 +14,17 @@
 
 let
   tensorrtAvailable = python3Packages.tensorrt.meta.available or false;
+  python = mlpipe-python.override {
+    extraPackages = ps: lib.optional tensorrtAvailable ps.tensorrt;
+  };
 in
 mkShell {
   name = "mlpipe-cuda";
   packages = [
-    mlpipe-python
+    python
     cudaPackages.cudatoolkit
     cudaPackages.tensorrt
-  ]
-  ++ lib.optional tensorrtAvailable python3Packages.tensorrt;
+  ];
   shellHook = ''
     export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"
     cat >&2 <<'NOTE'

@@ -1,5 +1,9 @@
-# One Python environment for the apps, the checks, the OCI image and the dev shell: mlpipe with
+# One Python environment for the apps, the checks, the OCI image and the dev shells: mlpipe with
 # its console scripts, relu-module, the bundled tritonserver, dvc, and the `dev` extra (pytest).
-{ python3 }:
+# extraPackages adds more from the same package set (the cuda shell adds tensorrt).
+{
+  python3,
+  extraPackages ? _: [ ],
+}:
 
-python3.withPackages (ps: [ ps.mlpipe ] ++ ps.mlpipe.optional-dependencies.dev)
+python3.withPackages (ps: [ ps.mlpipe ] ++ ps.mlpipe.optional-dependencies.dev ++ extraPackages ps)

@@ -319,6 +319,7 @@ def test_flake_evaluates_for_every_system(evaluated: dict) -> None:
         assert set(out["apps"]) == {"train", "serve", "bench", "profile", "test"}
         assert all(a["type"] == "app" and a["program"].startswith("/nix/store/") for a in out["apps"].values())
         assert set(out["checks"]) == {"pytest", "relu-wheel", "nix-format"}
+        assert any("mlpipe" in p for p in out["devShells"]["default"]["python"])
         assert out["formatter"] == "nixfmt-tree"
         arch = system.split("-")[0]
         assert out["python"]["nvidia-pytriton"]["src"].endswith(f"manylinux_2_35_{arch}.whl")
@@ -351,6 +352,8 @@ def test_cuda_shell_needs_consent(evaluated: dict) -> None:
     shell = consented["x86_64-linux"]["devShells"]["cuda"]
     assert shell["name"] == "mlpipe-cuda"
     assert {"cudatoolkit", "tensorrt"} <= set(shell["packages"])
+    assert "tensorrt" in shell["python"], "python3Packages.tensorrt joins the shell's Python"
+    assert any("mlpipe" in p for p in shell["python"])
     assert "libcuda.so.1" in shell["shellHook"]
 
 

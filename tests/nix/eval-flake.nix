@@ -57,6 +57,8 @@ let
       devShells = lib.mapAttrs (_: s: {
         inherit (s) name shellHook;
         packages = names (s.packages or [ ]);
+        # what the shell's Python environment holds
+        python = names (lib.concatMap (p: p.packages or [ ]) (s.packages or [ ]));
       }) self.devShells.${system};
       checks = lib.mapAttrs (_: c: c.name) self.checks.${system};
       formatter = self.formatter.${system}.name;
