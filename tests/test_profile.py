@@ -214,3 +214,18 @@ def test_cuda_measured_peaks_are_plausible() -> None:
     for dtype in ("fp32", "bf16"):
         peaks = device_peaks(cfg, dtype)
         assert peaks.peak_flops > 1e12 and peaks.peak_bandwidth > 1e11
+
+
+def test_relu_module_activation_counts_like_torch_relu() -> None:
+    """The kernel's autograd ReLU traces as a PythonOp: counted as elementwise, same as nn.ReLU."""
+    from relu_module.torch import ReLU as KernelReLU
+
+    def net(act: type[nn.Module]) -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), act(), nn.Linear(32, 10))
+
+    ours = profile_network(net(KernelReLU), [1, 8, 8], 4, "fp32", [H100_FP32])
+    ref = profile_network(net(nn.ReLU), [1, 8, 8], 4, "fp32", [H100_FP32])
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "type"} for r in rows]  # noqa: E731
+    assert strip(ours["layers"]) == strip(ref["layers"])
+    assert ours["layers"][2]["flops"] == 4 * 32
