@@ -583,6 +583,16 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
     return table + ("\n\n" + "\n".join(other) if other else "") + "\n"
 
 
+def _int_ticks(ax: Any, values: Sequence[int]) -> None:
+    """Tick a log x axis at exactly the measured values, labelled as plain integers."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    if values:
+        ax.xaxis.set_major_locator(FixedLocator(values))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+
+
 def plot(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     """latency_vs_batch.png (p50 with p90/p99 marks, concurrency 1) and throughput_vs_concurrency.png."""
     import matplotlib
@@ -603,6 +613,7 @@ def plot(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
             ax.plot(xs, p99, ls=":", color=line.get_color(), lw=1)
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="latency [ms] (p50; dotted p99)",
            title="latency vs batch (concurrency 1)")
+    _int_ticks(ax, sorted({r["batch"] for r in ok}))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
@@ -621,6 +632,7 @@ def plot(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
                 ax.plot(xs, ys, marker="o", label=f"{b} batch {batch}")
     ax.set(xscale="log", yscale="log", xlabel="client concurrency", ylabel="throughput [samples/s]",
            title="throughput vs concurrency")
+    _int_ticks(ax, sorted({r["concurrency"] for r in ok}))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
