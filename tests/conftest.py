@@ -59,6 +59,12 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dvc_cli():
+    """`dvc_cli(*args, cwd=...)`: the real dvc CLI; fails the test with its output on error."""
+    return run_dvc
+
+
+@pytest.fixture(scope="session")
 def shrink_overrides() -> tuple[str, ...]:
     """Overrides that cut training to a few batches (for CLI runs in subprocesses)."""
     return SHRINK

@@ -131,3 +131,20 @@ def test_ddp_two_cpu_processes(repo_root: Path, tmp_path: Path, dvc_data: Path, 
     assert timing["world_size"] == 2
     ckpt = torch.load(tmp_path / "artifacts" / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["global_step"] > 0
+
+
+def test_loader_vs_step_throughput_benchmark(compose_cfg, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from mlpipe.train_bench import measure
+
+    base = compose_cfg(shrink=False)
+    with initialize_config_dir(version_base="1.3", config_dir=str(Path(base.paths.root_dir) / "conf"), job_name="test"):
+        cfg = compose(config_name="train_bench", overrides=[
+            f"paths.root_dir={base.paths.root_dir}", f"paths.reports_dir={tmp_path}/reports",
+            "bench.num_workers=[0]", "bench.passes=1", "bench.warmup_batches=1",
+        ])
+    result = measure(cfg)
+    assert [r["what"].split(",")[0] for r in result["rows"]] == ["loader", "loader", "training step (CNN"]
+    assert all(r["samples_per_s"] > 0 for r in result["rows"])
+    assert json.loads((tmp_path / "reports" / "train" / "throughput.json").read_text()) == result
