@@ -9,7 +9,7 @@ PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.setup-stamp
 RELU_SRC    := $(shell find relu_module -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -not -path '*/build/*' 2>/dev/null)
 
-.PHONY: help setup run test test-fast bench wheel clean
+.PHONY: help setup run test test-fast bench wheel nix-check clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ bench: setup ## relu_module benchmark: table on screen, JSON + PNG under reports
 
 wheel: setup ## sdist + wheel of relu_module under relu_module/dist/
 	$(PY) -m build --no-isolation relu_module
+
+nix-check: ## parse every .nix file (installs Debian's nix-bin if needed)
+	bash .ci/nix-parse.sh
 
 clean: ## remove the venv, builds and generated reports (keeps DVC data and cache)
 	rm -rf $(VENV) relu_module/build relu_module/dist relu_module/src/*.egg-info .pytest_cache .hypothesis
