@@ -71,7 +71,7 @@ class BenchContext:
         return self.rng.random((batch, *self.sample_shape), dtype=np.float32)  # (B, C, H, W)
 
     def network(self):
-        """The trained torch net (fresh copy per backend would cost a reload; callers .to() it)."""
+        """The trained torch net, loaded once and shared by the torch backends (CUDA ones copy it)."""
         if self._net is None:
             from mlpipe.model import load_network
 
@@ -498,7 +498,13 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                 dead.add(target.backend)
                 rows.append({"backend": target.backend, "status": "unavailable", "reason": str(err)})
                 continue
-            row = measure_cell(target, batch, conc, bcfg, factory)
+            try:
+                row = measure_cell(target, batch, conc, bcfg, factory)
+            except (TimeoutError, RuntimeError, OSError) as err:  # hung or broken cell: go on
+                log.warning("%s batch %d conc %d failed: %s", target.backend, batch, conc, err)
+                rows.append({"backend": target.backend, "status": "error", "batch": batch,
+                             "concurrency": conc, "reason": f"{type(err).__name__}: {err}"})
+                continue
             if row["status"] == "ok":
                 row.update(analytic_columns(cost, peaks.get(target.device), batch,
                                             row["p50_ms"] / 1e3, row["throughput_samples_s"]))

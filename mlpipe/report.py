@@ -343,12 +343,14 @@ def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
 
 
 def report(cfg: DictConfig) -> Path:
-    """Write the report; print a short summary; return the report's path."""
+    """Write the report (unless `report.write=false`: summary only, e.g. after a no-op
+    `dvc repro`, leaving the DVC-tracked file alone); print a short summary; return its path."""
     rc = OmegaConf.to_container(cfg.report, resolve=True)
     text, summary = build_report(rc)
     out = Path(rc["output"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    if rc["write"]:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     print("\n".join(["", f"== mlpipe report: {out} ==", *[f"  {line}" for line in summary]]))
     return out
 

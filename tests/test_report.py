@@ -94,3 +94,12 @@ def test_gpu_results_are_included_when_committed(fixture_root: Path) -> None:
     assert "#### h100.md" in text and "Measured on NVIDIA H100 80GB HBM3." in text
     # an image link inside a nested file is rewritten relative to REPORT.md
     assert "#### profile/cnn.md" in text and "![roofline](gpu/profile/cnn_cuda_measured.png)" in text
+
+
+def test_summary_only_leaves_the_report_alone(fixture_root: Path, capsys: pytest.CaptureFixture) -> None:
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(config_name="report", overrides=[f"paths.root_dir={fixture_root}",
+                                                        "report.write=false"])
+    out = report(cfg)
+    assert not out.exists()
+    assert "test acc 0.9833" in capsys.readouterr().out
