@@ -84,7 +84,8 @@ def test_installed_package_is_imported() -> None:
     """The tests must exercise the installed wheel, not the source tree."""
     assert "site-packages" in relu_module.__file__
     assert (Path(relu_module.__file__).parent / "py.typed").exists()
-    assert (Path(relu_module.__file__).parent / "_ext.pyi").exists()
+    for stub in ("_ext.pyi", "__init__.pyi"):
+        assert (Path(relu_module.__file__).parent / stub).exists(), stub
     assert relu_module.simd_level() in {"avx512f", "avx2", "baseline"}
 
 
@@ -540,7 +541,7 @@ def test_build_sdist_and_wheel_then_install_in_fresh_venv(tmp_path: Path) -> Non
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
     for needed in ("src/bindings.cpp", "src/relu_kernel.cpp", "src/relu_kernel.hpp", "src/thread_pool.hpp",
-                   "src/relu_module/_ext.pyi", "src/relu_module/py.typed", "setup.py", "pyproject.toml"):
+                   "src/relu_module/_ext.pyi", "src/relu_module/__init__.pyi", "src/relu_module/py.typed", "setup.py", "pyproject.toml"):
         assert any(n.endswith(needed) for n in names), needed
 
     venv = tmp_path / "venv"

@@ -95,24 +95,28 @@ void* acquire_buffer(std::size_t bytes, std::size_t* capacity) {
 
 void release_buffer(void* ptr, std::size_t capacity) noexcept {
     if (ptr == nullptr) return;
-    {
+    std::vector<Block> evicted;
+    bool cached = false;
+    if (capacity <= cache_limit_bytes()) {
         std::lock_guard<std::mutex> lk(g_mu);
-        if (g_cached + capacity <= cache_limit_bytes()) {
-            try {
-                if (g_blocks->size() == kMaxCachedBlocks) {  // evict the oldest
-                    Block old = g_blocks->front();
-                    g_blocks->erase(g_blocks->begin());
-                    g_cached -= old.capacity;
-                    unmap(old.ptr, old.capacity);
-                }
-                g_blocks->push_back({ptr, capacity});
-                g_cached += capacity;
-                return;
-            } catch (...) {  // out of memory growing the list: just unmap
+        try {
+            evicted.reserve(kMaxCachedBlocks);
+            // Least recently released first out: a loop over one size keeps its block even after
+            // other sizes came and went.
+            while (!g_blocks->empty() &&
+                   (g_blocks->size() >= kMaxCachedBlocks || g_cached + capacity > cache_limit_bytes())) {
+                evicted.push_back(g_blocks->front());
+                g_cached -= g_blocks->front().capacity;
+                g_blocks->erase(g_blocks->begin());
             }
+            g_blocks->push_back({ptr, capacity});
+            g_cached += capacity;
+            cached = true;
+        } catch (...) {  // out of memory growing the list: unmap instead
         }
     }
-    unmap(ptr, capacity);
+    for (const Block& b : evicted) unmap(b.ptr, b.capacity);  // outside the lock
+    if (!cached) unmap(ptr, capacity);
 }
 
 std::size_t clear_buffer_cache() noexcept {
