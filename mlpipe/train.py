@@ -124,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # no pickled code runs
     train_wall_s = time.perf_counter() - start
     val_acc_best = trainer.callback_metrics.get("val/acc_best")
 
@@ -139,7 +139,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, float] = {}
     start = time.perf_counter()
     if cfg.test:
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None)[0]
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)[0]
     test_wall_s = time.perf_counter() - start
 
     n_train = len(datamodule.datasets["train"])

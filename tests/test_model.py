@@ -110,3 +110,10 @@ def test_missing_checkpoint_names_path_and_command(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "best.ckpt"
     with pytest.raises(FileNotFoundError, match=rf"{missing}.*mlpipe-train"):
         load_network(missing)
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": {"net": functools.partial(print, "ran")}, "state_dict": {}}, path)
+    with pytest.raises(Exception, match=r"[Ww]eights only load failed|weights_only"):
+        load_network(path)
