@@ -9,13 +9,16 @@ offline ONNX Runtime accuracy, reports per-request latency and writes
 server: start -> ready time, batch-1 p50 over loopback (HTTP and gRPC) next to in-process ORT,
 and throughput with N concurrent requests (perf_analyzer's concurrency mode, over async gRPC)
 with the dynamic batcher on vs off, measuring client-observed latency, serialisation included.
-The functions are public so ``mlpipe.bench`` can reuse them.
+The functions are public so ``mlpipe.bench`` can reuse them. torch-dependent imports
+(``mlpipe.export``, ``mlpipe.data``) happen inside the functions that need them, so the spawned
+load processes start in well under a second.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import threading
 import time
 from functools import partial
@@ -26,7 +29,6 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.export import ort_session, run_ort
 from mlpipe.serve import TritonServer
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ def _address(cfg: DictConfig, server: TritonServer | None, protocol: str) -> str
 def classify_split(cfg: DictConfig, server: TritonServer | None) -> dict[str, Any]:
     """Send the configured split in batches; compare with offline ORT on the same ONNX."""
     from mlpipe.data import load_split
+    from mlpipe.export import ort_session, run_ort
 
     ccfg = cfg.client
     images, labels = load_split(cfg.data, str(ccfg.split))  # (N, 1, 8, 8), (N,)
@@ -154,21 +157,17 @@ def classify_split(cfg: DictConfig, server: TritonServer | None) -> dict[str, An
 
 
 # -- load generation ---------------------------------------------------------------------------
-def concurrent_throughput(
+def _async_window(
     address: str, model: str, input_name: str, output_name: str, sample: np.ndarray,
-    concurrency: int, duration_s: float, warmup: int, timeout_s: float,
+    concurrency: int, duration_s: float, warmup: int, timeout_s: float, ready: Any = None, go: Any = None,
 ) -> dict[str, Any]:
-    """Requests/s and latency with ``concurrency`` requests in flight over gRPC, for ``duration_s``.
+    """Keep ``concurrency`` async gRPC requests in flight for ``duration_s``; latencies and wall time.
 
-    Same semantics as ``perf_analyzer --concurrency-range N``: one process keeps exactly N
-    asynchronous requests outstanding, sending a new one as each completes, so it behaves like N
-    closed-loop clients. Async gRPC costs the client far less CPU per request than N blocking
-    clients, so on a small machine the server, not the load generator, is what gets measured.
+    ``ready`` (a Queue) and ``go`` (an Event) let several processes warm up, report, and start
+    their timed windows together.
     """
     import tritonclient.grpc as tg
 
-    if concurrency < 1:
-        raise ValueError(f"client.measure.concurrency must be >= 1, got {concurrency}")
     client = tg.InferenceServerClient(address)
     tensor = tg.InferInput(input_name, list(sample.shape), "FP32")
     tensor.set_data_from_numpy(sample)
@@ -184,29 +183,80 @@ def concurrent_throughput(
             errors.append(str(error))
         window.release()
 
-    def send(stop_at: float) -> None:
-        while time.perf_counter() < stop_at:
-            if not window.acquire(timeout=timeout_s):
-                raise TimeoutError(f"no response from {model!r} at {address} within {timeout_s} s")
-            started = time.perf_counter()
-            client.async_infer(model, [tensor], partial(done, started), outputs=outputs, client_timeout=timeout_s)
-        for _ in range(concurrency):  # drain: every request in flight has answered
-            window.acquire(timeout=timeout_s)
-
     try:
         for _ in range(warmup):
             client.infer(model, [tensor], outputs=outputs)
+        if ready is not None:
+            ready.put(1)
+            go.wait(timeout=timeout_s * 4)
         start = time.perf_counter()
-        send(start + duration_s)
+        stop_at = start + duration_s
+        while time.perf_counter() < stop_at:
+            if not window.acquire(timeout=timeout_s):
+                raise TimeoutError(f"no response from {model!r} at {address} within {timeout_s} s")
+            client.async_infer(model, [tensor], partial(done, time.perf_counter()), outputs=outputs, client_timeout=timeout_s)
+        for _ in range(concurrency):  # drain: every request in flight has answered
+            window.acquire(timeout=timeout_s)
         wall = time.perf_counter() - start
     finally:
         client.close()
+    return {"latencies": latencies, "wall_s": wall, "errors": errors}
+
+
+def _window_process(kwargs: dict[str, Any], ready: Any, go: Any, results: Any) -> None:
+    try:
+        results.put(_async_window(ready=ready, go=go, **kwargs))
+    except Exception as err:  # reported by the parent, which raises with the message
+        ready.put(0)  # never leave the parent waiting for a warm-up that failed
+        results.put({"latencies": [], "wall_s": 0.0, "errors": [f"{type(err).__name__}: {err}"]})
+
+
+def concurrent_throughput(
+    address: str, model: str, input_name: str, output_name: str, sample: np.ndarray,
+    concurrency: int, duration_s: float, warmup: int, timeout_s: float, processes: int = 1,
+) -> dict[str, Any]:
+    """Requests/s and latency with ``concurrency`` requests in flight over gRPC, for ``duration_s``.
+
+    Same semantics as ``perf_analyzer --concurrency-range N``: exactly N asynchronous requests
+    outstanding, a new one sent as each completes, i.e. N closed-loop clients. Async gRPC costs
+    the client far less CPU per request than N blocking clients; ``processes`` > 1 splits the N
+    over several processes (started together after warm-up) when one Python process's GIL is
+    the limit.
+    """
+    if concurrency < 1 or processes < 1:
+        raise ValueError(f"client.measure.concurrency ({concurrency}) and processes ({processes}) must be >= 1")
+    processes = min(processes, concurrency)
+    shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
+    common = dict(address=address, model=model, input_name=input_name, output_name=output_name,
+                  sample=sample, duration_s=duration_s, warmup=warmup, timeout_s=timeout_s)
+    if processes == 1:
+        outs = [_async_window(concurrency=concurrency, **common)]
+    else:
+        ctx = mp.get_context("spawn")  # never fork a process that holds gRPC threads
+        ready, go, results = ctx.Queue(), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_window_process, args=({**common, "concurrency": n}, ready, go, results)) for n in shares]
+        for proc in procs:
+            proc.start()
+        try:
+            for _ in procs:  # all warmed up (or failed: then the result carries the error)
+                ready.get(timeout=timeout_s * 4)
+            go.set()
+            outs = [results.get(timeout=duration_s + timeout_s * 4) for _ in procs]
+        finally:
+            for proc in procs:
+                proc.join(timeout=timeout_s)
+                if proc.is_alive():
+                    proc.kill()
+    errors = [e for o in outs for e in o["errors"]]
     if errors:
         raise RuntimeError(f"{len(errors)} requests to {model!r} failed during the load run; first: {errors[0]}")
+    latencies = [x for o in outs for x in o["latencies"]]
+    wall = max(o["wall_s"] for o in outs)
     return {
         "protocol": "grpc",
         "model": model,
         "concurrency": concurrency,
+        "processes": processes,
         "batch_size": int(sample.shape[0]),
         "wall_s": wall,
         "requests": len(latencies),
@@ -232,6 +282,7 @@ def model_batch_stats(server: TritonServer, model: str) -> dict[str, float]:
 def measure(cfg: DictConfig) -> dict[str, Any]:
     """The serving targets on one fresh server; writes ``client.measure.report_path``."""
     from mlpipe.data import load_split
+    from mlpipe.export import ort_session
 
     mcfg = cfg.client.measure
     in_name, out_name = str(cfg.export.onnx.input_name), str(cfg.export.onnx.output_name)
@@ -260,7 +311,7 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
         for label, model in mcfg.batching_models.items():
             runs[label] = concurrent_throughput(
                 server.grpc_address, str(model), in_name, out_name, one, int(mcfg.concurrency),
-                float(mcfg.duration_s), warmup, float(cfg.client.timeout_s),
+                float(mcfg.duration_s), warmup, float(cfg.client.timeout_s), int(mcfg.processes),
             )
             runs[label]["server"] = model_batch_stats(server, str(model))
         report["dynamic_batching"] = runs

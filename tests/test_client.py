@@ -63,11 +63,19 @@ def test_served_accuracy_equals_offline_ort(exported_dir: Path, server: TritonSe
     assert json.loads(Path(cfg.client.report_path).read_text()) == result
 
 
-def test_concurrent_load_batches_on_the_server(server: TritonServer) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_concurrent_load(server: TritonServer, processes: int) -> None:
     sample = np.zeros((1, 1, 8, 8), np.float32)
-    result = concurrent_throughput(server.grpc_address, "digits", "images", "logits", sample, 8, 0.5, 2, 30.0)
+    result = concurrent_throughput(server.grpc_address, "digits", "images", "logits", sample, 8, 0.5, 2, 30.0, processes)
     assert result["requests"] > 0 and result["throughput_rps"] > 0
     assert result["latency"]["n"] == result["requests"]
+    assert result["processes"] == processes
+
+
+def test_concurrent_load_reports_server_errors(server: TritonServer) -> None:
+    bad = np.zeros((1, 1, 8, 7), np.float32)
+    with pytest.raises(RuntimeError, match=r"requests to 'digits' failed.*unexpected shape"):
+        concurrent_throughput(server.grpc_address, "digits", "images", "logits", bad, 2, 0.2, 0, 30.0, 2)
 
 
 def test_unknown_protocol_lists_the_choices() -> None:
