@@ -330,6 +330,28 @@ def test_relu_module_torch_float32_backward_matches_torch() -> None:
     np.testing.assert_array_equal(bits(x.grad.numpy()), bits(ref.grad.numpy()))
 
 
+def test_relu_module_torch_inplace_matches_nn_relu_inplace() -> None:
+    from relu_module.torch import ReLU
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 5).double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    grads = []
+    for act in (ReLU(inplace=True), torch.nn.ReLU(inplace=True)):
+        lin.zero_grad()
+        h = lin(x)
+        y = act(h)
+        assert y is h  # same storage, modified in place
+        (y * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+        grads.append((y.detach().clone(), lin.weight.grad.clone()))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda t: ReLU(inplace=True)(t.clone()), (x.clone().requires_grad_(),))
+    leaf = torch.randn(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        ReLU(inplace=True)(leaf)  # same error as torch.relu_ on a leaf
+    assert repr(ReLU(inplace=True)) == "ReLU(inplace=True)"
+
+
 def test_relu_module_torch_falls_back_off_kernel_dtypes() -> None:
     from relu_module.torch import ReLU
 
@@ -337,8 +359,9 @@ def test_relu_module_torch_falls_back_off_kernel_dtypes() -> None:
     torch.testing.assert_close(ReLU()(x), torch.relu(x))
 
 
+@pytest.mark.parametrize("inplace", [False, True], ids=["relu", "relu-inplace"])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_onnx_export_is_standard_relu(dynamo: bool, tmp_path: Path) -> None:
+def test_onnx_export_is_standard_relu(dynamo: bool, inplace: bool, tmp_path: Path) -> None:
     import warnings
 
     import onnx
@@ -347,7 +370,7 @@ def test_onnx_export_is_standard_relu(dynamo: bool, tmp_path: Path) -> None:
     from relu_module.torch import ReLU
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), ReLU(), torch.nn.Linear(16, 4)).eval()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), ReLU(inplace), torch.nn.Linear(16, 4)).eval()
     x = torch.randn(5, 8)
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from . import _ext
 
-__all__ = ["ReLUFunction", "relu", "ReLU"]
+__all__ = ["ReLUFunction", "ReLUInplaceFunction", "relu", "ReLU"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -52,6 +52,27 @@ class ReLUFunction(torch.autograd.Function):
         return g.op("Relu", x)
 
 
+class ReLUInplaceFunction(torch.autograd.Function):
+    """In-place ReLU on the tensor's own storage (``nn.ReLU(inplace=True)`` semantics)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        _ext.relu_(x.detach().numpy())  # a view of x's storage: x itself changes
+        ctx.mark_dirty(x)  # autograd bumps x's version and rejects uses of the old value
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.from_numpy(_ext.relu_backward(grad.detach().numpy(), y.detach().numpy(), None))
+
+    @staticmethod
+    def symbolic(g: Any, x: Any) -> Any:
+        return g.op("Relu", x)
+
+
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
 
 
@@ -60,21 +81,32 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or _is_exporting()
 
 
-def relu(x: Tensor) -> Tensor:
-    """``torch.relu`` through the kernel, with autograd; see the module docstring for fallbacks."""
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
+    """``torch.relu`` (``torch.relu_`` if inplace) through the kernel, with autograd.
+
+    See the module docstring for when it defers to torch (tracing, non-CPU, other dtypes).
+    """
     if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided or _tracing():
-        return torch.relu(x)
+        return torch.relu_(x) if inplace else torch.relu(x)
     if torch.jit.is_tracing():
         # The TorchScript ONNX exporter records the Function as one node and maps it to Relu via
-        # `symbolic`; the tracer's warnings about the numpy calls inside it do not apply.
+        # `symbolic`; the tracer's warnings about the numpy calls inside it do not apply. The
+        # tracer cannot record a dirty (in-place) Function, and ONNX has no in-place ops anyway.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             return ReLUFunction.apply(x)
-    return ReLUFunction.apply(x)
+    return (ReLUInplaceFunction if inplace else ReLUFunction).apply(x)
 
 
 class ReLU(nn.Module):
-    """Drop-in for ``nn.ReLU()`` (without ``inplace``) that runs the relu_module kernels."""
+    """Drop-in for ``nn.ReLU`` that runs the relu_module kernels."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:  # (*) -> (*)
-        return relu(x)
+        return relu(x, self.inplace)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
