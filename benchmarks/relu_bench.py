@@ -310,6 +310,20 @@ def print_tables(rows: list[Row], ratios: list[dict]) -> None:
     print(tabulate(refs, headers=["dtype", "n", "reference", "min us", "median us", "GB/s"]))
 
 
+def _style(row: Row) -> dict:
+    """Colour by form, line style by library, so that 13 lines stay readable."""
+    colour = {"out-of-place": "tab:blue", "out=": "tab:orange", "in-place": "tab:green"}
+    refs = {"np.copyto(o, x)": ("black", "--"), "stream copy, 2 threads": ("grey", "--"),
+            "original list->vector->list": ("tab:brown", "-.")}
+    if row.contender in refs:
+        c, ls = refs[row.contender]
+        return {"color": c, "linestyle": ls, "linewidth": 1.5}
+    if row.contender.startswith("relu_module"):
+        return {"color": colour[row.form], "linestyle": "-", "linewidth": 2.5}
+    ls = "--" if row.contender.startswith("np.") else ":"
+    return {"color": colour[row.form], "linestyle": ls, "linewidth": 1.2, "alpha": 0.8}
+
+
 def plot(rows: list[Row], path: Path) -> None:
     import matplotlib
 
@@ -317,18 +331,17 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     dtypes = sorted({r.dtype for r in rows})
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(7 * len(dtypes), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes) + 3, 5.5), squeeze=False)
     for ax, dtype in zip(axes[0], dtypes):
         for name in dict.fromkeys(r.contender for r in rows):
-            pts = sorted((r.n, r.gbps) for r in rows if r.dtype == dtype and r.contender == name)
-            if not pts:
-                continue
-            style = "-" if name.startswith("relu_module") else ("--" if name.startswith(("np.copyto", "stream")) else ":")
-            ax.plot(*zip(*pts), style, marker="o", markersize=3, label=name)
+            sel = sorted((r for r in rows if r.dtype == dtype and r.contender == name), key=lambda r: r.n)
+            if sel:
+                ax.plot([r.n for r in sel], [r.gbps for r in sel], marker="o", markersize=3, label=name, **_style(sel[0]))
         ax.set(xscale="log", yscale="log", xlabel="elements n", ylabel="GB/s (read + write, min time)", title=dtype)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 3 / (6.5 * len(dtypes) + 3), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
