@@ -192,13 +192,24 @@ class TritonServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _check_repository(self) -> None:
+        """Every configured model has a config and its model file, or say which path and what makes it."""
+        from mlpipe.triton_repo import parse_pbtxt
+
+        fix = "generate the repository with `mlpipe-export` (or `make export`)"
         for name in self.models:
-            config = self.model_repository / name / "config.pbtxt"
-            if not config.is_file():
-                raise FileNotFoundError(
-                    f"model {name!r} not found in the Triton repository ({config} is missing); "
-                    "generate the repository with `mlpipe-export` (or `make export`)"
-                )
+            model_dir = self.model_repository / name
+            config_path = model_dir / "config.pbtxt"
+            if not config_path.is_file():
+                raise FileNotFoundError(f"model {name!r} not found in the Triton repository ({config_path} is missing); {fix}")
+            config = parse_pbtxt(config_path.read_text())
+            if config.backend == "python":
+                needed = config.parameters["onnx_file"].string_value
+            else:
+                needed = "model.plan" if config.platform == "tensorrt_plan" else "model.onnx"
+            versions = sorted(d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()) or [model_dir / "1"]
+            for version in versions:
+                if not (version / needed).is_file():
+                    raise FileNotFoundError(f"model file {version / needed} is missing; {fix}")
 
     def _prepare_backends(self) -> Path:
         """A backend folder holding the wheel's python backend and the stub for *this* Python."""

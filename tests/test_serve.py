@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -190,6 +191,17 @@ def test_missing_repository_names_the_command(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=rf"{tmp_path}/model_repository/digits/config.pbtxt.*mlpipe-export"):
         server.start()
     assert server.process is None  # nothing was launched
+
+
+def test_missing_model_file_names_the_path(served: tuple[DictConfig, TritonServer], tmp_path: Path) -> None:
+    cfg, _ = served
+    repo = tmp_path / "repo"
+    shutil.copytree(cfg.serve.model_repository, repo)
+    (repo / "digits_nobatch" / "1" / "model.onnx").unlink()
+    server = TritonServer.from_config(OmegaConf.merge(cfg.serve, {"model_repository": str(repo)}))
+    with pytest.raises(FileNotFoundError, match=rf"{repo}/digits_nobatch/1/model.onnx is missing.*mlpipe-export"):
+        server.start()
+    assert server.process is None
 
 
 @pytest.mark.slow
