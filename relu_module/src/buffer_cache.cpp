@@ -6,6 +6,7 @@
 #include <vector>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -24,6 +25,12 @@ struct Block {
 std::mutex g_mu;
 std::vector<Block>* g_blocks = new std::vector<Block>();  // leaked: no unmapping at exit
 std::size_t g_cached = 0;
+
+#if defined(__linux__)
+// Hold the cache lock across fork() so that a child never inherits it locked.
+[[maybe_unused]] const bool g_atfork_registered =
+    pthread_atfork([] { g_mu.lock(); }, [] { g_mu.unlock(); }, [] { g_mu.unlock(); }) == 0;
+#endif
 
 std::size_t read_limit() {
     std::size_t mb = kDefaultCacheMb;

@@ -5,6 +5,7 @@
 #include <string>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
 #endif
@@ -151,6 +152,16 @@ std::mutex g_pool_mu;
 std::shared_ptr<ThreadPool>* g_pool = nullptr;  // leaked at exit on purpose: joining workers
 int g_pool_pid = 0;                             // during interpreter shutdown can deadlock
 }  // namespace
+
+#if defined(__linux__)
+namespace {
+// fork() while another thread holds g_pool_mu would leave it locked forever in the child: take it
+// around fork so the child starts with it free.
+void fork_prepare() { g_pool_mu.lock(); }
+void fork_release() { g_pool_mu.unlock(); }
+[[maybe_unused]] const bool g_atfork_registered = pthread_atfork(fork_prepare, fork_release, fork_release) == 0;
+}  // namespace
+#endif
 
 std::shared_ptr<ThreadPool> global_pool() {
     const int want = get_num_threads();
