@@ -44,7 +44,7 @@ class DevicePeaks:
     peak_flops: float  # FLOP/s
     peak_bandwidth: float  # byte/s
     source: str  # where the figures come from (datasheet URL, measurement)
-    kind: str  # "measured" or "datasheet"
+    kind: str  # "measured" (stored), "datasheet" or "runtime" (measured by this run)
 
     @property
     def ridge(self) -> float:
@@ -146,7 +146,7 @@ def device_peaks(device_cfg: Mapping[str, Any], dtype: str) -> DevicePeaks:
             f"{m['matmul_size']}^3 matmuls in {dtype}, {m['copy_bytes']} B copy"
         )
         log.info("%s %s: %.3g FLOP/s, %.3g B/s", name, dtype, flops, bw)
-        return DevicePeaks(name, dtype, flops, bw, source, "measured")
+        return DevicePeaks(name, dtype, flops, bw, source, "runtime")
     sets = {k: device_cfg[k] for k in ("measured", "datasheet") if device_cfg.get(k)}
     if use not in sets:
         raise ProfileConfigError(
