@@ -43,11 +43,12 @@ def test_short_run_writes_checkpoints_metrics_and_logs(cfg_train: DictConfig) ->
     assert list(Path(cfg_train.paths.log_dir).rglob("metrics.csv")), "CSV logger wrote nothing"
 
 
-def test_same_seed_gives_identical_metrics_json(compose_cfg, tmp_path: Path) -> None:
-    # augmentation on: the kernel-augmented loader must be reproducible too
+@pytest.mark.parametrize("workers", [0, 2])
+def test_same_seed_gives_identical_metrics_json(compose_cfg, tmp_path: Path, workers: int) -> None:
+    # augmentation on: the kernel-augmented loader (also in worker processes) must be reproducible
     files = []
     for run in ("a", "b"):
-        cfg = compose_cfg("trainer.limit_train_batches=5", tmp_dir=tmp_path / run)
+        cfg = compose_cfg("trainer.limit_train_batches=5", f"data.num_workers={workers}", tmp_dir=tmp_path / run)
         assert cfg.data.augment.train
         train(cfg)
         files.append(Path(cfg.outputs.metrics).read_bytes())
