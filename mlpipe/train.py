@@ -38,6 +38,7 @@ from mlpipe.nets import ACTIVATIONS
 
 log = logging.getLogger(__name__)
 
+
 def config_dir() -> str:
     """Absolute path of the checkout's conf/.
 
