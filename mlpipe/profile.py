@@ -30,7 +30,6 @@ from mlpipe.roofline import (
     ProfileConfigError,
     available_presets,
     bound,
-    check_batch_sizes,
     check_dtype,
     device_peaks,
     flip_batch,
@@ -140,7 +139,11 @@ def profile_network(
     Counting runs in fp32 on the CPU: FLOPs do not depend on the dtype, bytes scale by its itemsize.
     """
     itemsize = torch.empty((), dtype=check_dtype(dtype)).element_size()
-    (batch_size,) = check_batch_sizes([batch_size], key="batch_size")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ProfileConfigError(
+            f"profile.batch_size must be a positive integer, got {batch_size!r}; "
+            "e.g. profile.batch_size=64"
+        )
     net = net.eval().float().cpu()
     example = torch.zeros((batch_size, *sample_shape), dtype=torch.float32)  # (B, C, H, W)
 
@@ -263,7 +266,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     pc = cfg.profile
     devices = resolve_devices(list(pc.devices), pc.device_dir, pc.dtype)
     net = build_network(cfg)
-    result = profile_network(net, list(pc.sample_shape), int(pc.batch_size), pc.dtype, devices)
+    result = profile_network(net, list(pc.sample_shape), pc.batch_size, pc.dtype, devices)
     result["model"] = str(pc.model_name)
     out = Path(pc.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -151,6 +151,12 @@ def test_invalid_batch_list_is_rejected_with_an_example(bad) -> None:
         check_batch_sizes(bad)
 
 
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])
+def test_invalid_profile_batch_size_is_rejected(bad) -> None:
+    with pytest.raises(ProfileConfigError, match=r"profile.batch_size must be a positive integer"):
+        profile_network(tiny_net(), [1, 8, 8], bad, "fp32", [H100_FP32])
+
+
 def test_unknown_device_preset_lists_valid_choices() -> None:
     with pytest.raises(ProfileConfigError) as err:
         resolve_devices(["h100_sxm", "tpu_v9"], DEVICE_DIR, "fp32")
