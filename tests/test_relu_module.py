@@ -424,7 +424,7 @@ def test_in_place_needs_a_writeable_array() -> None:
 @pytest.mark.parametrize(
     ("out", "message"),
     [(np.zeros(4), "shape"), (np.zeros((3, 1)), "shape"), (np.zeros(3, np.float32), "dtype"),
-     (np.zeros(3, np.int64), "dtype")],
+     (np.zeros(3, np.int64), "dtype"), (np.zeros(3, ">f8"), "dtype")],
 )
 def test_bad_out_raises_value_error(out: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):

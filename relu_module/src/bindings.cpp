@@ -69,7 +69,7 @@ void require_same(const py::array& a, const py::array& ref, const char* fn, cons
         throw py::value_error(std::string(fn) + ": " + arg + " has shape " + shape_str(a) + " but " + ref_name +
                               " has shape " + shape_str(ref) + "; shapes must match exactly (no broadcasting)");
     }
-    if (a.dtype().num() != ref.dtype().num()) {
+    if (a.dtype().num() != ref.dtype().num() || a.dtype().byteorder() == '>') {
         throw py::value_error(std::string(fn) + ": " + arg + " has dtype " + to_text(a.dtype()) + " but " + ref_name +
                               " has dtype " + to_text(ref.dtype()) + "; pass an array of dtype " + to_text(ref.dtype()));
     }
@@ -105,8 +105,11 @@ bool unsafe_overlap(const py::array& in, const py::array& out) {
 }
 
 // A private, C-contiguous copy of an input that overlaps the output (numpy ufuncs do the same).
-py::array defensive_copy(const py::array& a) { return py::reinterpret_steal<py::array>(
-    py::detail::npy_api::get().PyArray_NewCopy_(a.ptr(), 0 /* NPY_CORDER */)); }
+py::array defensive_copy(const py::array& a) {
+    PyObject* copy = py::detail::npy_api::get().PyArray_NewCopy_(a.ptr(), 0 /* NPY_CORDER */);
+    if (copy == nullptr) throw py::error_already_set();  // e.g. MemoryError
+    return py::reinterpret_steal<py::array>(copy);
+}
 
 struct CachedBlock {
     void* ptr;
