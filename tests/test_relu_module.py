@@ -318,6 +318,10 @@ def test_relu_module_torch_gradcheck() -> None:
     y = ReLU()(x)
     assert y.grad_fn is not None and y.grad_fn.name() == ReLUFunction.__name__ + "Backward"
     torch.testing.assert_close(y, torch.relu(x), rtol=0, atol=0)
+    with torch.no_grad():  # inference skips the Function but computes the same bits
+        z = ReLU()(x)
+    assert z.grad_fn is None and not z.requires_grad
+    np.testing.assert_array_equal(bits(z.numpy()), bits(torch.relu(x.detach()).numpy()))
 
 
 def test_relu_module_torch_float32_backward_matches_torch() -> None:

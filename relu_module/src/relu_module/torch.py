@@ -86,8 +86,11 @@ def relu(x: Tensor, inplace: bool = False) -> Tensor:
 
     See the module docstring for when it defers to torch (tracing, non-CPU, other dtypes).
     """
-    if x.device.type != "cpu" or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided or _tracing():
+    if not x.is_cpu or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided or _tracing():
         return torch.relu_(x) if inplace else torch.relu(x)
+    if not inplace and not (x.requires_grad and torch.is_grad_enabled()) and not torch.jit.is_tracing():
+        # Nothing to record: skip the autograd.Function machinery (~10 us per call).
+        return torch.from_numpy(_ext.relu(x.detach().numpy(), None))
     if torch.jit.is_tracing():
         # The TorchScript ONNX exporter records the Function as one node and maps it to Relu via
         # `symbolic`; the tracer's warnings about the numpy calls inside it do not apply. The
