@@ -541,6 +541,13 @@ def test_env_var_sets_threads_and_fork_is_safe() -> None:
     assert proc.stdout.split() == ["3", "0"]
 
 
+def test_bad_env_var_is_reported() -> None:
+    proc = run_python("import relu_module; print(relu_module.get_num_threads() >= 1)",
+                      env={"RELU_MODULE_NUM_THREADS": "lots"}, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True"
+    assert "RELU_MODULE_NUM_THREADS='lots' is not an integer" in proc.stderr
+
+
 # ---- packaging ------------------------------------------------------------------------------
 
 

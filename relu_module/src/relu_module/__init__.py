@@ -8,6 +8,8 @@ into zero-copy ndarray views, so the fast path for ndarrays adds two ``type()`` 
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from array import array as array_type
 from importlib.metadata import PackageNotFoundError
@@ -23,6 +25,19 @@ try:
     __version__ = _dist_version("relu-module")
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
+
+_log = logging.getLogger(__name__)
+
+
+def _check_env() -> None:
+    """Warn about settings the C++ side ignores, rather than silently using defaults."""
+    for var, low in (("RELU_MODULE_NUM_THREADS", 1), ("RELU_MODULE_CACHE_MB", 0)):
+        value = os.environ.get(var)
+        if value is not None and not (value.strip().isdigit() and int(value) >= low and value == value.strip()):
+            _log.warning("%s=%r is not an integer >= %d; ignoring it and using the default", var, value, low)
+
+
+_check_env()
 
 __all__ = [
     "relu",
