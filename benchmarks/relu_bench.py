@@ -39,7 +39,7 @@ import relu_module
 
 log = logging.getLogger("relu_bench")
 
-FULL_SIZES = [10, 100, 1_000, 10_000, 100_000, 300_000, 1_000_000, 3_000_000, 10_000_000, 30_000_000, 100_000_000]
+FULL_SIZES = [int(m * 10**e) for e in range(1, 8) for m in (1, 3)] + [100_000_000]  # 10, 30, ..., 3e7, 1e8
 QUICK_SIZES = [10, 1_000, 100_000, 1_000_000, 10_000_000]
 ORIGINAL_MAX_N = 10_000_000  # the list-based design needs ~GBs of Python floats beyond this
 CEILING_MIN_N = 1_000_000  # the streaming-copy reference spawns threads per call: meaningless below
