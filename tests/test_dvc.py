@@ -41,12 +41,12 @@ def test_repo_config_is_offline_and_remote_is_complete(repo_root: Path) -> None:
     assert remote.parent == repo_root, "the default remote lives inside the repository"
     dir_md5 = recorded_dir_hash(repo_root / "data.dvc")
     manifest = remote / "files" / "md5" / dir_md5[:2] / dir_md5[2:]
-    entries = json.loads(manifest.read_text())
-    for entry in entries:
-        obj = remote / "files" / "md5" / entry["md5"][:2] / entry["md5"][2:]
-        assert obj.is_file(), f"{entry['relpath']} missing from the committed remote"
-    tracked = subprocess.run(["git", "ls-files", str(remote.relative_to(repo_root))], cwd=repo_root, capture_output=True, text=True, check=True)
-    assert len(tracked.stdout.split()) == len(entries) + 1, "every remote object is committed to git"
+    objects = [manifest] + [remote / "files" / "md5" / e["md5"][:2] / e["md5"][2:] for e in json.loads(manifest.read_text())]
+    listed = subprocess.run(["git", "ls-files", str(remote.relative_to(repo_root))], cwd=repo_root, capture_output=True, text=True, check=True)
+    tracked = {repo_root / line for line in listed.stdout.split()}
+    for obj in objects:
+        assert obj.is_file(), f"{obj} missing from the in-repo remote: run `dvc push data.dvc`"
+        assert obj in tracked, f"{obj} is not committed to git: `git add {remote.name}`"
 
 
 def test_dvc_agrees_data_is_up_to_date(repo_root: Path, dvc_data: Path, dvc_cli) -> None:
