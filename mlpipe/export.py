@@ -257,8 +257,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     """CLI: ``mlpipe-export [export=tensorrt] [export.onnx.opset=17] ...``."""
     from mlpipe.tensorrt_engine import TensorRTUnavailable
 
@@ -272,6 +271,19 @@ def main(cfg: DictConfig) -> None:
         f"ONNX {report['onnx_path']}: max abs diff {parity['max_abs_diff']:.2g}, argmax agreement "
         f"{parity['argmax_agreement']:.2%}, test acc torch {parity['reference_acc']:.4f} / ORT {parity['candidate_acc']:.4f}"
     )
+
+
+
+def main() -> None:
+    """Console script ``mlpipe-export`` / ``python -m mlpipe.export``: Hydra app on the checkout's conf/.
+
+    The decorator is applied here, not at import, because the absolute conf/ path
+    (``mlpipe.train.config_dir``, needed by console scripts) lives in a module that imports
+    torch/lightning, which importing this module must not pay for.
+    """
+    from mlpipe.train import config_dir
+
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")(_main)()
 
 
 if __name__ == "__main__":
