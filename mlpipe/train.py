@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlpipe.data import ConfigError, DataError, validate_data_cfg
-from mlpipe.data.digits import require
+from mlpipe.data.digits import is_int, require
 from mlpipe.model import NonFiniteLossError
 from mlpipe.nets import ACTIVATIONS
 
@@ -59,7 +59,7 @@ USER_ERRORS = (ConfigError, DataError, NonFiniteLossError, FileNotFoundError)
 
 def validate_config(cfg: DictConfig) -> None:
     """Reject invalid values before any work starts; each error names its config key."""
-    require(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be an integer >= 0, got {cfg.seed!r}")
+    require(is_int(cfg.seed) and cfg.seed >= 0, "seed", f"must be an integer >= 0, got {cfg.seed!r}")
     validate_data_cfg(cfg.data)
     net = cfg.model.net
     for key in ("image_size", "num_classes"):
@@ -68,9 +68,9 @@ def validate_config(cfg: DictConfig) -> None:
     require(0.0 <= float(net.dropout) < 1.0, "model.net.dropout", f"must be in [0, 1), got {net.dropout}")
     require(float(cfg.optimizer.lr) > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
     epochs = cfg.trainer.max_epochs
-    require(isinstance(epochs, int) and epochs > 0, "trainer.max_epochs", f"must be an integer > 0, got {epochs!r}")
+    require(is_int(epochs) and epochs > 0, "trainer.max_epochs", f"must be an integer > 0, got {epochs!r}")
     threads = cfg.torch_threads
-    require(threads is None or (isinstance(threads, int) and threads > 0), "torch_threads", f"must be null (torch's default) or an integer > 0, got {threads!r}")
+    require(threads is None or (is_int(threads) and threads > 0), "torch_threads", f"must be null (torch's default) or an integer > 0, got {threads!r}")
     require(cfg.scheduler.interval in ("epoch", "step"), "scheduler.interval", f"must be 'epoch' or 'step', got {cfg.scheduler.interval!r}")
 
 

@@ -165,6 +165,7 @@ def test_extra_file_is_named(data_cfg: DictConfig, tmp_path: Path) -> None:
     [
         ({"batch_size": 0}, r"data\.batch_size"),
         ({"batch_size": -3}, r"data\.batch_size"),
+        ({"batch_size": True}, r"data\.batch_size"),
         ({"num_workers": -1}, r"data\.num_workers"),
         ({"augment": {"noise_std": -0.1}}, r"data\.augment\.noise_std"),
         ({"augment": {"scale_jitter": 1.5}}, r"data\.augment\.scale_jitter"),

@@ -47,6 +47,11 @@ class Digits:
     data_md5: str  # DVC folder hash from data.dvc, e.g. "3585...e914ad.dir"
 
 
+def is_int(value: Any) -> bool:
+    """An integer config value (YAML `true` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def require(condition: bool, key: str, message: str) -> None:
     """Raise ConfigError naming `key` unless `condition` holds."""
     if not condition:
@@ -66,9 +71,9 @@ def validate_data_cfg(data_cfg: Mapping[str, Any], prefix: str = "data") -> None
     require(0.0 <= jitter < 1.0, f"{prefix}.augment.scale_jitter", f"must be in [0, 1), got {jitter}")
     for key in ("batch_size", "eval_batch_size"):
         value = data_cfg[key]
-        require(isinstance(value, int) and value > 0, f"{prefix}.{key}", f"must be an integer > 0, got {value!r}")
+        require(is_int(value) and value > 0, f"{prefix}.{key}", f"must be an integer > 0, got {value!r}")
     workers = data_cfg["num_workers"]
-    require(isinstance(workers, int) and workers >= 0, f"{prefix}.num_workers", f"must be an integer >= 0, got {workers!r}")
+    require(is_int(workers) and workers >= 0, f"{prefix}.num_workers", f"must be an integer >= 0, got {workers!r}")
 
 
 def _md5(path: Path) -> str:
