@@ -38,6 +38,10 @@ from mlpipe import triton_repo
 log = logging.getLogger(__name__)
 
 
+# Loggers of the dynamo exporter's graph passes (onnxscript's optimizer and rewriter, onnx_ir).
+_CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
+
+
 class ParityError(RuntimeError):
     """ONNX Runtime (or TensorRT) disagrees with the reference beyond the configured tolerance."""
 
@@ -124,8 +128,10 @@ def export_onnx(net: torch.nn.Module, sample: torch.Tensor, onnx_path: Path, onn
     common = dict(input_names=[in_name], output_names=[out_name], opset_version=int(onnx_cfg["opset"]))
     with torch.no_grad():
         if onnx_cfg["dynamo"]:
+            for name in _CHATTY_LOGGERS:  # per-pass INFO lines would drown the export's own log
+                logging.getLogger(name).setLevel(logging.WARNING)
             torch.onnx.export(
-                net, (sample,), str(onnx_path), dynamo=True, external_data=False,
+                net, (sample,), str(onnx_path), dynamo=True, external_data=False, verbose=False,
                 dynamic_shapes=({0: torch.export.Dim(batch)},), **common,
             )
         else:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import psutil
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
@@ -48,6 +49,9 @@ def exported_dir(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: A
 def server(exported_dir: Path) -> Iterator[TritonServer]:
     with TritonServer.from_config(compose_app("serve", exported_dir, *EPHEMERAL).serve) as running:
         yield running
+    leftovers = [p for p in psutil.Process().children(recursive=True)
+                 if p.name() in ("tritonserver", "triton_python_backend_stub")]
+    assert not leftovers, f"server processes outlived the tests: {leftovers}"
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
