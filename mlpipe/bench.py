@@ -25,7 +25,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.loadgen import MODES, CallerFactory, run_until_stable
+from mlpipe.loadgen import MODES, CallerFactory, TritonCaller, run_until_stable
 from mlpipe.roofline import DevicePeaks, ProfileConfigError, check_batch_sizes
 
 from mlpipe.train import config_dir  # absolute conf/ path: console scripts need it
@@ -279,33 +279,6 @@ def tensorrt(ctx: BenchContext) -> Target:
 
 
 # -- Triton ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TritonCaller:
-    """Picklable caller factory: one client per worker; each call serializes, sends, decodes."""
-
-    protocol: str  # "http" or "grpc"
-    address: str
-    model: str
-    input_name: str
-    output_name: str
-    images: np.ndarray
-
-    def __call__(self) -> Callable[[], np.ndarray]:
-        if self.protocol == "http":
-            import tritonclient.http as client_mod
-        else:
-            import tritonclient.grpc as client_mod
-        client = client_mod.InferenceServerClient(self.address)
-        outputs = [client_mod.InferRequestedOutput(self.output_name)]
-
-        def call() -> np.ndarray:
-            inp = client_mod.InferInput(self.input_name, list(self.images.shape), "FP32")
-            inp.set_data_from_numpy(self.images)
-            return client.infer(self.model, [inp], outputs=outputs).as_numpy(self.output_name)
-
-        return call
-
-
 def _triton_target(ctx: BenchContext, protocol: str) -> Target:
     server = ctx.server()
     address = server.http_address if protocol == "http" else server.grpc_address

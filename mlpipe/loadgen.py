@@ -6,14 +6,16 @@ What that function does is what gets timed, so for Triton it builds the request 
 (serialization), sends it, waits and decodes the reply: client-observed latency.
 
 Workers are threads (in-process backends, and Triton clients, whose network I/O releases the
-GIL) or spawned processes (Triton clients without GIL contention on serialization). All workers
-warm up, meet at a barrier, then run their timed requests; throughput is requests completed over
-the wall time from the barrier to the last worker's end.
+GIL) or spawned processes (Triton clients without GIL contention on serialization); they persist
+across the windows of one measurement, each keeping its client. Per window all workers warm up,
+meet at a barrier, then run their timed requests; throughput is requests completed over the wall
+time from the barrier to the last worker's end.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,15 +58,19 @@ class _WorkerOut:
     first_error: str | None = None
 
 
-def _work(factory: CallerFactory, warmup: int, requests: int, barrier: Any) -> _WorkerOut:
-    """Body shared by threads and processes: warm up, wait for all, then time `requests` calls."""
+def _timed(call: Caller | None, setup_error: str | None, warmup: int, requests: int,
+           barrier: Any) -> _WorkerOut:
+    """One window of one worker: warm up, wait for all workers, then time `requests` calls."""
     out = _WorkerOut()
+    if call is None:  # the caller could not even be built: report, still meet the barrier
+        out.errors, out.first_error = requests, setup_error
+        barrier.wait()
+        return out
     try:
-        call = factory()
         for _ in range(warmup):
             call()
-    except Exception as err:  # the caller cannot even start: report, still meet the barrier
-        out.errors, out.first_error = requests, f"{type(err).__name__}: {err}"
+    except Exception as err:
+        out.errors, out.first_error = requests, f"warm-up failed: {type(err).__name__}: {err}"
         barrier.wait()
         return out
     barrier.wait()
@@ -82,64 +88,131 @@ def _work(factory: CallerFactory, warmup: int, requests: int, barrier: Any) -> _
     return out
 
 
-def _process_main(factory: CallerFactory, warmup: int, requests: int, barrier: Any, queue: Any) -> None:
-    queue.put(_work(factory, warmup, requests, barrier))
+def _serve(factory: CallerFactory, commands: Any, results: Any, barrier: Any) -> None:
+    """Worker loop (thread or process): build the caller once, then run windows on command."""
+    try:
+        call, error = factory(), None
+    except Exception as err:
+        call, error = None, f"{type(err).__name__}: {err}"
+    while (cmd := commands.get()) is not None:
+        results.put(_timed(call, error, cmd[0], cmd[1], barrier))
+
+
+class Workers:
+    """`concurrency` persistent closed-loop workers; each keeps its caller (client) across windows.
+
+    Processes are spawned, not forked: gRPC and torch threads do not survive a fork.
+    """
+
+    def __init__(self, factory: CallerFactory, concurrency: int, mode: str = "thread",
+                 timeout_s: float = 600.0) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown load generator mode {mode!r}; valid choices: {list(MODES)}")
+        if concurrency < 1:
+            raise ValueError(f"need concurrency >= 1, got {concurrency}")
+        self.concurrency, self.timeout_s = concurrency, timeout_s
+        if mode == "thread":
+            self._results: Any = queue.Queue()
+            barrier: Any = threading.Barrier(concurrency, timeout=timeout_s)
+            self._commands: list[Any] = [queue.Queue() for _ in range(concurrency)]
+            self._workers: list[Any] = [
+                threading.Thread(target=_serve, args=(factory, c, self._results, barrier), daemon=True)
+                for c in self._commands
+            ]
+        else:
+            ctx = mp.get_context("spawn")
+            self._results = ctx.Queue()
+            barrier = ctx.Barrier(concurrency, timeout=timeout_s)
+            self._commands = [ctx.Queue() for _ in range(concurrency)]
+            self._workers = [
+                ctx.Process(target=_serve, args=(factory, c, self._results, barrier), daemon=True)
+                for c in self._commands
+            ]
+        self._barrier = barrier  # keep it alive: its semaphore must outlive the children's start
+        for w in self._workers:
+            w.start()
+
+    def _dead(self) -> list[str]:
+        return [f"{w.name} (exit code {w.exitcode})" for w in self._workers
+                if isinstance(w, mp.process.BaseProcess) and not w.is_alive()]
+
+    def window(self, warmup: int, requests: int) -> WindowResult:
+        """Every worker warms up, then all time `requests` calls from a common start."""
+        if requests < 1 or warmup < 0:
+            raise ValueError(f"need requests >= 1 and warmup >= 0, got {requests}, {warmup}")
+        for c in self._commands:
+            c.put((warmup, requests))
+        outs: list[_WorkerOut] = []
+        deadline = time.monotonic() + self.timeout_s
+        while len(outs) < self.concurrency:
+            try:
+                outs.append(self._results.get(timeout=min(1.0, self.timeout_s)))
+                continue
+            except queue.Empty:
+                pass
+            if dead := self._dead():
+                raise RuntimeError(f"load worker process died: {', '.join(dead)} (see stderr)")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.concurrency - len(outs)} load workers did not finish in {self.timeout_s} s"
+                )
+        timed = [o for o in outs if o.end > 0]
+        latencies = np.array([x for o in outs for x in o.latencies_s], dtype=np.float64)
+        wall = (max(o.end for o in timed) - min(o.start for o in timed)) if timed else 0.0
+        errors = sum(o.errors for o in outs)
+        first_error = next((o.first_error for o in outs if o.first_error), None)
+        return WindowResult(latencies, wall, errors, first_error)
+
+    def close(self) -> None:
+        for c in self._commands:
+            c.put(None)
+        for w in self._workers:
+            w.join(timeout=5)
+            if isinstance(w, mp.process.BaseProcess) and w.is_alive():
+                w.terminate()
+                w.join()
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run_window(
     factory: CallerFactory, concurrency: int, requests_per_worker: int, warmup_per_worker: int,
     mode: str = "thread", timeout_s: float = 600.0,
 ) -> WindowResult:
-    """Run `concurrency` closed-loop workers once and collect their latencies."""
-    if mode not in MODES:
-        raise ValueError(f"unknown load generator mode {mode!r}; valid choices: {list(MODES)}")
-    if concurrency < 1 or requests_per_worker < 1 or warmup_per_worker < 0:
-        raise ValueError(
-            f"need concurrency >= 1, requests >= 1, warmup >= 0; got {concurrency}, "
-            f"{requests_per_worker}, {warmup_per_worker}"
-        )
-    outs: list[_WorkerOut] = []
-    if mode == "thread":
-        barrier = threading.Barrier(concurrency, timeout=timeout_s)
-        results: list[_WorkerOut | None] = [None] * concurrency
+    """Run `concurrency` closed-loop workers for one window and collect their latencies."""
+    with Workers(factory, concurrency, mode, timeout_s) as workers:
+        return workers.window(warmup_per_worker, requests_per_worker)
 
-        def target(i: int) -> None:
-            results[i] = _work(factory, warmup_per_worker, requests_per_worker, barrier)
 
-        threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout_s)
-        outs = [r for r in results if r is not None]
-    else:
-        # spawn, not fork: gRPC and torch threads do not survive a fork
-        ctx = mp.get_context("spawn")
-        barrier, queue = ctx.Barrier(concurrency, timeout=timeout_s), ctx.Queue()
-        procs = [
-            ctx.Process(target=_process_main,
-                        args=(factory, warmup_per_worker, requests_per_worker, barrier, queue),
-                        daemon=True)
-            for _ in range(concurrency)
-        ]
-        for p in procs:
-            p.start()
-        try:
-            outs = [queue.get(timeout=timeout_s) for _ in procs]
-        finally:
-            for p in procs:
-                p.join(timeout=5)
-                if p.is_alive():
-                    p.terminate()
-                    p.join()
-    if len(outs) < concurrency:
-        raise TimeoutError(f"{concurrency - len(outs)} load workers did not finish in {timeout_s} s")
-    timed = [o for o in outs if o.end > 0]
-    latencies = np.array([x for o in outs for x in o.latencies_s], dtype=np.float64)
-    wall = (max(o.end for o in timed) - min(o.start for o in timed)) if timed else 0.0
-    errors = sum(o.errors for o in outs)
-    first_error = next((o.first_error for o in outs if o.first_error), None)
-    return WindowResult(latencies, wall, errors, first_error)
+@dataclass(frozen=True)
+class TritonCaller:
+    """Picklable caller factory: one client per worker; each call serializes, sends, decodes."""
+
+    protocol: str  # "http" or "grpc"
+    address: str
+    model: str
+    input_name: str
+    output_name: str
+    images: np.ndarray
+
+    def __call__(self) -> Callable[[], np.ndarray]:
+        if self.protocol == "http":
+            import tritonclient.http as client_mod
+        else:
+            import tritonclient.grpc as client_mod
+        client = client_mod.InferenceServerClient(self.address)
+        outputs = [client_mod.InferRequestedOutput(self.output_name)]
+
+        def call() -> np.ndarray:
+            inp = client_mod.InferInput(self.input_name, list(self.images.shape), "FP32")
+            inp.set_data_from_numpy(self.images)
+            return client.infer(self.model, [inp], outputs=outputs).as_numpy(self.output_name)
+
+        return call
 
 
 @dataclass
@@ -164,14 +237,14 @@ def run_until_stable(
         raise ValueError(f"need 1 <= min_windows <= max_windows, got {min_windows}, {max_windows}")
     history: list[float] = []
     window = WindowResult(np.empty(0), 0.0, 0)
-    for i in range(max_windows):
-        window = run_window(factory, concurrency, requests_per_worker,
-                            warmup_per_worker if i == 0 else 0, mode, timeout_s)
-        if window.errors:
-            break
-        history.append(window.percentiles_ms((50,))["p50_ms"])
-        if len(history) >= max(2, min_windows):
-            prev, cur = history[-2], history[-1]
-            if abs(cur - prev) <= rel_tol * prev:
-                return StableResult(window, history, True)
+    with Workers(factory, concurrency, mode, timeout_s) as workers:
+        for i in range(max_windows):
+            window = workers.window(warmup_per_worker if i == 0 else 0, requests_per_worker)
+            if window.errors:
+                break
+            history.append(window.percentiles_ms((50,))["p50_ms"])
+            if len(history) >= max(2, min_windows):
+                prev, cur = history[-2], history[-1]
+                if abs(cur - prev) <= rel_tol * prev:
+                    return StableResult(window, history, True)
     return StableResult(window, history, False)

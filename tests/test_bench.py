@@ -205,6 +205,17 @@ def test_minimal_bench_end_to_end_against_real_server(exported: dict) -> None:
 
 
 @pytest.mark.slow
+def test_triton_clients_in_spawned_processes(exported: dict) -> None:
+    """loadgen_mode=process: gRPC clients in 2 spawned processes, persistent across windows."""
+    cfg = _compose([*exported["overrides"], "bench=minimal", "bench.backends=[triton_grpc]",
+                    "bench.batch_sizes=[4]", "bench.concurrency=[2]", "bench.loadgen_mode=process",
+                    f"bench.out_dir={exported['root']}/process"])
+    (row,) = bench(cfg)["rows"]
+    assert row["status"] == "ok" and row["errors"] == 0 and row["requests"] == 2 * 10
+    assert 0 < row["p50_ms"] <= row["p99_ms"]
+
+
+@pytest.mark.slow
 def test_torch_compile_row_on_cpu(exported: dict) -> None:
     """inductor on CPU compiles C++ with gcc: measured where gcc exists, else a reason."""
     cfg = _compose([*exported["overrides"], "bench=minimal", "bench.backends=[torch_compile]",
@@ -225,3 +236,4 @@ def test_cuda_backends_measure(exported: dict) -> None:
     rows = bench(cfg)["rows"]
     assert {r["backend"] for r in rows if r["status"] == "ok"} == {
         "torch_eager_cuda", "torch_cuda_graphs", "torch_compile_cuda"}
+
