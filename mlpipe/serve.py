@@ -226,9 +226,12 @@ class TritonServer:
             "triton_python_backend_stub": stub,
         }.items():
             path = target / link
-            if path.is_symlink() or path.exists():
-                path.unlink()
-            path.symlink_to(source)
+            if path.is_symlink() and Path(os.readlink(path)) == source:
+                continue  # already right: never unlink under a server starting concurrently
+            staging = target / f".{link}.{os.getpid()}"
+            staging.unlink(missing_ok=True)
+            staging.symlink_to(source)
+            os.replace(staging, path)  # atomic swap
         return self.backend_directory
 
     def _env(self) -> dict[str, str]:
