@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ log = logging.getLogger("relu_bench")
 FULL_SIZES = [int(m * 10**e) for e in range(1, 8) for m in (1, 3)] + [100_000_000]  # 10, 30, ..., 3e7, 1e8
 QUICK_SIZES = [10, 1_000, 100_000, 1_000_000, 10_000_000]
 ORIGINAL_MAX_N = 10_000_000  # the list-based design needs ~GBs of Python floats beyond this
+ORIGINAL_REPEATS = 5
 CEILING_MIN_N = 1_000_000  # the streaming-copy reference spawns threads per call: meaningless below
 SMALL_N = 16  # "per-call overhead" target applies at n <= this
 TARGET_COPY_RATIO = 1.11  # out= and in-place: <= 1.11x np.copyto time (>= 90 % of its bandwidth)
@@ -119,7 +121,7 @@ class Row:
     median_s: float
     repeats: int
     gbps: float = 0.0
-    note: str = ""
+    faults_per_call: float = 0.0  # minor page faults (whole process), the out-of-place cost
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Timer:
     repeats: int
     min_sample_s: float
     samples: dict[str, list[float]] = field(default_factory=dict)
+    faults: dict[str, float] = field(default_factory=dict)
 
     def run(self, fns: dict[str, Callable[[], object]]) -> None:
         loops = {}
@@ -139,13 +142,20 @@ class Timer:
             dt = max(time.perf_counter() - t0, 1e-7)
             loops[name] = max(1, min(100_000, int(self.min_sample_s / dt)))
             self.samples[name] = []
+            self.faults[name] = 0.0
         for _ in range(self.repeats):
             for name, fn in fns.items():
                 k = loops[name]
+                f0 = _minor_faults()
                 t0 = time.perf_counter()
                 for _ in range(k):
                     fn()
                 self.samples[name].append((time.perf_counter() - t0) / k)
+                self.faults[name] += (_minor_faults() - f0) / k / self.repeats
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def build_references(workdir: Path) -> ModuleType:
@@ -170,10 +180,10 @@ def repeats_for(n: int, itemsize: int, quick: bool) -> int:
     """More repeats where calls are cheap, few where one call moves hundreds of MB."""
     nbytes = n * itemsize
     if nbytes >= 100e6:
-        return 3 if quick else 5
+        return 3 if quick else 7
     if nbytes >= 10e6:
-        return 5 if quick else 9
-    return 9 if quick else 21
+        return 5 if quick else 11
+    return 9 if quick else 41
 
 
 def bench_size(refs: ModuleType | None, dtype: type, n: int, quick: bool, threads: int) -> list[Row]:
@@ -196,11 +206,15 @@ def bench_size(refs: ModuleType | None, dtype: type, n: int, quick: bool, thread
     }
     if refs is not None and n >= CEILING_MIN_N:
         fns["stream copy, 2 threads"] = lambda: refs.stream_copy(x, out, threads)
-    if refs is not None and n <= (ORIGINAL_MAX_N if not quick else TARGET_ORIGINAL_N):
-        xs = x.tolist()
-        fns["original list->vector->list"] = lambda: refs.relu_original(xs)
     timer = Timer(repeats=repeats_for(n, x.itemsize, quick), min_sample_s=2e-4 if quick else 5e-4)
     timer.run(fns)
+    if refs is not None and n <= (ORIGINAL_MAX_N if not quick else TARGET_ORIGINAL_N):
+        # ~70 ns per element: a few repeats pin it down, many would dominate the run time.
+        xs = x.tolist()
+        slow = Timer(repeats=min(ORIGINAL_REPEATS, timer.repeats), min_sample_s=timer.min_sample_s)
+        slow.run({"original list->vector->list": lambda: refs.relu_original(xs)})
+        timer.samples.update(slow.samples)
+        timer.faults.update(slow.faults)
     forms = {
         "out-of-place": ("relu_module.relu(x)", "np.maximum(x, 0)", "torch.relu(t)"),
         "out=": ("relu_module.relu(x, out=o)", "np.maximum(x, 0, out=o)", "torch.clamp_min(t, 0, out=o)"),
@@ -212,7 +226,8 @@ def bench_size(refs: ModuleType | None, dtype: type, n: int, quick: bool, thread
     for name, samples in timer.samples.items():
         mn = min(samples)
         rows.append(Row(dtype=np.dtype(dtype).name, n=n, form=form_of.get(name, "reference"), contender=name,
-                        min_s=mn, median_s=statistics.median(samples), repeats=len(samples), gbps=nbytes / mn / 1e9))
+                        min_s=mn, median_s=statistics.median(samples), repeats=len(samples), gbps=nbytes / mn / 1e9,
+                        faults_per_call=timer.faults[name]))
     return rows
 
 
@@ -227,7 +242,7 @@ def ratio_table(rows: list[Row]) -> list[dict]:
         best_min = min(others, key=lambda r: r.min_s)
         best_med = min(others, key=lambda r: r.median_s)
         out.append({"dtype": dtype, "n": n, "form": form, "ours_min_s": ours.min_s, "ours_median_s": ours.median_s,
-                    "ours_gbps": ours.gbps, "best_competitor": best_min.contender, "best_min_s": best_min.min_s,
+                    "ours_gbps": ours.gbps, "ours_faults_per_call": ours.faults_per_call, "best_competitor": best_min.contender, "best_min_s": best_min.min_s,
                     "ratio_min": ours.min_s / best_min.min_s, "ratio_median": ours.median_s / best_med.median_s})
     return out
 
@@ -304,10 +319,10 @@ def print_tables(rows: list[Row], ratios: list[dict]) -> None:
     print(tabulate(table, headers=["dtype", "n", "form", "ours min us", "ours med us", "ours GB/s",
                                    "best competitor", "its min us", "ratio(min)", "ratio(med)"]))
     refs = [[r.dtype, f"{r.n:.0e}" if r.n >= 1e4 else r.n, r.contender, f"{r.min_s * 1e6:,.2f}",
-             f"{r.median_s * 1e6:,.2f}", f"{r.gbps:.1f}"]
-            for r in rows if r.form == "reference" or r.contender in ("np.maximum(x, 0)", "torch.relu(t)")]
+             f"{r.median_s * 1e6:,.2f}", f"{r.gbps:.1f}", f"{r.faults_per_call:.0f}"]
+            for r in rows if r.form == "reference" or r.form == "out-of-place"]
     print()
-    print(tabulate(refs, headers=["dtype", "n", "reference", "min us", "median us", "GB/s"]))
+    print(tabulate(refs, headers=["dtype", "n", "reference / out-of-place", "min us", "median us", "GB/s", "faults/call"]))
 
 
 def _style(row: Row) -> dict:
