@@ -7,6 +7,7 @@ module checks that no tritonserver or python stub outlives it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +32,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from tritonclient.utils import InferenceServerException
 
-from mlpipe.client import TritonInfer
+from mlpipe.client import TritonInfer, model_batch_stats
 from mlpipe.data import load_split
 from mlpipe.export import export, ort_session, run_ort
 from mlpipe.serve import PortInUseError, TritonServer, check_port_free, free_port, is_loopback
@@ -155,6 +157,42 @@ def test_100_bad_requests_get_clear_errors_and_the_server_keeps_serving(served: 
     finally:
         for client in clients.values():
             client.close()
+
+
+def test_bad_and_good_requests_in_one_dynamic_batch(
+    served: tuple[DictConfig, TritonServer], test_split: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Concurrent NaN and valid requests share executions; each valid one still gets ORT's answer."""
+    cfg, server = served
+    images, _ = test_split
+    expected = run_ort(ort_session(Path(cfg.export.onnx_path)), images[:48], 48)
+    before = model_batch_stats(server, "digits")
+    client = tg.InferenceServerClient(server.grpc_address)
+    results: dict[int, Any] = {}
+    done = threading.Semaphore(0)
+
+    def callback(index: int, result: Any, error: Any) -> None:
+        results[index] = error if error is not None else result.as_numpy("logits")
+        done.release()
+
+    try:
+        for i in range(48):
+            sample = images[i : i + 1] if i % 3 else np.full((1, 1, 8, 8), np.nan, np.float32)
+            tensor = tg.InferInput("images", [1, 1, 8, 8], "FP32")
+            tensor.set_data_from_numpy(sample)
+            client.async_infer("digits", [tensor], functools.partial(callback, i))
+        for _ in range(48):
+            assert done.acquire(timeout=30)
+    finally:
+        client.close()
+    for i in range(48):
+        if i % 3:
+            np.testing.assert_allclose(results[i], expected[i : i + 1], atol=1e-5, rtol=0)
+        else:
+            assert "contains NaN or Inf" in results[i].message()
+    after = model_batch_stats(server, "digits")
+    executions = after["execution_count"] - before["execution_count"]
+    assert after["inference_count"] - before["inference_count"] > executions  # batch-1 requests were grouped
 
 
 def test_listens_on_loopback_only(served: tuple[DictConfig, TritonServer]) -> None:
