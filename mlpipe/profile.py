@@ -36,7 +36,6 @@ from mlpipe.roofline import (
     intensity,
     plot_roofline,
 )
-
 from mlpipe.train import config_dir  # absolute conf/ path: console scripts need it
 
 log = logging.getLogger(__name__)
