@@ -209,6 +209,41 @@ def section_bench(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sectio
                    f"batch-1 p50: {summary}" if summary else None)
 
 
+def section_served(rc: Mapping[str, Any], reports: Path) -> Section:
+    """Served accuracy (mlpipe-client) and the serving targets (mlpipe-client measure mode)."""
+    lines, summary = [], []
+    try:
+        c = read_json(reports / rc["inputs"]["client"], rc["how_to"]["client"])
+        lines.append(
+            f"Served accuracy over {c.get('protocol', '?')} on the `{c.get('split', '?')}` split "
+            f"({c.get('n', '?')} images, model `{c.get('model', '?')}`): "
+            f"{c.get('served_acc', float('nan')):.4f}, offline ORT {c.get('offline_ort_acc', float('nan')):.4f}, "
+            f"equal: **{c.get('accuracy_matches_offline')}**.")
+        summary.append(f"served acc {c.get('served_acc', float('nan')):.4f}")
+    except Missing as err:
+        lines.append(f"Served accuracy: {err}")
+    try:
+        m = read_json(reports / rc["inputs"]["serving_targets"], rc["how_to"]["serving_targets"])
+        targets, meets = m.get("targets", {}), m.get("meets", {})
+        rows = [["server ready [s]", f"{m.get('ready_seconds', float('nan')):.2f}",
+                 f"≤ {targets.get('ready_seconds')}", meets.get("ready")]]
+        for proto in ("http", "grpc"):
+            r = m.get(f"{proto}_batch1", {})
+            rows.append([f"{proto} batch-1 p50 − in-process ORT p50 [ms]",
+                         f"{r.get('overhead_vs_ort_p50_ms', float('nan')):.3f}",
+                         f"≤ {targets.get('batch1_overhead_ms')}", meets.get(f"{proto}_batch1_overhead")])
+        db = m.get("dynamic_batching", {})
+        rows.append(["throughput dynamic batching on / off",
+                     f"{db.get('throughput_ratio_batched_vs_unbatched', float('nan')):.2f}",
+                     f"≥ {targets.get('batching_ratio')}", meets.get("dynamic_batching_ratio")])
+        lines.append("\n" + _table(["serving target", "measured", "target", "met"],
+                                    [[a, b, c, "yes" if d else "no"] for a, b, c, d in rows]))
+        summary.append(f"serving targets met {sum(bool(v) for v in meets.values())}/{len(meets)}")
+    except Missing as err:
+        lines.append(f"Serving targets: {err}")
+    return Section("Served model", "\n".join(lines), ", ".join(summary) or None)
+
+
 def section_profile(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
     pdir = reports / rc["inputs"]["profile_dir"]
     files = sorted(pdir.glob("*.json")) if pdir.is_dir() else []
@@ -329,6 +364,7 @@ def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
     sections = [
         section_data_and_training(rc, reports),
         section_export(rc, reports),
+        section_served(rc, reports),
         section_bench(rc, reports, out_dir),
         section_profile(rc, reports, out_dir),
         section_relu(rc, reports, out_dir),

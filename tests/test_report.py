@@ -45,6 +45,9 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert "3585fe091615bb9ca159fef4b9e914ad.dir" in text  # data.dvc md5
     assert "| test_acc     | 0.9833" in text
     assert "2.4e-07" in text and "100.0000%" in text  # export parity
+    assert "## Served model" in text and "0.9805, offline ORT 0.9805, equal: **True**" in text
+    assert "| grpc batch-1 p50 − in-process ORT p50 [ms] | 1.150      | ≤ 1.0    | no    |" in text
+    assert "| throughput dynamic batching on / off       | 2.62       | ≥ 2.0    | yes   |" in text
     assert "| triton_grpc | 1       | 4      | 2.000" in text  # bench row, formatted
     assert "**tensorrt**: unavailable: import tensorrt failed" in text
     assert "![latency vs batch](bench/latency_vs_batch.png)" in text
@@ -60,6 +63,7 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert "| git revision           | unknown" in text  # the copy is not a git checkout
     screen = capsys.readouterr().out
     assert "test acc 0.9833" in screen and "relu_module targets 1/2 pass" in screen
+    assert "serving targets met 3/4" in screen
     assert "tiny flip batches: h100_sxm [" in screen
 
 
@@ -67,6 +71,8 @@ def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
     (tmp_path / "reports").mkdir()
     text = report(_cfg(tmp_path)).read_text()
     for line in ("Training metrics: not run: `make train (mlpipe-train)`",
+                 "Served accuracy: not run: `mlpipe-client`",
+                 "Serving targets: not run: `mlpipe-client client.measure.enabled=true`",
                  "not run: `make export (mlpipe-export)` writes parity.json",
                  "not run: `make bench-serve (mlpipe-bench)` writes results.json",
                  "not run: `make profile (mlpipe-profile)`",
