@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import platform
+import random
 import resource
 import shlex
 import statistics
@@ -126,7 +127,11 @@ class Row:
 
 @dataclass
 class Timer:
-    """Round-robin timing of several callables: each repeat times every contender once."""
+    """Round-robin timing of several callables: each repeat times every contender once.
+
+    The order is shuffled every repeat (fixed seed): whoever runs right after torch meets its
+    still-spinning OpenMP threads, and a fixed order would always hand that to the same one.
+    """
 
     repeats: int
     min_sample_s: float
@@ -143,9 +148,12 @@ class Timer:
             loops[name] = max(1, min(100_000, int(self.min_sample_s / dt)))
             self.samples[name] = []
             self.faults[name] = 0.0
+        order = list(fns)
+        rng = random.Random(0)
         for _ in range(self.repeats):
-            for name, fn in fns.items():
-                k = loops[name]
+            rng.shuffle(order)
+            for name in order:
+                fn, k = fns[name], loops[name]
                 f0 = _minor_faults()
                 t0 = time.perf_counter()
                 for _ in range(k):
