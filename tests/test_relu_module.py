@@ -157,6 +157,8 @@ def test_layout_of_result() -> None:
     assert relu(f).flags.f_contiguous
     v = np.arange(-12.0, 12.0).reshape(4, 6)[:, ::2]
     assert relu(v).flags.c_contiguous
+    b = np.broadcast_to(np.array([-1.0, 2.0]), (3, 2))  # zero strides, read-only: fine as input
+    np.testing.assert_array_equal(relu(b), [[0.0, 2.0]] * 3)
 
 
 def test_in_place_on_non_contiguous_view_writes_through() -> None:
