@@ -84,7 +84,9 @@ def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
 def test_unreadable_input_is_named_and_the_rest_still_reports(fixture_root: Path) -> None:
     (fixture_root / "reports" / "export" / "parity.json").write_text("{not json")
     (fixture_root / "reports" / "relu" / "results.json").write_text('{"mode": "quick"}')
+    (fixture_root / "data.dvc").write_text("outs: [broken")
     text = report(_cfg(fixture_root)).read_text()
+    assert f"Data: unreadable: {fixture_root / 'data.dvc'}" in text
     assert "unreadable: " in text and "parity.json" in text and "rerun `make export" in text
     assert "no summary.targets" in text
     assert "| test_acc     | 0.9833" in text  # other sections unaffected
