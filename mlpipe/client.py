@@ -29,6 +29,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mlpipe import config_dir
+
 from mlpipe.serve import TritonServer
 
 log = logging.getLogger(__name__)
@@ -357,7 +359,8 @@ def _print_measure(report: Mapping[str, Any]) -> None:
     print(f"throughput ratio batched/unbatched: {db['throughput_ratio_batched_vs_unbatched']:.2f}x (target >= {report['targets']['batching_ratio']}x)")
 
 
-def _main(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="client")
+def main(cfg: DictConfig) -> None:
     """CLI: ``mlpipe-client [client.protocol=grpc] [client.start_server=true] [client.measure.enabled=true]``."""
     if cfg.client.measure.enabled:
         _print_measure(measure(cfg))
@@ -371,19 +374,6 @@ def _main(cfg: DictConfig) -> None:
     )
     if not result["accuracy_matches_offline"]:
         raise SystemExit("served accuracy differs from offline ONNX Runtime accuracy")
-
-
-
-def main() -> None:
-    """Console script ``mlpipe-client`` / ``python -m mlpipe.client``: Hydra app on the checkout's conf/.
-
-    The decorator is applied here, not at import, because the absolute conf/ path
-    (``mlpipe.train.config_dir``, needed by console scripts) lives in a module that imports
-    torch/lightning, which importing this module must not pay for.
-    """
-    from mlpipe.train import config_dir
-
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="client")(_main)()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from mlpipe import config_dir
+
 from mlpipe import triton_repo
 
 log = logging.getLogger(__name__)
@@ -263,7 +265,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def _main(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
+def main(cfg: DictConfig) -> None:
     """CLI: ``mlpipe-export [export=tensorrt] [export.onnx.opset=17] ...``."""
     from mlpipe.tensorrt_engine import TensorRTUnavailable
 
@@ -277,19 +280,6 @@ def _main(cfg: DictConfig) -> None:
         f"ONNX {report['onnx_path']}: max abs diff {parity['max_abs_diff']:.2g}, argmax agreement "
         f"{parity['argmax_agreement']:.2%}, test acc torch {parity['reference_acc']:.4f} / ORT {parity['candidate_acc']:.4f}"
     )
-
-
-
-def main() -> None:
-    """Console script ``mlpipe-export`` / ``python -m mlpipe.export``: Hydra app on the checkout's conf/.
-
-    The decorator is applied here, not at import, because the absolute conf/ path
-    (``mlpipe.train.config_dir``, needed by console scripts) lives in a module that imports
-    torch/lightning, which importing this module must not pay for.
-    """
-    from mlpipe.train import config_dir
-
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")(_main)()
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ from typing import Any, Mapping
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from mlpipe import config_dir
+
 log = logging.getLogger(__name__)
 
 _PORTS = ("http", "grpc", "metrics")
@@ -376,26 +378,14 @@ def serve(cfg: DictConfig, stop_event: threading.Event | None = None) -> dict[st
     }
 
 
-def _main(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve")
+def main(cfg: DictConfig) -> None:
     """CLI: ``mlpipe-serve [serve.http_port=8000] [serve.host=127.0.0.1] ...``."""
     try:
         serve(cfg)
     except (FileNotFoundError, PortInUseError, ServerError, ValueError) as err:
         log.error("%s", err)
         raise SystemExit(1) from None
-
-
-
-def main() -> None:
-    """Console script ``mlpipe-serve`` / ``python -m mlpipe.serve``: Hydra app on the checkout's conf/.
-
-    The decorator is applied here, not at import, because the absolute conf/ path
-    (``mlpipe.train.config_dir``, needed by console scripts) lives in a module that imports
-    torch/lightning, which importing this module must not pay for.
-    """
-    from mlpipe.train import config_dir
-
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve")(_main)()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -31,26 +30,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mlpipe import config_dir
 from mlpipe.data import ConfigError, DataError, validate_data_cfg
 from mlpipe.data.digits import is_int, require
 from mlpipe.model import NonFiniteLossError
 from mlpipe.nets import ACTIVATIONS
 
 log = logging.getLogger(__name__)
-
-
-def config_dir() -> str:
-    """Absolute path of the checkout's conf/.
-
-    Hydra resolves a relative `config_path` as a Python package when the app is started through a
-    console script (`mlpipe-train`), which fails for a plain folder; an absolute path works for
-    `python -m` and console scripts alike. Next to the package (checkout / editable install) first,
-    else `$MLPIPE_ROOT/conf` or `./conf` (a wheel install run from a checkout).
-    """
-    beside = Path(__file__).resolve().parents[1] / "conf"
-    if beside.is_dir():
-        return str(beside)
-    return str(Path(os.environ.get("MLPIPE_ROOT", ".")).resolve() / "conf")
 
 
 # Errors that are the user's to fix: reported as one message, without a traceback.

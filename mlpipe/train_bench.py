@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 
 from mlpipe.data.datamodule import DigitsDataModule
 from mlpipe.data.dataset import DigitsDataset
-from mlpipe.train import config_dir, validate_config
+from mlpipe import config_dir
+from mlpipe.train import validate_config
 
 log = logging.getLogger(__name__)
 
