@@ -7,12 +7,14 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.setup-stamp
+# dvc stages call the console scripts (mlpipe-train, ...): the venv's bin comes first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 RELU_SRC    := $(shell find relu_module -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -not -path '*/build/*' 2>/dev/null)
 
-.PHONY: help setup run test test-fast bench wheel nix-check clean
+.PHONY: help setup data run train export serve client serve-measure profile bench-serving report test test-fast bench wheel nix-check clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): constraints.txt pyproject.toml $(RELU_SRC)
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -22,13 +24,42 @@ $(STAMP): constraints.txt pyproject.toml $(RELU_SRC)
 
 setup: $(STAMP) ## create .venv and install relu_module + mlpipe[dev] under constraints.txt (idempotent)
 
-run: setup ## the main job: the whole pipeline, ends with a report on screen and under reports/
-	$(PY) benchmarks/relu_bench.py
+data: setup ## fetch the DVC-tracked data from the committed remote (no network needed)
+	test -f data/digits.csv.gz || dvc pull data.dvc
 
-test: setup ## the full test suite (slow tests included, as in CI)
+run: data ## the main job: dvc repro (train -> export -> profile -> bench -> report), then a summary
+	dvc repro
+	$(PY) -m mlpipe.report report.write=false
+
+train: data ## train with the default config (dvc repro train); prints the test accuracy
+	dvc repro train
+	@$(PY) -c "import json; m = json.load(open('reports/train/metrics.json')); print(f\"test_acc {m['test_acc']:.4f}  test_loss {m['test_loss']:.4f}\")"
+
+export: data ## ONNX export + parity + Triton repositories (dvc repro export)
+	dvc repro export
+
+serve: export ## serve the exported model on the bundled tritonserver (Ctrl-C stops it)
+	mlpipe-serve
+
+client: export ## send the test split to a server started for the purpose; accuracy + latency
+	mlpipe-client
+
+serve-measure: export ## the serving targets: readiness, batch-1 p50 vs ORT, batching on/off
+	mlpipe-client client.measure.enabled=true serve.http_port=0 serve.grpc_port=0 serve.metrics_port=0
+
+profile: setup ## FLOPs, bytes and roofline per layer (default and wide model)
+	dvc repro profile
+
+bench-serving: export ## latency/throughput per backend (torch, ORT, Triton HTTP/gRPC): reports/bench/
+	dvc repro bench
+
+report: data ## reports/REPORT.md from whatever stages have run
+	mlpipe-report
+
+test: data ## the full test suite (slow tests included, as in CI)
 	$(PY) -m pytest
 
-test-fast: setup ## tests without the slow ones
+test-fast: data ## tests without the slow ones
 	$(PY) -m pytest -m "not slow"
 
 bench: setup ## relu_module benchmark: table on screen, JSON + PNG under reports/relu/
