@@ -369,6 +369,23 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
+def summary_markdown(result: dict) -> str:
+    """A short Markdown digest of the run (targets, bandwidth at the largest n) for reports."""
+    m = result["machine"]
+    lines = [f"# relu_module benchmark ({result['mode']} run)", "",
+             f"{m['processor']}, {m['cpus']} CPUs, load {m['load_avg_at_start'][0]:.1f} at start; "
+             f"relu_module {m['relu_module']} ({m['simd']}, {m['relu_module_threads']} threads), "
+             f"numpy {m['numpy']}, torch {m['torch']} ({m['torch_threads']} threads).", "",
+             "| target | limit | worst measured | where | |", "|---|---|---|---|---|"]
+    for t in result["summary"]["targets"]:
+        lines.append(f"| {t['name']} | {t['limit']} | {t['worst']:.3g} | {t['where']} | {'pass' if t['pass'] else 'MISS'} |")
+    for dtype, d in result["summary"]["gbps_at_largest_n"].items():
+        lines += ["", f"GB/s at n = {d['n']:.0e}, {dtype} (min time; read + write):", ""]
+        lines += [f"- {k}: {v}" for k, v in d.items() if k != "n"]
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
 def machine_info(threads: int) -> dict:
     return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
             "relu_module": relu_module.__version__, "simd": relu_module.simd_level(),
@@ -425,18 +442,22 @@ def main(argv: list[str] | None = None) -> dict:
              "(a Python list of 1e8 floats needs ~3 GB and minutes)",
              f"stream copy ceiling measured from n={CEILING_MIN_N:.0e} (it spawns threads per call)",
              "bandwidth counts one read and one write of the array (2 * n * itemsize bytes)",
-             "torch.relu has no out=; torch's out= form is torch.clamp_min(t, 0, out=o)"]
+             "torch.relu has no out=; torch's out= form is torch.clamp_min(t, 0, out=o)",
+             "relu_module's out-of-place outputs >= 32 MiB reuse cached huge-page blocks "
+             "(RELU_MODULE_CACHE_MB=0 measures without the cache)",
+             "figures from a shared machine are noisy: compare min times, re-run when quiet"]
     result = {"mode": "quick" if args.quick else "full", "machine": machine_info(args.threads),
               "elapsed_s": time.time() - started, "summary": summary, "notes": notes,
               "ratios": ratios, "rows": [asdict(r) for r in rows]}
     (args.out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    (args.out_dir / "summary.md").write_text(summary_markdown(result))
     plot(rows, args.out_dir / "bench.png")
     print()
     for t in summary["targets"]:
         print(f"[{'PASS' if t['pass'] else 'MISS'}] {t['name']}: worst {t['worst']:.3g} (limit {t['limit']}) at {t['where']}")
     for c in summary["vs_stream_copy_ceiling"]:
         print(f"  {c['form']:<13} {c['dtype']} n={c['n']:.0e}: {c['fraction_of_ceiling_bandwidth']:.0%} of the 2-thread streaming-copy bandwidth")
-    print(f"\nwrote {args.out_dir / 'results.json'} and {args.out_dir / 'bench.png'} in {result['elapsed_s']:.0f} s")
+    print(f"\nwrote {args.out_dir}/results.json, summary.md and bench.png in {result['elapsed_s']:.0f} s")
     return result
 
 
