@@ -71,10 +71,10 @@ def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
     (tmp_path / "reports").mkdir()
     text = report(_cfg(tmp_path)).read_text()
     for line in ("Training metrics: not run: `make train (mlpipe-train)`",
-                 "Served accuracy: not run: `mlpipe-client`",
-                 "Serving targets: not run: `mlpipe-client client.measure.enabled=true`",
+                 "Served accuracy: not run: `make client (mlpipe-client)`",
+                 "Serving targets: not run: `make serve-measure (mlpipe-client client.measure.enabled=true)`",
                  "not run: `make export (mlpipe-export)` writes parity.json",
-                 "not run: `make bench-serve (mlpipe-bench)` writes results.json",
+                 "not run: `make bench-serving (mlpipe-bench)` writes results.json",
                  "not run: `make profile (mlpipe-profile)`",
                  "not run: `make bench (python benchmarks/relu_bench.py)`",
                  "Data: not run: no "):
