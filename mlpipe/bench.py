@@ -25,9 +25,9 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mlpipe import config_dir  # absolute conf/ path: console scripts need it
 from mlpipe.loadgen import MODES, CallerFactory, TritonCaller, run_until_stable
 from mlpipe.roofline import DevicePeaks, ProfileConfigError, check_batch_sizes
-from mlpipe.train import config_dir  # absolute conf/ path: console scripts need it
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mlpipe import config_dir  # absolute conf/ path: console scripts need it
 from mlpipe.roofline import (
     DevicePeaks,
     ProfileConfigError,
@@ -36,7 +37,6 @@ from mlpipe.roofline import (
     intensity,
     plot_roofline,
 )
-from mlpipe.train import config_dir  # absolute conf/ path: console scripts need it
 
 log = logging.getLogger(__name__)
 

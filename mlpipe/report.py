@@ -24,7 +24,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.train import config_dir  # absolute conf/ path: console scripts need it
+from mlpipe import config_dir  # absolute conf/ path: console scripts need it
 
 log = logging.getLogger(__name__)
 
