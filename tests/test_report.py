@@ -76,14 +76,14 @@ def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
                  "not run: `make export (mlpipe-export)` writes parity.json",
                  "not run: `make bench-serving (mlpipe-bench)` writes results.json",
                  "not run: `make profile (mlpipe-profile)`",
-                 "not run: `make bench (python benchmarks/relu_bench.py)`",
+                 "not run: `dvc repro relu_bench (quick sweep; make bench runs the full one into reports/relu/)`",
                  "Data: not run: no "):
         assert line in text, line
 
 
 def test_unreadable_input_is_named_and_the_rest_still_reports(fixture_root: Path) -> None:
     (fixture_root / "reports" / "export" / "parity.json").write_text("{not json")
-    (fixture_root / "reports" / "relu" / "results.json").write_text('{"mode": "quick"}')
+    (fixture_root / "reports" / "relu" / "quick" / "results.json").write_text('{"mode": "quick"}')
     (fixture_root / "data.dvc").write_text("outs: [broken")
     text = report(_cfg(fixture_root)).read_text()
     assert f"Data: unreadable: {fixture_root / 'data.dvc'}" in text
