@@ -18,7 +18,7 @@ help: ## list targets
 
 $(STAMP): constraints.txt pyproject.toml $(RELU_SRC)
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt setuptools pybind11 wheel
+	$(PIP) install -q -c constraints.txt pip setuptools pybind11
 	$(PIP) install -q -c constraints.txt --no-build-isolation ./relu_module -e '.[dev]'
 	touch $@
 
