@@ -14,12 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-
+from helpers.compose import ROOT, compose_app
 
 def run_dvc(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `dvc` CLI of this interpreter's environment; raise with its output on failure."""
@@ -31,17 +28,9 @@ def run_dvc(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
 
 def compose_train(tmp_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose conf/train.yaml with every output under `tmp_dir`, on CPU, without loader workers."""
-    base = [
-        f"paths.root_dir={ROOT}",
-        f"paths.log_dir={tmp_dir}/logs",
-        f"paths.artifacts_dir={tmp_dir}/artifacts",
-        f"paths.reports_dir={tmp_dir}/reports",
-        "data.num_workers=0",
-        "trainer=cpu",
-        "trainer.enable_model_summary=false",
-    ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test"):
-        return compose(config_name="train", overrides=[*base, *overrides])
+    return compose_app(
+        "train", tmp_dir, "data.num_workers=0", "trainer=cpu", "trainer.enable_model_summary=false", *overrides
+    )
 
 
 # A few batches per phase: exercises every code path in seconds.

@@ -9,30 +9,13 @@ from typing import Any, Iterator
 import numpy as np
 import psutil
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from helpers.compose import EPHEMERAL, compose_app
 from mlpipe.client import TritonInfer, concurrent_throughput, measure, run_client
 from mlpipe.export import export
 from mlpipe.serve import TritonServer
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-EPHEMERAL = ("serve.http_port=0", "serve.grpc_port=0", "serve.metrics_port=0")
-
-
-def compose_app(name: str, tmp: Path, *overrides: str) -> DictConfig:
-    """A real app config with every output under ``tmp``."""
-    base = [
-        f"paths.root_dir={ROOT}",
-        f"paths.log_dir={tmp}/logs",
-        f"paths.artifacts_dir={tmp}/artifacts",
-        f"paths.reports_dir={tmp}/reports",
-        f"paths.model_repository={tmp}/model_repository",
-        f"export.triton.native_repository={tmp}/model_repository_native",
-    ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name=f"test_{name}"):
-        return compose(config_name=name, overrides=[*base, *overrides])
 
 
 @pytest.fixture(scope="module")

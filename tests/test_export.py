@@ -12,31 +12,22 @@ import onnx
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from helpers.compose import ROOT, compose_app
 from mlpipe.export import ParityError, check_parity, export, export_onnx, ort_session, run_ort, sha256_file
 from mlpipe.model import load_network
 from mlpipe.tensorrt_engine import TensorRTUnavailable
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-
-
 def compose_export(tmp: Path, trained: Any, *overrides: str) -> DictConfig:
     """The real export config, every output under ``tmp``, reading the session's trained checkpoint."""
-    base = [
-        f"paths.root_dir={ROOT}",
-        f"paths.log_dir={tmp}/logs",
-        f"paths.artifacts_dir={tmp}/artifacts",
-        f"paths.reports_dir={tmp}/reports",
-        f"paths.model_repository={tmp}/model_repository",
-        f"export.triton.native_repository={tmp}/model_repository_native",
+    return compose_app(
+        "export",
+        tmp,
         f"export.checkpoint_path={trained.ckpt_path}",
         f"export.provenance.train_metrics={trained.metrics_path}",
-    ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="test_export"):
-        return compose(config_name="export", overrides=[*base, *overrides])
+        *overrides,
+    )
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["dynamo", "torchscript"])

@@ -28,32 +28,15 @@ import psutil
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from tritonclient.utils import InferenceServerException
 
+from helpers.compose import EPHEMERAL, compose_app, tmp_path_overrides
 from mlpipe.client import TritonInfer, model_batch_stats
 from mlpipe.data import load_split
 from mlpipe.export import export, ort_session, run_ort
 from mlpipe.serve import PortInUseError, TritonServer, check_port_free, free_port, is_loopback
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
-EPHEMERAL = ("serve.http_port=0", "serve.grpc_port=0", "serve.metrics_port=0")
-
-
-def compose_app(name: str, tmp: Path, *overrides: str) -> DictConfig:
-    """A real app config (serve/client/export) with every output under ``tmp``."""
-    base = [
-        f"paths.root_dir={ROOT}",
-        f"paths.log_dir={tmp}/logs",
-        f"paths.artifacts_dir={tmp}/artifacts",
-        f"paths.reports_dir={tmp}/reports",
-        f"paths.model_repository={tmp}/model_repository",
-        f"export.triton.native_repository={tmp}/model_repository_native",
-    ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name=f"test_{name}"):
-        return compose(config_name=name, overrides=[*base, *overrides])
 
 
 def server_processes() -> list[psutil.Process]:
@@ -249,10 +232,7 @@ def test_cli_stops_cleanly_on_signal(served: tuple[DictConfig, TritonServer], si
     cfg, _ = served
     root = Path(cfg.paths.artifacts_dir).parent
     ports = {which: free_port("127.0.0.1") for which in ("http", "grpc", "metrics")}
-    overrides = [
-        f"paths.root_dir={ROOT}", f"paths.log_dir={root}/logs", f"paths.artifacts_dir={root}/artifacts",
-        f"paths.model_repository={root}/model_repository", *(f"serve.{k}_port={v}" for k, v in ports.items()),
-    ]
+    overrides = [*tmp_path_overrides(root), *(f"serve.{k}_port={v}" for k, v in ports.items())]
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlpipe.serve", *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
