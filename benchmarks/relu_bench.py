@@ -17,7 +17,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import math
 import os
 import platform
 import random

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir  # absolute conf/ path: console scripts need it
 from mlpipe.loadgen import MODES, CallerFactory, TritonCaller, run_until_stable
+from mlpipe.provenance import cpu_model
 from mlpipe.roofline import DevicePeaks, ProfileConfigError, check_batch_sizes
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,12 @@ def _torch_target(ctx: BenchContext, name: str, device: str, wrap: Callable[[Any
                     graph, static_y = _capture_cuda_graph(net, x)
                     notes[f"capture_s_batch{batch}"] = time.perf_counter() - t0
 
-                    def call() -> Any:
+                    def replay() -> Any:
                         graph.replay()
                         torch.cuda.synchronize()
                         return static_y
 
-                    return lambda: call
+                    return lambda: replay
                 model(x)  # first call: torch.compile compiles here, timed as setup
                 sync()
         except Exception as err:
@@ -537,14 +538,7 @@ def machine_info() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

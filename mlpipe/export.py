@@ -17,10 +17,8 @@ Why each step:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import subprocess
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,9 +31,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe import config_dir
-
-from mlpipe import triton_repo
+from mlpipe import config_dir, triton_repo
+from mlpipe.provenance import git_revision, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -46,31 +43,6 @@ _CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
 
 class ParityError(RuntimeError):
     """ONNX Runtime (or TensorRT) disagrees with the reference beyond the configured tolerance."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed (lock files and models can be large)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def git_revision(root: Path) -> str:
-    """``HEAD`` commit, suffixed ``-dirty`` when tracked files differ; ``unknown`` outside git."""
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as err:
-        log.warning("git revision unavailable (%s); provenance records 'unknown'", err)
-        return "unknown"
-    return f"{rev}-dirty" if dirty else rev
 
 
 def dvc_data_hash(data_dvc: Path) -> str:

@@ -8,7 +8,6 @@ report can be built at any point of the pipeline (and from the small fixtures in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir  # absolute conf/ path: console scripts need it
+from mlpipe.provenance import cpu_model, git_revision, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -52,29 +52,6 @@ def read_json(path: Path, how_to: str) -> Any:
         raise Missing(f"unreadable: {path}: {err}; rerun `{how_to}`") from err
 
 
-def sha256_file(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def git_revision(root: Path) -> str:
-    """HEAD commit, with `-dirty` when tracked files changed; `unknown` outside a git checkout."""
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev + ("-dirty" if dirty else "")
-
-
 def data_version(data_dvc: Path) -> dict[str, Any]:
     """md5 / size / file count DVC recorded for the data folder (data.dvc)."""
     if not data_dvc.is_file():
@@ -88,14 +65,7 @@ def data_version(data_dvc: Path) -> dict[str, Any]:
 
 def machine_info() -> dict[str, Any]:
     """CPU model and cores from /proc/cpuinfo, GPU from nvidia-smi (no torch import needed)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
                              capture_output=True, text=True, check=True, timeout=10).stdout.strip()
@@ -346,7 +316,7 @@ def section_provenance(rc: Mapping[str, Any]) -> Section:
     root = Path(rc["root_dir"])
     rows = [["git revision", git_revision(root)]]
     for name in rc["lock_files"]:
-        rows.append([f"sha256 {name}", sha256_file(root / name) or "absent"])
+        rows.append([f"sha256 {name}", sha256_file(root / name) if (root / name).is_file() else "absent"])
     try:
         rows.append(["data md5 (data.dvc)", data_version(Path(rc["data_dvc"]))["md5"]])
     except Missing as err:

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import numpy as np
 import psutil
 import pytest
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from helpers.compose import EPHEMERAL, compose_app
 from mlpipe.client import TritonInfer, concurrent_throughput, measure, run_client

@@ -8,7 +8,6 @@ subprocess so that a segfault fails one test instead of killing the run.
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 import textwrap
