@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import relu_module
+from mlpipe.provenance import cpu_model
 
 log = logging.getLogger("relu_bench")
 
@@ -390,17 +391,7 @@ def machine_info(threads: int) -> dict:
             "relu_module": relu_module.__version__, "simd": relu_module.simd_level(),
             "relu_module_threads": relu_module.get_num_threads(), "torch_threads": torch.get_num_threads(),
             "ceiling_threads": threads, "cpus": os.cpu_count(), "machine": platform.machine(),
-            "processor": _cpu_model(), "load_avg_at_start": os.getloadavg()}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+            "processor": cpu_model(), "load_avg_at_start": os.getloadavg()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

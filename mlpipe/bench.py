@@ -584,6 +584,19 @@ def _int_ticks(ax: Any, values: Sequence[int]) -> None:
         ax.xaxis.set_major_formatter(ScalarFormatter())
 
 
+def _save_plot(fig: Any, ax: Any, path: Path) -> Path:
+    """Legend (if any), grid, tight layout, write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     """latency_vs_batch.png (p50 with p90/p99 marks, concurrency 1) and throughput_vs_concurrency.png."""
     import matplotlib
@@ -605,13 +618,7 @@ def plot(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="latency [ms] (p50; dotted p99)",
            title="latency vs batch (concurrency 1)")
     _int_ticks(ax, sorted({r["batch"] for r in ok}))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    paths.append(out_dir / "latency_vs_batch.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save_plot(fig, ax, out_dir / "latency_vs_batch.png"))
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for b in backends:
@@ -624,13 +631,7 @@ def plot(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     ax.set(xscale="log", yscale="log", xlabel="client concurrency", ylabel="throughput [samples/s]",
            title="throughput vs concurrency")
     _int_ticks(ax, sorted({r["concurrency"] for r in ok}))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    paths.append(out_dir / "throughput_vs_concurrency.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save_plot(fig, ax, out_dir / "throughput_vs_concurrency.png"))
     return paths
 
 
