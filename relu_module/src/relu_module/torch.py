@@ -52,8 +52,12 @@ class ReLUFunction(torch.autograd.Function):
         return g.op("Relu", x)
 
 
-class ReLUInplaceFunction(torch.autograd.Function):
-    """In-place ReLU on the tensor's own storage (``nn.ReLU(inplace=True)`` semantics)."""
+class ReLUInplaceFunction(ReLUFunction):
+    """In-place ReLU on the tensor's own storage (``nn.ReLU(inplace=True)`` semantics).
+
+    Only the forward differs: it saves the (now rectified) input, which is the output, so the
+    inherited backward and ONNX symbolic apply unchanged.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
@@ -61,16 +65,6 @@ class ReLUInplaceFunction(torch.autograd.Function):
         ctx.mark_dirty(x)  # autograd bumps x's version and rejects uses of the old value
         ctx.save_for_backward(x)
         return x
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (y,) = ctx.saved_tensors
-        return torch.from_numpy(_ext.relu_backward(grad.detach().numpy(), y.detach().numpy(), None))
-
-    @staticmethod
-    def symbolic(g: Any, x: Any) -> Any:
-        return g.op("Relu", x)
 
 
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
