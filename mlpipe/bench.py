@@ -240,7 +240,7 @@ def ort_cuda(ctx: BenchContext) -> Target:
 def tensorrt(ctx: BenchContext) -> Target:
     """The serialized engine from `mlpipe-export export=tensorrt`, run with the TensorRT 10 API."""
     try:
-        import tensorrt as trt
+        import tensorrt  # noqa: F401  (availability check; open_engine uses it)
     except ImportError as err:
         raise Unavailable(f"import tensorrt failed ({err}); needs TensorRT 10.x and a GPU") from err
     import torch
@@ -250,13 +250,12 @@ def tensorrt(ctx: BenchContext) -> Target:
     plan = Path(ctx.cfg.bench.plan_path)
     if not plan.is_file():
         raise Unavailable(f"{plan} not found; build it with `mlpipe-export export=tensorrt`")
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
-    if engine is None:
-        raise Unavailable(f"TensorRT could not deserialize {plan}")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    (in_name,) = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    (out_name,) = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    from mlpipe.tensorrt_engine import open_engine
+
+    try:
+        engine, context, in_name, out_name = open_engine(plan)
+    except RuntimeError as err:
+        raise Unavailable(str(err)) from err
     stream = torch.cuda.Stream()
 
     def prepare(batch: int) -> CallerFactory:

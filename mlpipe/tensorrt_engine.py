@@ -89,20 +89,28 @@ def build_engine(onnx_path: Path, plan_path: Path, trt_cfg: Mapping[str, Any], i
 _TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32, "INT64": torch.int64}
 
 
+def open_engine(plan_path: Path) -> tuple[Any, Any, str, str]:
+    """Deserialize a plan: ``(engine, execution context, input name, output name)``.
+
+    Shared by the parity check here and the bench's TensorRT backend, so both read an engine
+    the same way (one input, one output, as mlpipe exports).
+    """
+    trt = require_tensorrt()
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(plan_path).read_bytes())
+    if engine is None:
+        raise RuntimeError(f"TensorRT could not deserialize {plan_path} (built for another GPU or TensorRT version?)")
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    (in_name,) = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    (out_name,) = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    return engine, engine.create_execution_context(), in_name, out_name
+
+
 def run_engine(plan_path: Path, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Logits from the engine for ``images`` (N, C, H, W), in batches; returns (N, classes) float32.
 
     ``batch_size`` must lie inside the engine's optimization profile.
     """
-    trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan_path.read_bytes())
-    if engine is None:
-        raise RuntimeError(f"TensorRT could not deserialize {plan_path} (built for another GPU or TensorRT version?)")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    (in_name,) = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    (out_name,) = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    engine, context, in_name, out_name = open_engine(plan_path)
     out_dtype = _TRT_TO_TORCH[engine.get_tensor_dtype(out_name).name]
 
     stream = torch.cuda.Stream()
