@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import relu_module
-from mlpipe.provenance import cpu_model
+from mlpipe.common.provenance import cpu_model
 
 log = logging.getLogger("relu_bench")
 

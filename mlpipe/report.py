@@ -11,20 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
-import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import hydra
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir  # absolute conf/ path: console scripts need it
-from mlpipe.provenance import cpu_model, git_revision, sha256_file
+from mlpipe.common.cli import entry_point
+from mlpipe.common.errors import DataError
+from mlpipe.common.provenance import data_version, git_revision, machine_info, sha256_file
+from mlpipe.measure.tables import bench_table, github_table
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +53,12 @@ def read_json(path: Path, how_to: str) -> Any:
         raise Missing(f"unreadable: {path}: {err}; rerun `{how_to}`") from err
 
 
-def data_version(data_dvc: Path) -> dict[str, Any]:
-    """md5 / size / file count DVC recorded for the data folder (data.dvc)."""
-    if not data_dvc.is_file():
-        raise Missing(f"not run: no {data_dvc}; `dvc add data` creates it (see docs)")
+def data_version_or_missing(data_dvc: Path) -> dict[str, Any]:
+    """The data version `data.dvc` records, or Missing with the line to show instead."""
     try:
-        out = yaml.safe_load(data_dvc.read_text())["outs"][0]
-    except (yaml.YAMLError, KeyError, IndexError, TypeError) as err:
-        raise Missing(f"unreadable: {data_dvc}: {err}") from err
-    return {k: out.get(k) for k in ("path", "md5", "size", "nfiles")}
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model and cores from /proc/cpuinfo, GPU from nvidia-smi (no torch import needed)."""
-    cpu = cpu_model()
-    try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        gpu = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or "none",
-            "os": platform.platform(), "python": platform.python_version()}
+        return data_version(data_dvc)
+    except DataError as err:
+        raise Missing(str(err)) from None
 
 
 def _rel(path: Path, out_dir: Path) -> str:
@@ -85,28 +71,28 @@ def _image(path: Path, out_dir: Path, alt: str) -> str:
     return f"_(plot {path.name} missing)_"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    from tabulate import tabulate
-
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-
-
 # -- sections ----------------------------------------------------------------------------------
 def section_data_and_training(rc: Mapping[str, Any], reports: Path) -> Section:
     lines, summary = [], []
     try:
-        d = data_version(Path(rc["data_dvc"]))
-        lines.append(f"Data: `{d['path']}` md5 `{d['md5']}` ({d['nfiles']} files, {d['size']} bytes), "
-                     "from `data.dvc`.")
+        d = data_version_or_missing(Path(rc["data_dvc"]))
+        lines.append(
+            f"Data: `{d['path']}` md5 `{d['md5']}` ({d['nfiles']} files, {d['size']} bytes), "
+            "from `data.dvc`."
+        )
         summary.append(f"data md5 {str(d['md5'])[:12]}")
     except Missing as err:
         lines.append(f"Data: {err}")
     try:
         m = read_json(reports / rc["inputs"]["train_metrics"], rc["how_to"]["train"])
         scalars = {k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))}
-        lines.append("\n" + _table(["metric", "value"],
-                                   [[k, f"{v:.4f}" if isinstance(v, float) else v]
-                                    for k, v in scalars.items()]))
+        lines.append(
+            "\n"
+            + github_table(
+                ["metric", "value"],
+                [[k, f"{v:.4f}" if isinstance(v, float) else v] for k, v in scalars.items()],
+            )
+        )
         if "test_acc" in m:
             summary.append(f"test acc {m['test_acc']:.4f}")
     except Missing as err:
@@ -120,30 +106,41 @@ def section_export(rc: Mapping[str, Any], reports: Path) -> Section:
     except Missing as err:
         return Section("Export parity", str(err))
     rows = []
-    for key, label in (("onnx_vs_torch", "ONNX Runtime vs torch"),
-                       ("tensorrt_vs_ort", "TensorRT vs ONNX Runtime")):
+    for key, label in (
+        ("onnx_vs_torch", "ONNX Runtime vs torch"),
+        ("tensorrt_vs_ort", "TensorRT vs ONNX Runtime"),
+    ):
         if key in p:
             c = p[key]
-            rows.append([label, f"{c.get('max_abs_diff', float('nan')):.3g}",
-                         f"{c.get('argmax_agreement', float('nan')):.4%}",
-                         f"{c.get('reference_acc', float('nan')):.4f}",
-                         f"{c.get('candidate_acc', float('nan')):.4f}"])
+            rows.append(
+                [
+                    label,
+                    f"{c.get('max_abs_diff', float('nan')):.3g}",
+                    f"{c.get('argmax_agreement', float('nan')):.4%}",
+                    f"{c.get('reference_acc', float('nan')):.4f}",
+                    f"{c.get('candidate_acc', float('nan')):.4f}",
+                ]
+            )
     limits = p.get("limits", {})
-    body = (f"`{p.get('onnx_path', '?')}` (opset {p.get('opset', '?')}, exporter "
-            f"{p.get('exporter', '?')}, split `{p.get('split', '?')}`), passed: "
-            f"**{p.get('passed')}**, limits: atol {limits.get('atol')}, argmax agreement ≥ "
-            f"{limits.get('min_argmax_agreement')}.\n\n"
-            + _table(["comparison", "max abs diff", "argmax agreement", "reference acc",
-                      "candidate acc"], rows))
+    body = (
+        f"`{p.get('onnx_path', '?')}` (opset {p.get('opset', '?')}, exporter "
+        f"{p.get('exporter', '?')}, split `{p.get('split', '?')}`), passed: "
+        f"**{p.get('passed')}**, limits: atol {limits.get('atol')}, argmax agreement ≥ "
+        f"{limits.get('min_argmax_agreement')}.\n\n"
+        + github_table(
+            ["comparison", "max abs diff", "argmax agreement", "reference acc", "candidate acc"],
+            rows,
+        )
+    )
     summary = None
     if "onnx_vs_torch" in p:
-        summary = f"ONNX parity max|diff| {p['onnx_vs_torch'].get('max_abs_diff', float('nan')):.2g}"
+        summary = (
+            f"ONNX parity max|diff| {p['onnx_vs_torch'].get('max_abs_diff', float('nan')):.2g}"
+        )
     return Section("Export parity", body, summary)
 
 
 def section_bench(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
-    from mlpipe.bench import markdown_table
-
     path = reports / rc["inputs"]["bench"]
     try:
         b = read_json(path, rc["how_to"]["bench"])
@@ -151,21 +148,28 @@ def section_bench(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sectio
         return Section("Serving latency and throughput", str(err))
     meta, rows = b.get("meta", {}), b.get("rows", [])
     baseline = meta.get("config", {}).get("baseline", "ort_cpu")
-    peaks = "; ".join(f"{d}: {p['name']} {p['peak_flops'] / 1e9:.4g} GFLOP/s, "
-                      f"{p['peak_bandwidth'] / 1e9:.4g} GB/s ({p['kind']})"
-                      for d, p in meta.get("peaks", {}).items())
+    peaks = "; ".join(
+        f"{d}: {p['name']} {p['peak_flops'] / 1e9:.4g} GFLOP/s, "
+        f"{p['peak_bandwidth'] / 1e9:.4g} GB/s ({p['kind']})"
+        for d, p in meta.get("peaks", {}).items()
+    )
     machine = meta.get("machine", {})
-    body = "\n".join([
-        f"Measured on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, GPU: "
-        f"{machine.get('gpu') or 'none'}) in {meta.get('wall_s', '?')} s. Client-observed "
-        "latency (serialization included for Triton); throughput = samples / wall time of the "
-        f"window. MFU = achieved FLOP/s / peak; p50/roofline = p50 / max(FLOPs/peak, bytes/bandwidth). "
-        f"Peaks: {peaks or 'n/a'}.",
-        "",
-        markdown_table(rows, baseline),
-        _image(path.parent / "latency_vs_batch.png", out_dir, "latency vs batch"),
-        _image(path.parent / "throughput_vs_concurrency.png", out_dir, "throughput vs concurrency"),
-    ])
+    body = "\n".join(
+        [
+            f"Measured on {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, GPU: "
+            f"{machine.get('gpu') or 'none'}) in {meta.get('wall_s', '?')} s. Client-observed "
+            "latency (serialization included for Triton); throughput = samples / wall time of the "
+            "window. MFU = achieved FLOP/s / peak; p50/roofline = p50 / max(FLOPs/peak, "
+            "bytes/bandwidth). "
+            f"Peaks: {peaks or 'n/a'}.",
+            "",
+            bench_table(rows, baseline),
+            _image(path.parent / "latency_vs_batch.png", out_dir, "latency vs batch"),
+            _image(
+                path.parent / "throughput_vs_concurrency.png", out_dir, "throughput vs concurrency"
+            ),
+        ]
+    )
     ok = [r for r in rows if r.get("status") == "ok"]
     best = {}
     for r in ok:
@@ -175,8 +179,9 @@ def section_bench(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sectio
     unavailable = sorted({r["backend"] for r in rows if r.get("status") == "unavailable"})
     if unavailable:
         summary += f" (unavailable: {', '.join(unavailable)})"
-    return Section("Serving latency and throughput", body,
-                   f"batch-1 p50: {summary}" if summary else None)
+    return Section(
+        "Serving latency and throughput", body, f"batch-1 p50: {summary}" if summary else None
+    )
 
 
 def section_served(rc: Mapping[str, Any], reports: Path) -> Section:
@@ -187,27 +192,50 @@ def section_served(rc: Mapping[str, Any], reports: Path) -> Section:
         lines.append(
             f"Served accuracy over {c.get('protocol', '?')} on the `{c.get('split', '?')}` split "
             f"({c.get('n', '?')} images, model `{c.get('model', '?')}`): "
-            f"{c.get('served_acc', float('nan')):.4f}, offline ORT {c.get('offline_ort_acc', float('nan')):.4f}, "
-            f"equal: **{c.get('accuracy_matches_offline')}**.")
+            f"{c.get('served_acc', float('nan')):.4f}, offline ORT "
+            f"{c.get('offline_ort_acc', float('nan')):.4f}, "
+            f"equal: **{c.get('accuracy_matches_offline')}**."
+        )
         summary.append(f"served acc {c.get('served_acc', float('nan')):.4f}")
     except Missing as err:
         lines.append(f"Served accuracy: {err}")
     try:
         m = read_json(reports / rc["inputs"]["serving_targets"], rc["how_to"]["serving_targets"])
         targets, meets = m.get("targets", {}), m.get("meets", {})
-        rows = [["server ready [s]", f"{m.get('ready_seconds', float('nan')):.2f}",
-                 f"≤ {targets.get('ready_seconds')}", meets.get("ready")]]
+        rows = [
+            [
+                "server ready [s]",
+                f"{m.get('ready_seconds', float('nan')):.2f}",
+                f"≤ {targets.get('ready_seconds')}",
+                meets.get("ready"),
+            ]
+        ]
         for proto in ("http", "grpc"):
             r = m.get(f"{proto}_batch1", {})
-            rows.append([f"{proto} batch-1 p50 − in-process ORT p50 [ms]",
-                         f"{r.get('overhead_vs_ort_p50_ms', float('nan')):.3f}",
-                         f"≤ {targets.get('batch1_overhead_ms')}", meets.get(f"{proto}_batch1_overhead")])
+            rows.append(
+                [
+                    f"{proto} batch-1 p50 − in-process ORT p50 [ms]",
+                    f"{r.get('overhead_vs_ort_p50_ms', float('nan')):.3f}",
+                    f"≤ {targets.get('batch1_overhead_ms')}",
+                    meets.get(f"{proto}_batch1_overhead"),
+                ]
+            )
         db = m.get("dynamic_batching", {})
-        rows.append(["throughput dynamic batching on / off",
-                     f"{db.get('throughput_ratio_batched_vs_unbatched', float('nan')):.2f}",
-                     f"≥ {targets.get('batching_ratio')}", meets.get("dynamic_batching_ratio")])
-        lines.append("\n" + _table(["serving target", "measured", "target", "met"],
-                                    [[a, b, c, "yes" if d else "no"] for a, b, c, d in rows]))
+        rows.append(
+            [
+                "throughput dynamic batching on / off",
+                f"{db.get('throughput_ratio_batched_vs_unbatched', float('nan')):.2f}",
+                f"≥ {targets.get('batching_ratio')}",
+                meets.get("dynamic_batching_ratio"),
+            ]
+        )
+        lines.append(
+            "\n"
+            + github_table(
+                ["serving target", "measured", "target", "met"],
+                [[a, b, c, "yes" if d else "no"] for a, b, c, d in rows],
+            )
+        )
         summary.append(f"serving targets met {sum(bool(v) for v in meets.values())}/{len(meets)}")
     except Missing as err:
         lines.append(f"Serving targets: {err}")
@@ -218,9 +246,10 @@ def section_profile(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sect
     pdir = reports / rc["inputs"]["profile_dir"]
     files = sorted(pdir.glob("*.json")) if pdir.is_dir() else []
     if not files:
-        return Section("Roofline per layer", f"not run: `{rc['how_to']['profile']}` writes "
-                       f"{pdir}/<model>.json")
-    parts, summary = [], []
+        return Section(
+            "Roofline per layer", f"not run: `{rc['how_to']['profile']}` writes {pdir}/<model>.json"
+        )
+    parts, summary, conventions = [], [], set()
     for f in files:
         try:
             p = read_json(f, rc["how_to"]["profile"])
@@ -229,44 +258,75 @@ def section_profile(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sect
         except (Missing, KeyError, TypeError) as err:
             parts.append(f"### {f.stem}\n\nunreadable: {f}: {err}")
             continue
+        conventions.add(str(p.get("convention", "(no convention recorded)")))
         t = p.get("totals", {})
         dev_desc = "; ".join(
             f"{d}: {v['peak_flops'] / 1e12:.4g} TFLOP/s, {v['peak_bandwidth'] / 1e9:.4g} GB/s, "
             f"ridge {v['ridge']:.3g} FLOP/B ({v['kind']}; {v['source']})"
-            for d, v in p["devices"].items())
-        rows = [[l["name"], l["type"], f"{l['flops']:.4g}", str(l["params"]), f"{l['bytes']:.4g}",
-                 f"{l['intensity']:.3g}",
-                 *[f"{l['bound'][d]} / {'never' if l['flip_batch'][d] is None else l['flip_batch'][d]}"
-                   for d in devices]]
-                for l in layers]
-        plots = " ".join(_image(pdir / v["plot"], out_dir, f"roofline {f.stem} {d}")
-                         for d, v in p["devices"].items() if v.get("plot"))
+            for d, v in p["devices"].items()
+        )
+        rows = [
+            [
+                layer["name"],
+                layer["type"],
+                f"{layer['flops']:.4g}",
+                str(layer["params"]),
+                f"{layer['bytes']:.4g}",
+                f"{layer['intensity']:.3g}",
+                *[
+                    f"{layer['bound'][d]} / "
+                    f"{'never' if layer['flip_batch'][d] is None else layer['flip_batch'][d]}"
+                    for d in devices
+                ],
+            ]
+            for layer in layers
+        ]
+        plots = " ".join(
+            _image(pdir / v["plot"], out_dir, f"roofline {f.stem} {d}")
+            for d, v in p["devices"].items()
+            if v.get("plot")
+        )
         ratio = t.get("cross_check_ratio")
-        parts.append("\n".join([
-            f"### {p.get('model', f.stem)} ({p['dtype']}, batch {p['batch_size']})",
-            "",
-            f"Total {t.get('flops', float('nan')):.4g} FLOPs, {t.get('params')} params; matmul/conv "
-            f"FLOPs fvcore×2 {t.get('mac_flops_fvcore_x2', float('nan')):.4g} vs FlopCounterMode "
-            f"{t.get('mac_flops_torch_flop_counter', float('nan')):.4g} (ratio "
-            f"{'n/a' if ratio is None else f'{ratio:.4f}'}). Devices: {dev_desc}.",
-            "",
-            _table(["layer", "type", "FLOPs", "params", "bytes", "FLOP/B",
-                    *[f"{d}: bound / flip batch" for d in devices]], rows),
-            "",
-            plots,
-        ]))
+        parts.append(
+            "\n".join(
+                [
+                    f"### {p.get('model', f.stem)} ({p['dtype']}, batch {p['batch_size']})",
+                    "",
+                    f"Total {t.get('flops', float('nan')):.4g} FLOPs, {t.get('params')} params; "
+                    "matmul/conv "
+                    f"FLOPs fvcore×2 {t.get('mac_flops_fvcore_x2', float('nan')):.4g} vs "
+                    "FlopCounterMode "
+                    f"{t.get('mac_flops_torch_flop_counter', float('nan')):.4g} (ratio "
+                    f"{'n/a' if ratio is None else f'{ratio:.4f}'}). Devices: {dev_desc}.",
+                    "",
+                    github_table(
+                        [
+                            "layer",
+                            "type",
+                            "FLOPs",
+                            "params",
+                            "bytes",
+                            "FLOP/B",
+                            *[f"{d}: bound / flip batch" for d in devices],
+                        ],
+                        rows,
+                    ),
+                    "",
+                    plots,
+                ]
+            )
+        )
         flips = []
         for d in devices:
-            fb = sorted({l["flip_batch"][d] for l in layers if l["flip_batch"][d] is not None})
+            fb = sorted(
+                {layer["flip_batch"][d] for layer in layers if layer["flip_batch"][d] is not None}
+            )
             flips.append(f"{d} {fb if fb else 'never'}")
         summary.append(f"{p.get('model', f.stem)} flip batches: {', '.join(flips)}")
-    conv = ("FLOPs = 2 × fvcore's multiply-add count for matmul/conv (fvcore counts one "
-            "multiply-add as one flop), 1 FLOP per element for elementwise ops; bytes = weights + "
-            "input + output activations at the dtype; compute-bound when FLOP/B ≥ ridge = peak "
-            "FLOP/s ÷ bandwidth; flip batch = smallest batch that is compute-bound (never: the "
-            "layer's FLOP/B limit stays below the ridge).")
-    return Section("Roofline per layer", conv + "\n\n" + "\n\n".join(parts),
-                   "; ".join(summary) or None)
+    conv = conventions.pop() if len(conventions) == 1 else "; ".join(sorted(conventions))
+    return Section(
+        "Roofline per layer", conv + "\n\n" + "\n\n".join(parts), "; ".join(summary) or None
+    )
 
 
 def section_relu(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
@@ -278,20 +338,26 @@ def section_relu(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section
         return Section("relu_module benchmark", str(err))
     except (KeyError, TypeError) as err:
         return Section("relu_module benchmark", f"unreadable: {path}: no summary.targets ({err})")
-    rows = [[t["name"], f"{t['worst']:.3g}", t["limit"], t["where"], "pass" if t["pass"] else "MISS"]
-            for t in targets]
+    rows = [
+        [t["name"], f"{t['worst']:.3g}", t["limit"], t["where"], "pass" if t["pass"] else "MISS"]
+        for t in targets
+    ]
     machine = r.get("machine", {})
-    body = "\n".join([
-        f"Mode `{r.get('mode', '?')}`, {r.get('elapsed_s', 0):.0f} s"
-        + (", machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()) if machine else "")
-        + ".",
-        "",
-        _table(["target", "worst", "limit", "where", "result"], rows),
-        "",
-        _image(path.parent / "bench.png", out_dir, "relu_module benchmark"),
-    ])
+    body = "\n".join(
+        [
+            f"Mode `{r.get('mode', '?')}`, {r.get('elapsed_s', 0):.0f} s"
+            + (", machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()) if machine else "")
+            + ".",
+            "",
+            github_table(["target", "worst", "limit", "where", "result"], rows),
+            "",
+            _image(path.parent / "bench.png", out_dir, "relu_module benchmark"),
+        ]
+    )
     passed = sum(bool(t["pass"]) for t in targets)
-    return Section("relu_module benchmark", body, f"relu_module targets {passed}/{len(targets)} pass")
+    return Section(
+        "relu_module benchmark", body, f"relu_module targets {passed}/{len(targets)} pass"
+    )
 
 
 def section_gpu(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
@@ -303,28 +369,36 @@ def section_gpu(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
     def embed(doc: Path) -> str:
         # image links inside the file are relative to it: make them relative to the report
         prefix = _rel(doc.parent, out_dir)
-        text = re.sub(r"(!\[[^\]]*\]\()(?![a-z]+://|/)([^)]+\))", rf"\g<1>{prefix}/\g<2>",
-                      doc.read_text().strip())
+        text = re.sub(
+            r"(!\[[^\]]*\]\()(?![a-z]+://|/)([^)]+\))",
+            rf"\g<1>{prefix}/\g<2>",
+            doc.read_text().strip(),
+        )
         return f"#### {_rel(doc, gdir)}\n\n{text}"
 
     body = "\n\n".join(embed(d) for d in docs)
-    return Section("GPU results (committed, measured on the device named in each file)", body,
-                   f"GPU results: {len(docs)} file(s) in {gdir}")
+    return Section(
+        "GPU results (committed, measured on the device named in each file)",
+        body,
+        f"GPU results: {len(docs)} file(s) in {gdir}",
+    )
 
 
 def section_provenance(rc: Mapping[str, Any]) -> Section:
     root = Path(rc["root_dir"])
     rows = [["git revision", git_revision(root)]]
     for name in rc["lock_files"]:
-        rows.append([f"sha256 {name}", sha256_file(root / name) if (root / name).is_file() else "absent"])
+        rows.append(
+            [f"sha256 {name}", sha256_file(root / name) if (root / name).is_file() else "absent"]
+        )
     try:
-        rows.append(["data md5 (data.dvc)", data_version(Path(rc["data_dvc"]))["md5"]])
+        rows.append(["data md5 (data.dvc)", data_version_or_missing(Path(rc["data_dvc"]))["md5"]])
     except Missing as err:
         rows.append(["data md5 (data.dvc)", str(err)])
     for k, v in machine_info().items():
         rows.append([f"machine {k}", v])
-    rows.append(["report written", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")])
-    return Section("Provenance", _table(["item", "value"], rows))
+    rows.append(["report written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")])
+    return Section("Provenance", github_table(["item", "value"], rows))
 
 
 def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
@@ -341,10 +415,18 @@ def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
         section_gpu(rc, reports, out_dir),
         section_provenance(rc),
     ]
-    text = "\n\n".join([f"# {rc['title']}", rc["intro"].strip()]
-                       + [f"## {s.title}\n\n{s.body.strip()}" for s in sections]) + "\n"
-    summary = [f"{s.title}: {s.summary or s.body.splitlines()[0]}" for s in sections
-               if s.title != "Provenance"]
+    text = (
+        "\n\n".join(
+            [f"# {rc['title']}", rc["intro"].strip()]
+            + [f"## {s.title}\n\n{s.body.strip()}" for s in sections]
+        )
+        + "\n"
+    )
+    summary = [
+        f"{s.title}: {s.summary or s.body.splitlines()[0]}"
+        for s in sections
+        if s.title != "Provenance"
+    ]
     return text, summary
 
 
@@ -362,6 +444,7 @@ def report(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="report")
+@entry_point
 def main(cfg: DictConfig) -> None:
     report(cfg)
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Hydra config, composed and shrunk; the real DVC data; a trained checkpoint.
+"""Shared fixtures: the real Hydra config, composed and shrunk; the real DVC data; a trained
+checkpoint.
 
 Everything writes under pytest's tmp dirs; only `data/` (restored with a real `dvc pull` when
 missing) is shared with the checkout.
@@ -14,22 +15,35 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.compose import ROOT, compose_app
 from omegaconf import DictConfig
 
-from helpers.compose import ROOT, compose_app
 
 def run_dvc(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the real `dvc` CLI of this interpreter's environment; raise with its output on failure."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """Run the real `dvc` CLI of this environment; on failure, raise with its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
 def compose_train(tmp_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose conf/train.yaml with every output under `tmp_dir`, on CPU, without loader workers."""
     return compose_app(
-        "train", tmp_dir, "data.num_workers=0", "trainer=cpu", "trainer.enable_model_summary=false", *overrides
+        "train",
+        tmp_dir,
+        "data.num_workers=0",
+        "trainer=cpu",
+        "trainer.enable_model_summary=false",
+        *overrides,
     )
 
 
@@ -96,13 +110,15 @@ class TrainedCheckpoint:
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, dvc_data: Path) -> TrainedCheckpoint:
+def trained_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, dvc_data: Path
+) -> TrainedCheckpoint:
     """Train the default model for a few epochs on the real data (a few seconds, once per session).
 
     For the export/serve/bench tests: `trained_checkpoint.ckpt_path` is a real Lightning
-    checkpoint that `mlpipe.model.load_network` loads with weights_only=True.
+    checkpoint that `mlpipe.train.module.load_network` loads with weights_only=True.
     """
-    from mlpipe.train import train
+    from mlpipe.train.run import train
 
     tmp_dir = tmp_path_factory.mktemp("trained")
     cfg = compose_train(tmp_dir, ["trainer.max_epochs=3", "callbacks.early_stopping.patience=3"])

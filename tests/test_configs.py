@@ -10,11 +10,14 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 
-from mlpipe.model import DigitsClassifier
-from mlpipe.train import instantiate_group, validate_config
+from mlpipe.train.module import DigitsClassifier
+from mlpipe.train.run import instantiate_group, validate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="trainer=gpu needs a CUDA GPU (accelerator=gpu); none here")
+NO_CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="trainer=gpu needs a CUDA GPU (accelerator=gpu); none here",
+)
 
 
 def options(group: str) -> list:
@@ -24,17 +27,26 @@ def options(group: str) -> list:
 
 
 def _model(cfg) -> DigitsClassifier:
-    scheduler = instantiate(cfg.scheduler.scheduler) if cfg.scheduler.scheduler is not None else None
-    return instantiate(cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler,
-                       scheduler_interval=cfg.scheduler.interval, scheduler_monitor=cfg.scheduler.monitor)
+    scheduler = (
+        instantiate(cfg.scheduler.scheduler) if cfg.scheduler.scheduler is not None else None
+    )
+    return instantiate(
+        cfg.model,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        scheduler_interval=cfg.scheduler.interval,
+        scheduler_monitor=cfg.scheduler.monitor,
+    )
 
 
 def test_defaults(compose_cfg) -> None:
     cfg = compose_cfg(shrink=False)
-    assert cfg.model.net._target_ == "mlpipe.nets.CNN"
+    assert cfg.model.net._target_ == "mlpipe.train.nets.CNN"
     assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1
     assert set(cfg.logger) == {"csv"}
-    assert {"model_checkpoint", "early_stopping", "progress_bar", "lr_monitor"} <= set(cfg.callbacks)
+    assert {"model_checkpoint", "early_stopping", "progress_bar", "lr_monitor"} <= set(
+        cfg.callbacks
+    )
     assert cfg.callbacks.model_checkpoint.dirpath == cfg.paths.checkpoint_dir
     assert Path(cfg.outputs.best_checkpoint) == Path(cfg.paths.checkpoint_dir) / "best.ckpt"
     validate_config(cfg)

@@ -12,7 +12,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mlpipe.data import dvc_dir_hash, load_split, recorded_dir_hash
+from mlpipe.common.provenance import dvc_dir_hash, recorded_dir_hash
+from mlpipe.data import load_split
 
 
 def _remote_dir(root: Path) -> Path:
@@ -20,7 +21,9 @@ def _remote_dir(root: Path) -> Path:
     config.read(root / ".dvc" / "config")
     default = config["core"]["remote"]
     url = config[f"'remote \"{default}\"'"]["url"]
-    assert "://" not in url and not Path(url).is_absolute(), f"default remote must be a relative local path, got {url}"
+    assert "://" not in url and not Path(url).is_absolute(), (
+        f"default remote must be a relative local path, got {url}"
+    )
     return (root / ".dvc" / url).resolve()
 
 
@@ -41,8 +44,17 @@ def test_repo_config_is_offline_and_remote_is_complete(repo_root: Path) -> None:
     assert remote.parent == repo_root, "the default remote lives inside the repository"
     dir_md5 = recorded_dir_hash(repo_root / "data.dvc")
     manifest = remote / "files" / "md5" / dir_md5[:2] / dir_md5[2:]
-    objects = [manifest] + [remote / "files" / "md5" / e["md5"][:2] / e["md5"][2:] for e in json.loads(manifest.read_text())]
-    listed = subprocess.run(["git", "ls-files", str(remote.relative_to(repo_root))], cwd=repo_root, capture_output=True, text=True, check=True)
+    objects = [manifest] + [
+        remote / "files" / "md5" / e["md5"][:2] / e["md5"][2:]
+        for e in json.loads(manifest.read_text())
+    ]
+    listed = subprocess.run(
+        ["git", "ls-files", str(remote.relative_to(repo_root))],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     tracked = {repo_root / line for line in listed.stdout.split()}
     for obj in objects:
         assert obj.is_file(), f"{obj} missing from the in-repo remote: run `dvc push data.dvc`"
@@ -72,15 +84,23 @@ def test_train_stage_names_real_files_and_keys(repo_root: Path) -> None:
     outs = [next(iter(o)) for o in stage["outs"]]
     metrics = [next(iter(m)) for m in stage["metrics"]]
     assert "artifacts/checkpoints/best.ckpt" in outs and metrics == ["reports/train/metrics.json"]
-    ignored = subprocess.run(["git", "check-ignore", *outs, *metrics], cwd=repo_root, capture_output=True, text=True)
-    assert len(ignored.stdout.split()) == len(outs) + len(metrics), "stage outputs must be git-ignored, never committed"
+    ignored = subprocess.run(
+        ["git", "check-ignore", *outs, *metrics], cwd=repo_root, capture_output=True, text=True
+    )
+    assert len(ignored.stdout.split()) == len(outs) + len(metrics), (
+        "stage outputs must be git-ignored, never committed"
+    )
 
 
 def test_train_stage_outputs_match_the_config(repo_root: Path) -> None:
     stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["train"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(repo_root / "conf"), job_name="test"):
+    with initialize_config_dir(
+        version_base="1.3", config_dir=str(repo_root / "conf"), job_name="test"
+    ):
         cfg = compose(config_name="train")  # the defaults the stage runs with, relative paths
-    outs = {str(Path(next(iter(o)))) for o in stage["outs"]} | {str(Path(next(iter(m)))) for m in stage["metrics"]}
+    outs = {str(Path(next(iter(o)))) for o in stage["outs"]} | {
+        str(Path(next(iter(m)))) for m in stage["metrics"]
+    }
     for key in ("best_checkpoint", "metrics", "timing"):
         assert str(Path(cfg.outputs[key])) in outs, key
 
@@ -88,7 +108,11 @@ def test_train_stage_outputs_match_the_config(repo_root: Path) -> None:
 @pytest.mark.slow
 def test_clean_clone_pulls_data_offline(repo_root: Path, tmp_path: Path, dvc_cli) -> None:
     clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(repo_root), str(clone)], check=True, timeout=120)
+    subprocess.run(
+        ["git", "clone", "--quiet", "--no-hardlinks", str(repo_root), str(clone)],
+        check=True,
+        timeout=120,
+    )
     assert not (clone / "data").exists()
     dvc_cli("pull", cwd=clone)
     assert "up to date" in dvc_cli("status", "data.dvc", cwd=clone).stdout

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from mlpipe.bench import plot as bench_plot
+from mlpipe.measure.tables import PlotStyle, bench_plots
 from mlpipe.report import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,13 +34,21 @@ def fixture_root(tmp_path: Path) -> Path:
 def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureFixture) -> None:
     reports = fixture_root / "reports"
     bench = json.loads((reports / "bench" / "results.json").read_text())
-    bench_plot(bench["rows"], reports / "bench")  # the real plot code makes the linked PNGs
+    bench_plots(
+        bench["rows"], reports / "bench", PlotStyle(7.5, 5, 120)
+    )  # the real plot code makes the linked PNGs
     out = report(_cfg(fixture_root))
     assert out == reports / "REPORT.md"
     text = out.read_text()
-    for heading in ("## Data and training", "## Export parity", "## Serving latency and throughput",
-                    "## Roofline per layer", "## relu_module benchmark", "## GPU results",
-                    "## Provenance"):
+    for heading in (
+        "## Data and training",
+        "## Export parity",
+        "## Serving latency and throughput",
+        "## Roofline per layer",
+        "## relu_module benchmark",
+        "## GPU results",
+        "## Provenance",
+    ):
         assert heading in text
     assert "3585fe091615bb9ca159fef4b9e914ad.dir" in text  # data.dvc md5
     assert "| test_acc     | 0.9833" in text
@@ -53,7 +61,9 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert "![latency vs batch](bench/latency_vs_batch.png)" in text
     assert "_(plot tiny_h100_sxm.png missing)_" in text  # linked only when the file exists
     # roofline rows: Linear(64, 256) at ridge 17.2 flips at ceil(17.2*66560/(32768-17.2*1280)) = 107
-    assert "| 1       | Linear  | 2.097e+06 | 16640    | 1.485e+05 | 14.1     | memory / 107" in text
+    assert (
+        "| 1       | Linear  | 2.097e+06 | 16640    | 1.485e+05 | 14.1     | memory / 107" in text
+    )
     assert "| 2       | ReLU    |" in text
     assert "memory / never" in text and "ridge 17.2 FLOP/B" in text
     assert "| time vs faster of numpy/torch" in text and "MISS" in text
@@ -70,14 +80,17 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
 def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
     (tmp_path / "reports").mkdir()
     text = report(_cfg(tmp_path)).read_text()
-    for line in ("Training metrics: not run: `make train (mlpipe-train)`",
-                 "Served accuracy: not run: `make client (mlpipe-client)`",
-                 "Serving targets: not run: `make serve-measure (mlpipe-client client.measure.enabled=true)`",
-                 "not run: `make export (mlpipe-export)` writes parity.json",
-                 "not run: `make bench-serving (mlpipe-bench)` writes results.json",
-                 "not run: `make profile (mlpipe-profile)`",
-                 "not run: `dvc repro relu_bench (quick sweep; make bench runs the full one into reports/relu/)`",
-                 "Data: not run: no "):
+    for line in (
+        "Training metrics: not run: `make train (mlpipe-train)`",
+        "Served accuracy: not run: `make client (mlpipe-client)`",
+        "Serving targets: not run: `make serve-targets (mlpipe-serve-targets)`",
+        "not run: `make export (mlpipe-export)` writes parity.json",
+        "not run: `make bench-serving (mlpipe-bench)` writes results.json",
+        "not run: `make profile (mlpipe-profile)`",
+        "not run: `dvc repro relu_bench (quick sweep; make bench runs the full one into "
+        "reports/relu/)`",
+        "data.dvc not found: it records the data version",
+    ):
         assert line in text, line
 
 
@@ -86,7 +99,7 @@ def test_unreadable_input_is_named_and_the_rest_still_reports(fixture_root: Path
     (fixture_root / "reports" / "relu" / "quick" / "results.json").write_text('{"mode": "quick"}')
     (fixture_root / "data.dvc").write_text("outs: [broken")
     text = report(_cfg(fixture_root)).read_text()
-    assert f"Data: unreadable: {fixture_root / 'data.dvc'}" in text
+    assert f"Data: {fixture_root / 'data.dvc'} is not a valid .dvc file" in text
     assert "unreadable: " in text and "parity.json" in text and "rerun `make export" in text
     assert "no summary.targets" in text
     assert "| test_acc     | 0.9833" in text  # other sections unaffected
@@ -101,13 +114,18 @@ def test_gpu_results_are_included_when_committed(fixture_root: Path) -> None:
     text = report(_cfg(fixture_root)).read_text()
     assert "#### h100.md" in text and "Measured on NVIDIA H100 80GB HBM3." in text
     # an image link inside a nested file is rewritten relative to REPORT.md
-    assert "#### profile/cnn.md" in text and "![roofline](gpu/profile/cnn_cuda_measured.png)" in text
+    assert (
+        "#### profile/cnn.md" in text and "![roofline](gpu/profile/cnn_cuda_measured.png)" in text
+    )
 
 
-def test_summary_only_leaves_the_report_alone(fixture_root: Path, capsys: pytest.CaptureFixture) -> None:
+def test_summary_only_leaves_the_report_alone(
+    fixture_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose(config_name="report", overrides=[f"paths.root_dir={fixture_root}",
-                                                        "report.write=false"])
+        cfg = compose(
+            config_name="report", overrides=[f"paths.root_dir={fixture_root}", "report.write=false"]
+        )
     out = report(cfg)
     assert not out.exists()
     assert "test acc 0.9833" in capsys.readouterr().out

@@ -1,20 +1,14 @@
 """Versioned digits data. `load_split` is the contract other stages use (no Lightning import).
 
 The Dataset with the kernel augmentation lives in `mlpipe.data.dataset`, the LightningDataModule in
-`mlpipe.data.datamodule`.
+`mlpipe.data.datamodule`. Errors and the DVC hash reader live in `mlpipe.common`.
 """
 
 from mlpipe.data.digits import (
     SPLITS,
-    ConfigError,
-    DataCorruptedError,
-    DataError,
-    DataMissingError,
     Digits,
-    dvc_dir_hash,
     load_digits,
     load_split,
-    recorded_dir_hash,
     stratified_split,
     validate_data_cfg,
     verify_data,
@@ -22,15 +16,9 @@ from mlpipe.data.digits import (
 
 __all__ = [
     "SPLITS",
-    "ConfigError",
-    "DataCorruptedError",
-    "DataError",
-    "DataMissingError",
     "Digits",
-    "dvc_dir_hash",
     "load_digits",
     "load_split",
-    "recorded_dir_hash",
     "stratified_split",
     "validate_data_cfg",
     "verify_data",

@@ -54,8 +54,15 @@ class DigitsDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> DigitsDataset:
         """The Dataset of one split, with augmentation as `data.augment.<split>` says."""
         aug = self.cfg["augment"]
-        augment = Augment(float(aug["noise_std"]), float(aug["scale_jitter"])) if aug[split] else None
-        return DigitsDataset(self._images[self._idx[split]], self._labels[self._idx[split]], float(self.cfg["pixel_max"]), augment)
+        augment = (
+            Augment(float(aug["noise_std"]), float(aug["scale_jitter"])) if aug[split] else None
+        )
+        return DigitsDataset(
+            self._images[self._idx[split]],
+            self._labels[self._idx[split]],
+            float(self.cfg["pixel_max"]),
+            augment,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

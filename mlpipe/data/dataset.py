@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import relu_module
 import torch
 from torch.utils.data import Dataset
 
+import relu_module
 from mlpipe.data.digits import scale
 
 
@@ -41,9 +41,13 @@ class Augment:
 class DigitsDataset(Dataset):
     """Raw images plus labels; `__getitem__` augments (optionally) and scales one sample."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, pixel_max: float, augment: Augment | None) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, pixel_max: float, augment: Augment | None
+    ) -> None:
         if images.ndim != 4 or images.dtype != np.float32:
-            raise ValueError(f"images must be float32 (N, C, H, W), got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"images must be float32 (N, C, H, W), got {images.dtype} {images.shape}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images  # (N, 1, H, W) raw intensities

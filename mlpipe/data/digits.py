@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import configparser
 import gzip
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,25 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from mlpipe.common.config import is_int, require
+from mlpipe.common.errors import DataCorruptedError, DataMissingError
+from mlpipe.common.provenance import dvc_dir_hash, recorded_dir_hash
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the key and a valid range."""
-
-
-class DataError(RuntimeError):
-    """The data on disk cannot be used (missing, changed or malformed)."""
-
-
-class DataMissingError(DataError, FileNotFoundError):
-    """The DVC-tracked data is not in the workspace."""
-
-
-class DataCorruptedError(DataError):
-    """A data file differs from the version recorded in data.dvc."""
 
 
 @dataclass(frozen=True)
@@ -47,58 +33,42 @@ class Digits:
     data_md5: str  # DVC folder hash from data.dvc, e.g. "3585...e914ad.dir"
 
 
-def is_int(value: Any) -> bool:
-    """An integer config value (YAML `true` is not one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def require(condition: bool, key: str, message: str) -> None:
-    """Raise ConfigError naming `key` unless `condition` holds."""
-    if not condition:
-        raise ConfigError(f"invalid config value {key}: {message}")
-
-
 def validate_data_cfg(data_cfg: Mapping[str, Any], prefix: str = "data") -> None:
     """Check the values of a `cfg.data` node; errors name the full key (e.g. data.batch_size)."""
     split, augment = data_cfg["split"], data_cfg["augment"]
     val_f, test_f = float(split["val_fraction"]), float(split["test_fraction"])
     require(0.0 < val_f < 1.0, f"{prefix}.split.val_fraction", f"must be in (0, 1), got {val_f}")
     require(0.0 < test_f < 1.0, f"{prefix}.split.test_fraction", f"must be in (0, 1), got {test_f}")
-    require(val_f + test_f < 1.0, f"{prefix}.split", f"val_fraction + test_fraction must be < 1, got {val_f + test_f}")
-    require(float(data_cfg["pixel_max"]) > 0, f"{prefix}.pixel_max", f"must be > 0, got {data_cfg['pixel_max']}")
-    require(float(augment["noise_std"]) >= 0, f"{prefix}.augment.noise_std", f"must be >= 0, got {augment['noise_std']}")
+    require(
+        val_f + test_f < 1.0,
+        f"{prefix}.split",
+        f"val_fraction + test_fraction must be < 1, got {val_f + test_f}",
+    )
+    require(
+        float(data_cfg["pixel_max"]) > 0,
+        f"{prefix}.pixel_max",
+        f"must be > 0, got {data_cfg['pixel_max']}",
+    )
+    require(
+        float(augment["noise_std"]) >= 0,
+        f"{prefix}.augment.noise_std",
+        f"must be >= 0, got {augment['noise_std']}",
+    )
     jitter = float(augment["scale_jitter"])
-    require(0.0 <= jitter < 1.0, f"{prefix}.augment.scale_jitter", f"must be in [0, 1), got {jitter}")
+    require(
+        0.0 <= jitter < 1.0, f"{prefix}.augment.scale_jitter", f"must be in [0, 1), got {jitter}"
+    )
     for key in ("batch_size", "eval_batch_size"):
         value = data_cfg[key]
-        require(is_int(value) and value > 0, f"{prefix}.{key}", f"must be an integer > 0, got {value!r}")
+        require(
+            is_int(value) and value > 0, f"{prefix}.{key}", f"must be an integer > 0, got {value!r}"
+        )
     workers = data_cfg["num_workers"]
-    require(is_int(workers) and workers >= 0, f"{prefix}.num_workers", f"must be an integer >= 0, got {workers!r}")
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def dvc_dir_hash(data_dir: Path) -> tuple[str, dict[str, str]]:
-    """Hash a folder exactly as DVC 3 does for `dvc add <dir>`: md5 of its sorted JSON manifest.
-
-    Returns the `<md5>.dir` folder hash and the per-file md5s keyed by relative path.
-    """
-    files = {p.relative_to(data_dir).as_posix(): _md5(p) for p in sorted(data_dir.rglob("*")) if p.is_file()}
-    manifest = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(files.items())]
-    digest = hashlib.md5(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
-    return f"{digest}.dir", files
-
-
-def recorded_dir_hash(dvc_file: Path) -> str:
-    """The folder hash recorded in a `.dvc` file for its single tracked folder."""
-    if not dvc_file.is_file():
-        raise DataMissingError(f"{dvc_file} not found: it records the data version; restore it with `git checkout {dvc_file.name}`")
-    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
-    if len(outs) != 1 or not str(outs[0].get("md5", "")).endswith(".dir"):
-        raise DataError(f"{dvc_file} must track exactly one folder (as written by `dvc add data`), got outs={outs}")
-    return str(outs[0]["md5"])
+    require(
+        is_int(workers) and workers >= 0,
+        f"{prefix}.num_workers",
+        f"must be an integer >= 0, got {workers!r}",
+    )
 
 
 def _object_path(root: Path, md5: str) -> Path:
@@ -130,9 +100,14 @@ def verify_data(data_dir: Path, dvc_file: Path, required: tuple[str, ...] = ()) 
     """
     missing = [name for name in required if not (data_dir / name).is_file()]
     if not data_dir.is_dir() or missing:
-        what = f"{data_dir}" if not data_dir.is_dir() else ", ".join(str(data_dir / m) for m in missing)
+        what = (
+            f"{data_dir}"
+            if not data_dir.is_dir()
+            else ", ".join(str(data_dir / m) for m in missing)
+        )
         raise DataMissingError(
-            f"data not found: {what}. The data is versioned with DVC; fetch it with `dvc pull` (or `make data`) in the repository root."
+            f"data not found: {what}. The data is versioned with DVC; fetch it with `dvc pull` "
+            "(or `make data`) in the repository root."
         )
     expected = recorded_dir_hash(dvc_file)
     actual, files = dvc_dir_hash(data_dir)
@@ -141,15 +116,28 @@ def verify_data(data_dir: Path, dvc_file: Path, required: tuple[str, ...] = ()) 
     recorded = _recorded_manifest(dvc_file, expected)
     if recorded is None:
         problems = [f"{data_dir / rel} (md5 {md5})" for rel, md5 in files.items()]
-        detail = "cannot tell which file changed (no DVC cache of the recorded version); files: " + ", ".join(problems)
+        detail = (
+            "cannot tell which file changed (no DVC cache of the recorded version); files: "
+            + ", ".join(problems)
+        )
     else:
-        problems = [f"{data_dir / rel} changed (md5 {files[rel]}, recorded {md5})" for rel, md5 in recorded.items() if rel in files and files[rel] != md5]
+        problems = [
+            f"{data_dir / rel} changed (md5 {files[rel]}, recorded {md5})"
+            for rel, md5 in recorded.items()
+            if rel in files and files[rel] != md5
+        ]
         problems += [f"{data_dir / rel} missing" for rel in recorded if rel not in files]
-        problems += [f"{data_dir / rel} is not in the recorded version" for rel in files if rel not in recorded]
+        problems += [
+            f"{data_dir / rel} is not in the recorded version"
+            for rel in files
+            if rel not in recorded
+        ]
         detail = "; ".join(problems)
     raise DataCorruptedError(
-        f"data in {data_dir} does not match {dvc_file} (folder md5 {actual}, recorded {expected}): {detail}. "
-        "Restore the recorded version with `dvc checkout --force data.dvc` (or `dvc pull --force`), "
+        f"data in {data_dir} does not match {dvc_file} (folder md5 {actual}, recorded "
+        f"{expected}): {detail}. "
+        "Restore the recorded version with `dvc checkout --force data.dvc` (or `dvc pull "
+        "--force`), "
         "or, if the change is intended, record it with `dvc add data`."
     )
 
@@ -160,14 +148,20 @@ def read_digits(path: Path, image_size: int, num_classes: int) -> tuple[np.ndarr
         with gzip.open(path, "rt") as fh:
             table = np.loadtxt(fh, delimiter=",", dtype=np.float32, ndmin=2)
     except (OSError, ValueError, EOFError) as err:
-        raise DataCorruptedError(f"cannot parse {path}: {err}. Restore it with `dvc checkout --force data.dvc`.") from err
+        raise DataCorruptedError(
+            f"cannot parse {path}: {err}. Restore it with `dvc checkout --force data.dvc`."
+        ) from err
     pixels = image_size * image_size
     if table.shape[1] != pixels + 1:
-        raise DataCorruptedError(f"{path}: expected {pixels + 1} columns per row, got {table.shape[1]}")
+        raise DataCorruptedError(
+            f"{path}: expected {pixels + 1} columns per row, got {table.shape[1]}"
+        )
     labels = table[:, -1].astype(np.int64)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise DataCorruptedError(f"{path}: labels must lie in 0..{num_classes - 1}")
-    images = np.ascontiguousarray(table[:, :pixels].reshape(-1, 1, image_size, image_size))  # (N, 1, H, W)
+    images = np.ascontiguousarray(
+        table[:, :pixels].reshape(-1, 1, image_size, image_size)
+    )  # (N, 1, H, W)
     return images, labels
 
 
@@ -175,11 +169,15 @@ def load_digits(data_cfg: Mapping[str, Any]) -> Digits:
     """Verify the DVC-tracked folder, then read every image and label."""
     data_dir, dvc_file = Path(data_cfg["data_dir"]), Path(data_cfg["dvc_file"])
     data_md5 = verify_data(data_dir, dvc_file, required=(data_cfg["filename"],))
-    images, labels = read_digits(data_dir / data_cfg["filename"], int(data_cfg["image_size"]), int(data_cfg["num_classes"]))
+    images, labels = read_digits(
+        data_dir / data_cfg["filename"], int(data_cfg["image_size"]), int(data_cfg["num_classes"])
+    )
     return Digits(images=images, labels=labels, data_md5=data_md5)
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
     """Deterministic stratified split: each class is shuffled with `seed` and cut by the fractions.
 
     Returns sorted index arrays for "train", "val" and "test" that partition `range(len(labels))`.
@@ -199,7 +197,9 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
 def split_indices(data_cfg: Mapping[str, Any], labels: np.ndarray) -> dict[str, np.ndarray]:
     """The configured split (`data.split.*`) of `labels`."""
     split = data_cfg["split"]
-    return stratified_split(labels, float(split["val_fraction"]), float(split["test_fraction"]), int(split["seed"]))
+    return stratified_split(
+        labels, float(split["val_fraction"]), float(split["test_fraction"]), int(split["seed"])
+    )
 
 
 def scale(images: np.ndarray, pixel_max: float) -> np.ndarray:
@@ -210,7 +210,8 @@ def scale(images: np.ndarray, pixel_max: float) -> np.ndarray:
 def load_split(data_cfg: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one split exactly as the model sees them at eval time (no augmentation).
 
-    Returns `(images float32 (N, 1, H, W), labels int64 (N,))`; `data_cfg` is the composed `cfg.data`.
+    Returns `(images float32 (N, 1, H, W), labels int64 (N,))`; `data_cfg` is the composed
+    `cfg.data`.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")

@@ -27,6 +27,7 @@ def tmp_path_overrides(tmp_dir: Path) -> list[str]:
 
 def compose_app(name: str, tmp_dir: Path, *overrides: str) -> DictConfig:
     """The real primary config `conf/<name>.yaml` with outputs under `tmp_dir`, then `overrides`."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name=f"test_{name}"):
+    with initialize_config_dir(
+        version_base="1.3", config_dir=str(CONF_DIR), job_name=f"test_{name}"
+    ):
         return compose(config_name=name, overrides=[*tmp_path_overrides(tmp_dir), *overrides])
-

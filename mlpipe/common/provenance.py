@@ -1,0 +1,148 @@
+"""Where a number came from: file hashes, the data version, the git revision, the machine.
+
+One home for what the ONNX metadata (export), the bench JSON and the report all record, so they
+never disagree on how a lock file is hashed, how the data version is read or how a dirty checkout
+is marked. No torch import: library versions come from package metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlpipe.common.errors import DataError, DataMissingError
+
+log = logging.getLogger(__name__)
+
+#: Libraries whose versions every measurement records.
+LIBRARIES: tuple[str, ...] = ("numpy", "torch", "onnxruntime", "relu-module")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed (lock files and models can be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def md5_file(path: Path) -> str:
+    """Hex md5 of a file, as DVC records it."""
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def dvc_dir_hash(data_dir: Path) -> tuple[str, dict[str, str]]:
+    """Hash a folder exactly as DVC 3 does for `dvc add <dir>`: md5 of its sorted JSON manifest.
+
+    Returns the `<md5>.dir` folder hash and the per-file md5s keyed by relative path.
+    """
+    files = {
+        p.relative_to(data_dir).as_posix(): md5_file(p)
+        for p in sorted(data_dir.rglob("*"))
+        if p.is_file()
+    }
+    manifest = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(files.items())]
+    digest = hashlib.md5(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
+    return f"{digest}.dir", files
+
+
+def data_version(dvc_file: Path) -> dict[str, Any]:
+    """`path`, `md5`, `size` and `nfiles` that a `.dvc` file records for its one tracked folder."""
+    if not dvc_file.is_file():
+        raise DataMissingError(
+            f"{dvc_file} not found: it records the data version; restore it with "
+            f"`git checkout {dvc_file.name}`"
+        )
+    try:
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+    except (yaml.YAMLError, AttributeError) as err:
+        raise DataError(
+            f"{dvc_file} is not a valid .dvc file ({err}); restore it with git"
+        ) from None
+    if len(outs) != 1 or not str(outs[0].get("md5", "")).endswith(".dir"):
+        raise DataError(
+            f"{dvc_file} must track exactly one folder (as written by `dvc add data`), got "
+            f"outs={outs}"
+        )
+    return {k: outs[0].get(k) for k in ("path", "md5", "size", "nfiles")}
+
+
+def recorded_dir_hash(dvc_file: Path) -> str:
+    """The folder hash recorded in a `.dvc` file for its single tracked folder."""
+    return str(data_version(dvc_file)["md5"])
+
+
+def git_revision(root: Path) -> str:
+    """``HEAD`` commit, suffixed ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+    try:
+        rev = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError) as err:
+        log.warning("git revision unavailable (%s); provenance records 'unknown'", err)
+        return "unknown"
+    return f"{rev}-dirty" if dirty else rev
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (``platform`` only knows the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name(timeout_s: float) -> str | None:
+    """GPU name and memory from nvidia-smi (no torch or CUDA import); None without one."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=timeout_s,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`LIBRARIES` (None where absent), without importing them."""
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_info(gpu_timeout_s: float = 10.0) -> dict[str, Any]:
+    """CPU model, core count, GPU, OS, Python and library versions: the header of every result."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "gpu": gpu_name(gpu_timeout_s),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        **library_versions(),
+    }

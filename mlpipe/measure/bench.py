@@ -1,0 +1,250 @@
+"""mlpipe-bench: latency p50/p90/p99 and throughput of the trained model on every backend.
+
+Each (backend, batch, concurrency) cell runs closed-loop windows of the one load generator
+(`mlpipe.measure.loadgen`) until p50 settles. Measured time is related to the model's analytic
+FLOPs and bytes against the device peak (`mlpipe.measure.cost`), like nanoGPT's `estimate_mfu`.
+Backends live in `mlpipe.measure.backends`; one that cannot run here gets a row
+`unavailable: <reason>` and the run goes on. Inputs are random images of the served shape
+(seeded): speed does not depend on pixel values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mlpipe import config_dir  # absolute conf/ path: console scripts need it
+from mlpipe.common.cli import entry_point
+from mlpipe.common.config import one_of, positive_int, positive_ints, require
+from mlpipe.common.provenance import machine_info
+from mlpipe.measure.backends import BACKENDS, BenchContext, Target, Unavailable
+from mlpipe.measure.cost import analytic_columns, best_of, device_peaks_for, model_cost
+from mlpipe.measure.loadgen import MODES, LoadSettings, Stability, run_until_stable
+from mlpipe.measure.roofline import DevicePeaks
+from mlpipe.measure.tables import PlotStyle, bench_plots, bench_table
+
+log = logging.getLogger(__name__)
+
+
+def check_bench_config(bench_cfg: Mapping[str, Any]) -> None:
+    """Reject unknown backends and bad batch/concurrency lists before anything starts."""
+    backends = list(bench_cfg["backends"])
+    unknown = [b for b in backends if b not in BACKENDS]
+    require(
+        bool(backends) and not unknown,
+        "bench.backends",
+        f"unknown backend(s) {unknown or backends!r}; valid choices: {list(BACKENDS)}",
+    )
+    for key in ("batch_sizes", "concurrency", "inprocess_concurrency"):
+        positive_ints(bench_cfg[key], f"bench.{key}")
+    one_of(bench_cfg["load"]["mode"], MODES, "bench.load.mode")
+    positive_int(bench_cfg["requests"], "bench.requests")
+    positive_int(bench_cfg["warmup"], "bench.warmup", minimum=0)
+    positive_int(bench_cfg["load"]["processes"], "bench.load.processes")
+
+
+def load_settings(bcfg: Mapping[str, Any], mode: str) -> LoadSettings:
+    load = bcfg["load"]
+    return LoadSettings(
+        mode, float(load["timeout_s"]), float(load["join_timeout_s"]), int(load["processes"])
+    )
+
+
+def measure_cell(
+    target: Target, batch: int, concurrency: int, bcfg: Mapping[str, Any], factory: Any
+) -> dict[str, Any]:
+    """Run the stability loop for one cell and summarise it as a row."""
+    stab = bcfg["stability"]
+    res = run_until_stable(
+        factory,
+        concurrency,
+        int(bcfg["requests"]),
+        int(bcfg["warmup"]),
+        Stability(float(stab["rel_tol"]), int(stab["min_windows"]), int(stab["max_windows"])),
+        load_settings(bcfg, target.mode),
+    )
+    w = res.window
+    lat = w.latency()
+    row: dict[str, Any] = {
+        "backend": target.backend,
+        "device": target.device,
+        "status": "ok",
+        "batch": batch,
+        "concurrency": concurrency,
+        "requests": w.requests,
+        "errors": w.errors,
+        **{k: lat[k] for k in ("p50_ms", "p90_ms", "p99_ms")},
+        "mean_ms": lat["mean_ms"] if w.requests else None,
+        "throughput_req_s": w.throughput_rps if w.wall_s else None,
+        "throughput_samples_s": w.throughput_rps * batch if w.wall_s else None,
+        "windows": len(res.p50_history_ms),
+        "stable": res.stable,
+        "p50_history_ms": [round(x, 4) for x in res.p50_history_ms],
+    }
+    if w.errors:
+        row.update(status="error", reason=w.first_error)
+    return row
+
+
+def _start_targets(
+    ctx: BenchContext, names: Sequence[str], rows: list[dict[str, Any]]
+) -> list[Target]:
+    targets = []
+    for name in names:
+        try:
+            targets.append(BACKENDS[name](ctx))
+        except Unavailable as err:
+            log.info("%s unavailable: %s", name, err)
+            rows.append({"backend": name, "status": "unavailable", "reason": str(err)})
+    return targets
+
+
+def _run_cell(
+    target: Target, batch: int, conc: int, bcfg: Mapping[str, Any], dead: set[str]
+) -> dict[str, Any] | None:
+    """One cell's row (None: its backend already failed to prepare)."""
+    if target.backend in dead:
+        return None
+    base = {"backend": target.backend, "batch": batch, "concurrency": conc}
+    if target.max_batch is not None and batch > target.max_batch:
+        return {
+            **base,
+            "status": "skipped",
+            "reason": f"batch {batch} > max_batch_size {target.max_batch}",
+        }
+    try:
+        factory = target.prepare(batch)
+    except Unavailable as err:
+        dead.add(target.backend)
+        return {"backend": target.backend, "status": "unavailable", "reason": str(err)}
+    try:
+        return measure_cell(target, batch, conc, bcfg, factory)
+    except (TimeoutError, RuntimeError, OSError) as err:  # hung or broken cell: go on
+        log.warning("%s batch %d conc %d failed: %s", target.backend, batch, conc, err)
+        return {**base, "status": "error", "reason": f"{type(err).__name__}: {err}"}
+
+
+def _add_analytic(
+    rows: list[dict[str, Any]], cost: Any, peaks: Mapping[str, DevicePeaks | None]
+) -> None:
+    for row in rows:
+        if row["status"] == "ok":
+            row.update(
+                analytic_columns(
+                    cost,
+                    peaks.get(row["device"]),
+                    row["batch"],
+                    row["p50_ms"] / 1e3,
+                    row["throughput_samples_s"],
+                )
+            )
+    if any((r.get("mfu") or 0) > 1 for r in rows):
+        log.warning(
+            "rows exceed 100%% MFU: the measured peak is too low (busy machine while "
+            "measuring?); treat MFU as an upper bound"
+        )
+
+
+def run_cells(ctx: BenchContext, bcfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Every backend over batches x concurrency, with the analytic columns added."""
+    from tqdm import tqdm
+
+    rows: list[dict[str, Any]] = []
+    targets = _start_targets(ctx, list(bcfg["backends"]), rows)
+    cost = model_cost(ctx)
+    devices = sorted({t.device for t in targets})
+    peaks = {d: device_peaks_for(ctx.cfg, d) for d in devices}
+    dead: set[str] = set()
+    cells = [(t, b, c) for t in targets for b in bcfg["batch_sizes"] for c in t.concurrency]
+    for target, batch, conc in tqdm(cells, desc="bench", unit="cell"):
+        if (row := _run_cell(target, batch, conc, bcfg, dead)) is not None:
+            rows.append(row)
+    # Peaks measured at run time are best-of-N: measure again after the load and keep the
+    # better figures, so one busy moment of a shared machine does not inflate the MFU.
+    peaks = {
+        d: best_of(p, device_peaks_for(ctx.cfg, d)) if p and p.kind == "runtime" else p
+        for d, p in peaks.items()
+    }
+    _add_analytic(rows, cost, peaks)
+    return {
+        "rows": rows,
+        "cost": cost,
+        "peaks": peaks,
+        "notes": {t.backend: t.notes for t in targets if t.notes},
+    }
+
+
+def bench(cfg: DictConfig) -> dict[str, Any]:
+    """Run every configured backend over batches x concurrency; write JSON, markdown and PNGs."""
+    bcfg = cfg.bench
+    check_bench_config(bcfg)
+    ctx = BenchContext(
+        cfg, tuple(int(s) for s in bcfg.sample_shape), np.random.default_rng(int(bcfg.seed))
+    )
+    started = time.perf_counter()
+    try:
+        run = run_cells(ctx, bcfg)
+    finally:
+        ctx.close()
+    add_ratios(run["rows"], str(bcfg.baseline))
+    result = {
+        "meta": {
+            "machine": machine_info(),
+            "wall_s": round(time.perf_counter() - started, 2),
+            "config": OmegaConf.to_container(bcfg, resolve=True),
+            "model_cost": run["cost"].__dict__ if run["cost"] else None,
+            "peaks": {d: p.as_dict() for d, p in run["peaks"].items() if p},
+            "notes": run["notes"],
+        },
+        "rows": run["rows"],
+    }
+    write_outputs(result, Path(bcfg.out_dir), PlotStyle.from_config(cfg.plot))
+    return result
+
+
+def add_ratios(rows: list[dict[str, Any]], baseline: str) -> None:
+    """`speedup_vs_baseline`: baseline p50 / this p50 at the same batch and concurrency."""
+    base = {
+        (r["batch"], r["concurrency"]): r["p50_ms"]
+        for r in rows
+        if r["backend"] == baseline and r["status"] == "ok"
+    }
+    for r in rows:
+        if r["status"] == "ok" and (r["batch"], r["concurrency"]) in base:
+            r["speedup_vs_baseline"] = base[(r["batch"], r["concurrency"])] / r["p50_ms"]
+
+
+def write_outputs(result: Mapping[str, Any], out_dir: Path, style: PlotStyle) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = bench_table(result["rows"], result["meta"]["config"]["baseline"])
+    m = result["meta"]["machine"]
+    header = (
+        f"Measured on {m['cpu']} ({m['cores']} cores), GPU: {m['gpu'] or 'none'}; torch "
+        f"{m['torch']}, onnxruntime {m['onnxruntime']}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+    )
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "results.md").write_text(header + table)
+    bench_plots(result["rows"], out_dir, style)
+    print(table)
+    log.info(
+        "wrote %s/results.json, results.md and PNGs in %.1f s", out_dir, result["meta"]["wall_s"]
+    )
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="bench")
+@entry_point
+def main(cfg: DictConfig) -> None:
+    bench(cfg)
+
+
+if __name__ == "__main__":
+    main()

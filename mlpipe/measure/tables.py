@@ -1,0 +1,188 @@
+"""Tables and plots of measurements: the bench table, the per-layer table, the shared plot style.
+
+No torch import: the report renders these from the stages' JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PlotStyle:
+    """Figure size and resolution of every PNG (config group `plot`)."""
+
+    width_in: float
+    height_in: float
+    dpi: int
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> PlotStyle:
+        return cls(float(node["width_in"]), float(node["height_in"]), int(node["dpi"]))
+
+
+def github_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table, cells as given (no number re-formatting)."""
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
+    """Measured bench rows first, then one line per unavailable/skipped backend or cell."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    table = github_table(
+        [
+            "backend",
+            "batch",
+            "conc",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "samples/s",
+            f"x vs {baseline}",
+            "MFU %",
+            "p50/roofline",
+            "stable",
+        ],
+        [
+            [
+                r["backend"],
+                r["batch"],
+                r["concurrency"],
+                _fmt(r["p50_ms"], ".3f"),
+                _fmt(r["p90_ms"], ".3f"),
+                _fmt(r["p99_ms"], ".3f"),
+                _fmt(r["throughput_samples_s"], ".0f"),
+                _fmt(r.get("speedup_vs_baseline"), ".2f"),
+                _fmt(r.get("mfu") and 100 * r["mfu"], ".3f"),
+                _fmt(r.get("p50_over_roofline"), ".0f"),
+                "yes" if r["stable"] else "no",
+            ]
+            for r in ok
+        ],
+    )
+    other = [
+        f"- **{r['backend']}**"
+        + (f" (batch {r['batch']}, conc {r['concurrency']})" if "batch" in r else "")
+        + f": {r['status']}: {r['reason']}"
+        for r in rows
+        if r["status"] != "ok"
+    ]
+    return table + ("\n\n" + "\n".join(other) if other else "") + "\n"
+
+
+def layer_table(result: Mapping[str, Any], device: str) -> str:
+    """One row per leaf layer of a profile, with its bound and flip batch on `device`."""
+    return github_table(
+        ["name", "type", "flops", "params", "bytes", "intensity", "bound", "flip_batch"],
+        [
+            [
+                r["name"],
+                r["type"],
+                f"{r['flops']:.4g}",
+                r["params"],
+                f"{r['bytes']:.4g}",
+                f"{r['intensity']:.3g}",
+                r["bound"][device],
+                "never" if r["flip_batch"][device] is None else r["flip_batch"][device],
+            ]
+            for r in result["layers"]
+        ],
+    )
+
+
+def new_figure(style: PlotStyle) -> tuple[Any, Any]:
+    """A headless (Agg) figure and axes of the configured size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(style.width_in, style.height_in))
+
+
+def int_ticks(ax: Any, values: Sequence[int]) -> None:
+    """Tick a log x axis at exactly the measured values, labelled as plain integers."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    if values:
+        ax.xaxis.set_major_locator(FixedLocator(values))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+
+
+def save_plot(fig: Any, ax: Any, path: Path, style: PlotStyle) -> Path:
+    """Legend (if any), grid, tight layout, write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=style.dpi)
+    plt.close(fig)
+    return path
+
+
+def _latency_plot(ok: Sequence[Mapping[str, Any]], path: Path, style: PlotStyle) -> Path:
+    fig, ax = new_figure(style)
+    for backend in sorted({r["backend"] for r in ok}):
+        pts = sorted(
+            (r["batch"], r["p50_ms"], r["p99_ms"])
+            for r in ok
+            if r["backend"] == backend and r["concurrency"] == 1
+        )
+        if pts:
+            xs, p50, p99 = zip(*pts, strict=True)
+            (line,) = ax.plot(xs, p50, marker="o", label=f"{backend} p50")
+            ax.plot(xs, p99, ls=":", color=line.get_color(), lw=1)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="latency [ms] (p50; dotted p99)",
+        title="latency vs batch (concurrency 1)",
+    )
+    int_ticks(ax, sorted({r["batch"] for r in ok}))
+    return save_plot(fig, ax, path, style)
+
+
+def _throughput_plot(ok: Sequence[Mapping[str, Any]], path: Path, style: PlotStyle) -> Path:
+    fig, ax = new_figure(style)
+    for backend in sorted({r["backend"] for r in ok}):
+        for batch in sorted({r["batch"] for r in ok if r["backend"] == backend}):
+            pts = sorted(
+                (r["concurrency"], r["throughput_samples_s"])
+                for r in ok
+                if r["backend"] == backend and r["batch"] == batch
+            )
+            if len(pts) > 1:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", label=f"{backend} batch {batch}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="client concurrency",
+        ylabel="throughput [samples/s]",
+        title="throughput vs concurrency",
+    )
+    int_ticks(ax, sorted({r["concurrency"] for r in ok}))
+    return save_plot(fig, ax, path, style)
+
+
+def bench_plots(rows: Sequence[Mapping[str, Any]], out_dir: Path, style: PlotStyle) -> list[Path]:
+    """latency_vs_batch.png (p50, p99 dotted, concurrency 1) and throughput_vs_concurrency.png."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    return [
+        _latency_plot(ok, out_dir / "latency_vs_batch.png", style),
+        _throughput_plot(ok, out_dir / "throughput_vs_concurrency.png", style),
+    ]

@@ -1,0 +1,3 @@
+"""Serving stage: `server` (tritonserver lifecycle, `mlpipe-serve`), `client` (the one Triton
+client), `accuracy` (served == ONNX Runtime, `mlpipe-client`),
+`targets` (`mlpipe-serve-targets`)."""

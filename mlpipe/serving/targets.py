@@ -1,0 +1,186 @@
+"""mlpipe-serve-targets: the serving targets, measured on one fresh tritonserver.
+
+Start -> ready time; batch-1 p50 over loopback (HTTP and gRPC) next to in-process ONNX Runtime;
+throughput with N requests in flight (the load generator's async gRPC mode, like perf_analyzer's
+concurrency mode) with the dynamic batcher on vs off. Latency is client-observed,
+serialization included. Writes ``targets.report_path``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mlpipe import config_dir
+from mlpipe.common.cli import entry_point
+from mlpipe.common.config import positive_int
+from mlpipe.common.stats import latency_summary, time_calls
+from mlpipe.measure.loadgen import LoadSettings, run_window
+from mlpipe.serving.client import PROTOCOLS, TritonCaller, TritonClient
+from mlpipe.serving.server import TritonServer
+
+
+def validate_targets_cfg(tcfg: DictConfig) -> None:
+    """Reject bad measurement values before the server starts; each error names its key."""
+    for key in ("latency_requests", "concurrency", "requests_per_slot"):
+        positive_int(tcfg[key], f"targets.{key}")
+    positive_int(tcfg.latency_warmup, "targets.latency_warmup", minimum=0)
+    positive_int(tcfg.load.processes, "targets.load.processes")
+
+
+def load_settings(tcfg: DictConfig) -> LoadSettings:
+    load = tcfg.load
+    return LoadSettings(
+        str(load.mode), float(load.timeout_s), float(load.join_timeout_s), int(load.processes)
+    )
+
+
+def ort_batch1(cfg: DictConfig, one: np.ndarray) -> dict[str, float]:
+    """In-process ONNX Runtime batch-1 latency: the floor every served figure is compared with."""
+    from mlpipe.export.run import ort_session
+
+    session = ort_session(Path(cfg.export.onnx_path), list(cfg.export.parity.providers))
+    feed = {session.get_inputs()[0].name: one}
+    tcfg = cfg.targets
+    return latency_summary(
+        time_calls(
+            lambda: session.run(None, feed), int(tcfg.latency_warmup), int(tcfg.latency_requests)
+        )
+    )
+
+
+def served_batch1(
+    cfg: DictConfig, server: TritonServer, protocol: str, one: np.ndarray
+) -> dict[str, float]:
+    """Batch-1 latency of `targets.latency_model` over one protocol."""
+    tcfg = cfg.targets
+    address = server.http_address if protocol == "http" else server.grpc_address
+    with TritonClient(protocol, address, str(tcfg.latency_model), float(tcfg.load.timeout_s)) as c:
+        return latency_summary(
+            time_calls(lambda: c.infer(one), int(tcfg.latency_warmup), int(tcfg.latency_requests))
+        )
+
+
+def throughput(
+    cfg: DictConfig, server: TritonServer, model: str, one: np.ndarray
+) -> dict[str, Any]:
+    """Requests/s and latency with `targets.concurrency` async gRPC requests in flight."""
+    tcfg = cfg.targets
+    caller = TritonCaller("grpc", server.grpc_address, model, one, float(tcfg.load.timeout_s))
+    window = run_window(
+        caller,
+        int(tcfg.concurrency),
+        int(tcfg.requests_per_slot),
+        int(tcfg.latency_warmup),
+        load_settings(tcfg),
+    )
+    if window.errors:
+        raise RuntimeError(
+            f"{window.errors} requests to {model!r} failed during the load run; "
+            f"first: {window.first_error}"
+        )
+    with TritonClient("grpc", server.grpc_address, model, float(tcfg.load.timeout_s)) as client:
+        server_stats = client.batch_stats()
+    return {
+        "protocol": "grpc",
+        "model": model,
+        "concurrency": int(tcfg.concurrency),
+        "processes": min(int(tcfg.load.processes), int(tcfg.concurrency)),
+        "batch_size": int(one.shape[0]),
+        "wall_s": window.wall_s,
+        "requests": window.requests,
+        "throughput_rps": window.throughput_rps,
+        "latency": window.latency(),
+        "server": server_stats,
+    }
+
+
+def meets(report: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, bool]:
+    """Each target met or not."""
+    overhead = float(targets["batch1_overhead_ms"])
+    return {
+        "ready": report["ready_seconds"] <= float(targets["ready_seconds"]),
+        "http_batch1_overhead": report["http_batch1"]["overhead_vs_ort_p50_ms"] <= overhead,
+        "grpc_batch1_overhead": report["grpc_batch1"]["overhead_vs_ort_p50_ms"] <= overhead,
+        "dynamic_batching_ratio": report["dynamic_batching"][
+            "throughput_ratio_batched_vs_unbatched"
+        ]
+        >= float(targets["batching_ratio"]),
+    }
+
+
+def measure_targets(cfg: DictConfig) -> dict[str, Any]:
+    """The serving targets on one fresh server; writes ``targets.report_path``."""
+    from mlpipe.data import load_split
+
+    tcfg = cfg.targets
+    validate_targets_cfg(tcfg)
+    images, _ = load_split(cfg.data, str(tcfg.split))
+    one = np.ascontiguousarray(images[:1])  # (1, 1, 8, 8)
+    report: dict[str, Any] = {"targets": OmegaConf.to_container(tcfg.goals)}
+    report["ort_in_process_batch1"] = ort_batch1(cfg, one)
+    with TritonServer.from_config(cfg.serve) as server:
+        report["ready_seconds"] = server.ready_seconds
+        for protocol in PROTOCOLS:
+            report[f"{protocol}_batch1"] = served = served_batch1(cfg, server, protocol, one)
+            served["overhead_vs_ort_p50_ms"] = (
+                served["p50_ms"] - report["ort_in_process_batch1"]["p50_ms"]
+            )
+        runs = {
+            label: throughput(cfg, server, str(model), one)
+            for label, model in tcfg.batching_models.items()
+        }
+    runs["throughput_ratio_batched_vs_unbatched"] = (
+        runs["batched"]["throughput_rps"] / runs["unbatched"]["throughput_rps"]
+    )
+    report["dynamic_batching"] = runs
+    report["meets"] = meets(report, tcfg.goals)
+    path = Path(tcfg.report_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """What the CLI prints: each figure next to its target."""
+    goals, db = report["targets"], report["dynamic_batching"]
+    lines = [
+        f"ready after start: {report['ready_seconds']:.2f} s "
+        f"(target <= {goals['ready_seconds']} s)",
+        f"batch-1 p50: ORT in-process {report['ort_in_process_batch1']['p50_ms']:.3f} ms",
+    ]
+    for protocol in PROTOCOLS:
+        r = report[f"{protocol}_batch1"]
+        lines.append(
+            f"  {protocol:4s} {r['p50_ms']:.3f} ms (+{r['overhead_vs_ort_p50_ms']:.3f} ms; "
+            f"target <= +{goals['batch1_overhead_ms']} ms)"
+        )
+    for label in ("batched", "unbatched"):
+        r = db[label]
+        lines.append(
+            f"{label:9s}: {r['throughput_rps']:.0f} req/s, p50 {r['latency']['p50_ms']:.2f} "
+            f"ms, mean server batch {r['server']['mean_server_batch']:.2f}"
+        )
+    lines.append(
+        f"throughput ratio batched/unbatched: "
+        f"{db['throughput_ratio_batched_vs_unbatched']:.2f}x "
+        f"(target >= {goals['batching_ratio']}x)"
+    )
+    return lines
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve_targets")
+@entry_point
+def main(cfg: DictConfig) -> None:
+    """CLI: ``mlpipe-serve-targets [targets.concurrency=16] ...``."""
+    print("\n".join(summary_lines(measure_targets(cfg))))
+
+
+if __name__ == "__main__":
+    main()

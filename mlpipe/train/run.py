@@ -1,0 +1,225 @@
+"""Training entry point: `train(cfg) -> metrics` does the work, `main()` is the Hydra wrapper.
+
+    mlpipe-train                                  # defaults: CNN, AdamW + cosine, CPU, CSV logs
+    mlpipe-train model=mlp optimizer.lr=1e-3      # overrides
+    mlpipe-train -m optimizer.lr=1e-3,3e-3        # sweep (each job writes under its sweep dir)
+    mlpipe-train ckpt_path=last trainer.max_epochs=30   # resume
+    mlpipe-train trainer=ddp                      # Lightning DDP, 2 CPU processes (gloo)
+
+Outputs: `outputs.best_checkpoint` / `outputs.last_checkpoint`, the deterministic metrics JSON
+(`outputs.metrics`, tracked as DVC metrics) and a separate timing JSON (`outputs.timing`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mlpipe import config_dir
+from mlpipe.common.cli import entry_point
+from mlpipe.common.config import as_float, is_int, require
+from mlpipe.common.errors import ArtifactMissingError
+from mlpipe.data import validate_data_cfg
+from mlpipe.train.nets import ACTIVATIONS
+
+log = logging.getLogger(__name__)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Reject invalid values before any work starts; each error names its config key."""
+    require(
+        is_int(cfg.seed) and cfg.seed >= 0, "seed", f"must be an integer >= 0, got {cfg.seed!r}"
+    )
+    validate_data_cfg(cfg.data)
+    net = cfg.model.net
+    for key in ("image_size", "num_classes"):
+        require(
+            net[key] == cfg.data[key],
+            f"model.net.{key}",
+            f"must equal data.{key} ({cfg.data[key]}), got {net[key]}",
+        )
+    require(
+        net.activation in ACTIVATIONS,
+        "model.net.activation",
+        f"must be one of {list(ACTIVATIONS)}, got {net.activation!r}",
+    )
+    dropout = as_float(net.dropout, "model.net.dropout")
+    require(0.0 <= dropout < 1.0, "model.net.dropout", f"must be in [0, 1), got {net.dropout}")
+    lr = as_float(cfg.optimizer.lr, "optimizer.lr")
+    require(lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+    epochs = cfg.trainer.max_epochs
+    require(
+        is_int(epochs) and epochs > 0,
+        "trainer.max_epochs",
+        f"must be an integer > 0, got {epochs!r}",
+    )
+    threads = cfg.torch_threads
+    require(
+        threads is None or (is_int(threads) and threads > 0),
+        "torch_threads",
+        f"must be null (torch's default) or an integer > 0, got {threads!r}",
+    )
+    require(
+        cfg.scheduler.interval in ("epoch", "step"),
+        "scheduler.interval",
+        f"must be 'epoch' or 'step', got {cfg.scheduler.interval!r}",
+    )
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path`: null (fresh run), "last" (`outputs.last_checkpoint`) or a checkpoint file."""
+    if cfg.ckpt_path is None:
+        return None
+    path = Path(cfg.outputs.last_checkpoint if cfg.ckpt_path == "last" else cfg.ckpt_path)
+    if not path.is_file():
+        raise ArtifactMissingError(
+            f"ckpt_path={cfg.ckpt_path}: {path} not found; train once first (`mlpipe-train`) or "
+            "drop the ckpt_path override"
+        )
+    return str(path)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` node of a callbacks/logger group (order kept)."""
+    if not group:
+        return []
+    return [
+        instantiate(node)
+        for node in group.values()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test on the best checkpoint, write checkpoints and metrics; return the metrics.
+
+    Returns the deterministic metrics (`test_acc`, `test_loss`, `val_acc_best`, `epochs`,
+    `global_step`, `seed`, `data_md5`) merged with the timing figures (`train_wall_s`, ...).
+    """
+    validate_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(int(cfg.torch_threads))
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    scheduler_factory = (
+        instantiate(cfg.scheduler.scheduler) if cfg.scheduler.scheduler is not None else None
+    )
+    model: L.LightningModule = instantiate(
+        cfg.model,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler_factory,
+        scheduler_interval=cfg.scheduler.interval,
+        scheduler_monitor=cfg.scheduler.monitor,
+    )
+    callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
+    loggers: list[Logger] = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.perf_counter()
+    trainer.fit(
+        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
+    )  # no pickled code runs
+    train_wall_s = time.perf_counter() - start
+    val_acc_best = trainer.callback_metrics.get("val/acc_best")
+
+    checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    if not best_path:
+        log.warning(
+            "no best checkpoint was written (fast_dev_run or no ModelCheckpoint callback); "
+            "testing the final weights"
+        )
+    elif (
+        trainer.is_global_zero
+        and Path(best_path).resolve() != Path(cfg.outputs.best_checkpoint).resolve()
+    ):
+        Path(cfg.outputs.best_checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(best_path, cfg.outputs.best_checkpoint)
+
+    results: dict[str, float] = {}
+    start = time.perf_counter()
+    if cfg.test:
+        results = trainer.test(
+            model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
+        )[0]
+    test_wall_s = time.perf_counter() - start
+
+    n_train = len(datamodule.datasets["train"])
+    metrics: dict[str, Any] = {
+        "test_acc": float(results["test/acc"]) if results else None,
+        "test_loss": float(results["test/loss"]) if results else None,
+        "val_acc_best": float(val_acc_best) if val_acc_best is not None else None,
+        "epochs": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "seed": int(cfg.seed),
+        "data_md5": datamodule.data_md5,
+    }
+    timing: dict[str, Any] = {
+        "train_wall_s": round(train_wall_s, 3),
+        "test_wall_s": round(test_wall_s, 3),
+        "train_samples_per_s": round(n_train * int(trainer.current_epoch) / train_wall_s, 1)
+        if train_wall_s > 0
+        else None,
+        "world_size": int(trainer.world_size),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if trainer.is_global_zero:
+        write_json(cfg.outputs.metrics, metrics)
+        write_json(cfg.outputs.timing, timing)
+        log.info(
+            "test_acc=%s test_loss=%s train_wall_s=%.1f best=%s",
+            metrics["test_acc"],
+            metrics["test_loss"],
+            train_wall_s,
+            cfg.outputs.best_checkpoint,
+        )
+    return {**metrics, **timing}
+
+
+def _isolate_sweep_job(cfg: DictConfig) -> None:
+    """In a `-m` sweep, send each job's checkpoints and reports to its own sweep directory,
+    so jobs do not overwrite each other or the DVC-tracked outputs."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    with open_dict(cfg):
+        cfg.paths.checkpoint_dir = str(job_dir / "checkpoints")
+        cfg.paths.reports_dir = str(job_dir / "reports")
+    log.info("multirun job %s: outputs under %s", hydra_cfg.job.num, job_dir)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@entry_point
+def main(cfg: DictConfig) -> float | None:
+    """Hydra wrapper; returns test_acc (the objective for sweepers)."""
+    _isolate_sweep_job(cfg)
+    return train(cfg)["test_acc"]
+
+
+if __name__ == "__main__":
+    main()

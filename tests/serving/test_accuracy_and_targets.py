@@ -1,0 +1,144 @@
+"""mlpipe-client and mlpipe-serve-targets against the real tritonserver: served accuracy ==
+offline ORT accuracy, the async load generator, the serving targets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+from helpers.compose import EPHEMERAL, compose_app
+from omegaconf import OmegaConf
+
+from mlpipe.common.errors import ArtifactMissingError, ConfigError, ServerError
+from mlpipe.export.run import export
+from mlpipe.measure.loadgen import LoadSettings, run_window
+from mlpipe.serving.accuracy import run_client
+from mlpipe.serving.client import TritonCaller, TritonClient
+from mlpipe.serving.server import TritonServer
+from mlpipe.serving.targets import measure_targets
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Any) -> Path:
+    tmp = tmp_path_factory.mktemp("client")
+    export(
+        compose_app(
+            "export",
+            tmp,
+            f"export.checkpoint_path={trained_checkpoint.ckpt_path}",
+            f"export.provenance.train_metrics={trained_checkpoint.metrics_path}",
+            "export.onnx.dynamo=false",
+        )
+    )
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def server(exported_dir: Path) -> Iterator[TritonServer]:
+    with TritonServer.from_config(compose_app("serve", exported_dir, *EPHEMERAL).serve) as running:
+        yield running
+    leftovers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.name() in ("tritonserver", "triton_python_backend_stub")
+    ]
+    assert not leftovers, f"server processes outlived the tests: {leftovers}"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_accuracy_equals_offline_ort(
+    exported_dir: Path, server: TritonServer, protocol: str
+) -> None:
+    """The CLI's default path: a running server at configured ports."""
+    port = server.ports[protocol]
+    cfg = compose_app(
+        "client", exported_dir, f"client.protocol={protocol}", f"client.{protocol}_port={port}"
+    )
+    result = run_client(cfg)
+    assert result["accuracy_matches_offline"] is True
+    assert result["served_acc"] == result["offline_ort_acc"] > 0.5
+    assert result["max_abs_diff_vs_ort"] <= 1e-5
+    assert result["n"] > 300 and result["latency_per_batch"]["n"] == -(
+        -result["n"] // cfg.client.batch_size
+    )
+    assert json.loads(Path(cfg.client.report_path).read_text()) == result
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_async_load_keeps_n_requests_in_flight(server: TritonServer, processes: int) -> None:
+    """The load generator's async gRPC mode (what the serving targets use)."""
+    caller = TritonCaller(
+        "grpc", server.grpc_address, "digits", np.zeros((1, 1, 8, 8), np.float32), 30.0
+    )
+    window = run_window(caller, 8, 10, 2, LoadSettings("async", 30.0, 5.0, processes))
+    assert window.errors == 0 and window.requests == 80 and window.throughput_rps > 0
+    assert window.latency()["n"] == window.requests
+
+
+def test_async_load_reports_server_errors(server: TritonServer) -> None:
+    bad = np.zeros((1, 1, 8, 7), np.float32)
+    caller = TritonCaller("grpc", server.grpc_address, "digits", bad, 30.0)
+    window = run_window(caller, 2, 3, 0, LoadSettings("async", 30.0, 5.0, 2))
+    assert window.errors == 6 and window.requests == 0
+    assert "unexpected shape" in window.first_error
+
+
+def test_unknown_protocol_lists_the_choices() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown protocol 'udp'; valid choices: \['http', 'grpc'\]"
+    ):
+        TritonClient("udp", "127.0.0.1:1", "digits", 1.0)
+
+
+def test_client_to_nothing_names_the_server(exported_dir: Path) -> None:
+    with pytest.raises(ServerError, match=r"model 'digits' metadata unavailable.*server running"):
+        TritonClient("http", "127.0.0.1:9", "digits", 1.0)
+
+
+def test_port_zero_without_a_server_is_explained(exported_dir: Path) -> None:
+    cfg = compose_app("client", exported_dir, *EPHEMERAL)
+    with pytest.raises(ConfigError, match=r"client.http_port is 0.*client.start_server=true"):
+        run_client(cfg)
+
+
+def test_missing_onnx_names_the_command(tmp_path: Path) -> None:
+    cfg = compose_app("client", tmp_path, "client.start_server=false")
+    with pytest.raises(ArtifactMissingError, match=r"model.onnx.*mlpipe-export"):
+        run_client(cfg)
+
+
+@pytest.mark.slow
+def test_serving_targets_report_every_target(exported_dir: Path) -> None:
+    """A short run on its own server; figures are reported, not asserted."""
+    cfg = compose_app(
+        "serve_targets",
+        exported_dir,
+        *EPHEMERAL,
+        "targets.latency_requests=30",
+        "targets.latency_warmup=5",
+        "targets.requests_per_slot=20",
+        "targets.concurrency=4",
+    )
+    report = measure_targets(cfg)
+    assert report["ready_seconds"] > 0
+    for key in ("ort_in_process_batch1", "http_batch1", "grpc_batch1"):
+        assert report[key]["n"] == 30
+    db = report["dynamic_batching"]
+    assert db["batched"]["server"]["inference_count"] >= db["batched"]["requests"]
+    assert (
+        db["unbatched"]["server"]["mean_server_batch"] == 1.0
+    )  # batcher off: one request per execution
+    assert set(report["meets"]) == {
+        "ready",
+        "http_batch1_overhead",
+        "grpc_batch1_overhead",
+        "dynamic_batching_ratio",
+    }
+    assert db["batched"]["requests"] == 4 * 20
+    assert json.loads(Path(cfg.targets.report_path).read_text()) == report
+    assert OmegaConf.to_container(cfg.targets.goals) == report["targets"]

@@ -1,0 +1,193 @@
+"""train(cfg) through the real composed config; the CLI, a sweep and DDP as real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from mlpipe.common.errors import ConfigError, NonFiniteLossError
+from mlpipe.train.run import train
+
+METRIC_KEYS = {"test_acc", "test_loss", "val_acc_best", "epochs", "global_step", "seed", "data_md5"}
+
+
+def _read(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def test_fast_dev_run(compose_cfg) -> None:
+    cfg = compose_cfg("trainer.fast_dev_run=true", shrink=False)
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["test_loss"] > 0
+    assert set(_read(cfg.outputs.metrics)) == METRIC_KEYS
+
+
+def test_short_run_writes_checkpoints_metrics_and_logs(cfg_train: DictConfig) -> None:
+    metrics = train(cfg_train)
+    for key in ("best_checkpoint", "last_checkpoint"):
+        assert Path(cfg_train.outputs[key]).is_file(), key
+    written = _read(cfg_train.outputs.metrics)
+    assert set(written) == METRIC_KEYS
+    assert written["test_acc"] == metrics["test_acc"] and written["seed"] == cfg_train.seed
+    assert written["data_md5"].endswith(".dir")
+    timing = _read(cfg_train.outputs.timing)
+    assert timing["train_wall_s"] > 0 and timing["world_size"] == 1
+    assert not set(timing) & set(written), (
+        "wall-clock figures stay out of the deterministic metrics"
+    )
+    assert list(Path(cfg_train.paths.log_dir).rglob("metrics.csv")), "CSV logger wrote nothing"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_same_seed_gives_identical_metrics_json(compose_cfg, tmp_path: Path, workers: int) -> None:
+    # augmentation on: the kernel-augmented loader (also in worker processes) must be reproducible
+    files = []
+    for run in ("a", "b"):
+        cfg = compose_cfg(
+            "trainer.limit_train_batches=5", f"data.num_workers={workers}", tmp_dir=tmp_path / run
+        )
+        assert cfg.data.augment.train
+        train(cfg)
+        files.append(Path(cfg.outputs.metrics).read_bytes())
+    assert files[0] == files[1]
+
+
+def test_resume_from_last_checkpoint(compose_cfg) -> None:
+    first = train(compose_cfg())
+    assert first["epochs"] == 1 and first["global_step"] == 3
+    resumed = train(compose_cfg("ckpt_path=last", "trainer.max_epochs=2"))
+    # a fresh run would be at step 3 after one more epoch; resuming continues from step 3
+    assert resumed["epochs"] == 2 and resumed["global_step"] == 6
+
+
+def test_resume_without_checkpoint_names_the_file(compose_cfg) -> None:
+    cfg = compose_cfg("ckpt_path=last")
+    with pytest.raises(FileNotFoundError, match=r"last\.ckpt not found.*mlpipe-train"):
+        train(cfg)
+
+
+def test_tensorboard_logger_option(compose_cfg) -> None:
+    cfg = compose_cfg("logger=tensorboard")
+    train(cfg)
+    assert list(Path(cfg.paths.log_dir).rglob("events.out.tfevents.*"))
+
+
+def test_nan_loss_stops_training_with_a_message(compose_cfg) -> None:
+    cfg = compose_cfg("optimizer.lr=1e30", "scheduler=none")
+    with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf).*optimizer\.lr"):
+        train(cfg)
+    assert not Path(cfg.outputs.metrics).exists()
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.batch_size=0", r"data\.batch_size"),
+        ("data.augment.noise_std=-1", r"data\.augment\.noise_std"),
+        ("optimizer.lr=0", r"optimizer\.lr"),
+        ("trainer.max_epochs=0", r"trainer\.max_epochs"),
+        ("model.net.image_size=9", r"model\.net\.image_size"),
+        ("model.net.activation=tanh", r"model\.net\.activation"),
+        ("torch_threads=0", r"torch_threads"),
+        ("seed=-1", r"seed"),
+    ],
+)
+def test_invalid_values_name_the_key(compose_cfg, override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        train(compose_cfg(override))
+
+
+def _cli(
+    root: Path, tmp_path: Path, *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script on the real config, outputs under tmp_path."""
+    exe = Path(sys.executable).parent / "mlpipe-train"
+    paths = [
+        f"paths.log_dir={tmp_path}/logs",
+        f"paths.artifacts_dir={tmp_path}/artifacts",
+        f"paths.reports_dir={tmp_path}/reports",
+    ]
+    return subprocess.run(
+        [str(exe), *args, *paths, "callbacks.progress_bar.refresh_rate=0"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_cli_reports_invalid_value_without_traceback(repo_root: Path, tmp_path: Path) -> None:
+    proc = _cli(repo_root, tmp_path, "data.batch_size=0", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode != 0
+    assert "data.batch_size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_multirun_sweep_keeps_jobs_apart(
+    repo_root: Path, tmp_path: Path, dvc_data: Path, shrink_overrides
+) -> None:
+    sweep = tmp_path / "multirun"
+    proc = _cli(
+        repo_root,
+        tmp_path,
+        "-m",
+        "optimizer.lr=0.001,0.01",
+        f"hydra.sweep.dir={sweep}",
+        *shrink_overrides,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [_read(sweep / str(job) / "reports" / "train" / "metrics.json") for job in (0, 1)]
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in results)
+    assert not (tmp_path / "reports").exists(), (
+        "sweep jobs must not overwrite the pipeline's outputs"
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(
+    repo_root: Path, tmp_path: Path, dvc_data: Path, shrink_overrides
+) -> None:
+    proc = _cli(
+        repo_root, tmp_path, "trainer=ddp", f"hydra.run.dir={tmp_path}/run", *shrink_overrides
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    timing = _read(tmp_path / "reports" / "train" / "timing.json")
+    assert timing["world_size"] == 2
+    ckpt = torch.load(tmp_path / "artifacts" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["global_step"] > 0
+
+
+def test_loader_vs_step_throughput_benchmark(compose_cfg, tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from mlpipe.train.throughput import measure
+
+    base = compose_cfg(shrink=False)
+    with initialize_config_dir(
+        version_base="1.3", config_dir=str(Path(base.paths.root_dir) / "conf"), job_name="test"
+    ):
+        cfg = compose(
+            config_name="train_bench",
+            overrides=[
+                f"paths.root_dir={base.paths.root_dir}",
+                f"paths.reports_dir={tmp_path}/reports",
+                "bench.num_workers=[0]",
+                "bench.passes=1",
+                "bench.warmup_batches=1",
+            ],
+        )
+    result = measure(cfg)
+    assert [r["what"].split(",")[0] for r in result["rows"]] == [
+        "loader",
+        "loader",
+        "training step (CNN",
+    ]
+    assert all(r["samples_per_s"] > 0 for r in result["rows"])
+    assert json.loads((tmp_path / "reports" / "train" / "throughput.json").read_text()) == result
