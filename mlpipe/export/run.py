@@ -91,44 +91,52 @@ def export_onnx(
             "invalid config value export.onnx.trace_batch_size: must be >= 2 (got "
             f"{sample.shape[0]}) for a dynamic batch axis"
         )
-    in_name, out_name = str(onnx_cfg["input_name"]), str(onnx_cfg["output_name"])
-    batch = str(onnx_cfg["batch_axis_name"])
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    common = dict(
-        input_names=[in_name], output_names=[out_name], opset_version=int(onnx_cfg["opset"])
-    )
     with torch.no_grad():
         if onnx_cfg["dynamo"]:
-            for name in _CHATTY_LOGGERS:  # per-pass INFO lines would drown the export's own log
-                logging.getLogger(name).setLevel(logging.WARNING)
-            torch.onnx.export(
-                net,
-                (sample,),
-                str(onnx_path),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                dynamic_shapes=({0: torch.export.Dim(batch)},),
-                **common,
-            )
+            _export_dynamo(net, sample, onnx_path, onnx_cfg)
         else:
-            with (
-                warnings.catch_warnings()
-            ):  # chosen explicitly in config: torch's deprecation notice is noise
-                warnings.filterwarnings(
-                    "ignore", category=DeprecationWarning, module=r"torch\.onnx.*"
-                )
-                warnings.filterwarnings(
-                    "ignore", message=".*legacy TorchScript-based ONNX export.*"
-                )
-                torch.onnx.export(
-                    net,
-                    (sample,),
-                    str(onnx_path),
-                    dynamo=False,
-                    dynamic_axes={in_name: {0: batch}, out_name: {0: batch}},
-                    **common,
-                )
+            _export_torchscript(net, sample, onnx_path, onnx_cfg)
+
+
+def _names(onnx_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "input_names": [str(onnx_cfg["input_name"])],
+        "output_names": [str(onnx_cfg["output_name"])],
+        "opset_version": int(onnx_cfg["opset"]),
+    }
+
+
+def _export_dynamo(
+    net: torch.nn.Module, sample: torch.Tensor, onnx_path: Path, onnx_cfg: Mapping[str, Any]
+) -> None:
+    for name in _CHATTY_LOGGERS:  # per-pass INFO lines would drown the export's own log
+        logging.getLogger(name).setLevel(logging.WARNING)
+    batch = torch.export.Dim(str(onnx_cfg["batch_axis_name"]))
+    torch.onnx.export(
+        net,
+        (sample,),
+        str(onnx_path),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        dynamic_shapes=({0: batch},),
+        **_names(onnx_cfg),
+    )
+
+
+def _export_torchscript(
+    net: torch.nn.Module, sample: torch.Tensor, onnx_path: Path, onnx_cfg: Mapping[str, Any]
+) -> None:
+    batch = str(onnx_cfg["batch_axis_name"])
+    axes = {str(onnx_cfg["input_name"]): {0: batch}, str(onnx_cfg["output_name"]): {0: batch}}
+    # Chosen explicitly in config: torch's deprecation notice for this exporter is noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        torch.onnx.export(
+            net, (sample,), str(onnx_path), dynamo=False, dynamic_axes=axes, **_names(onnx_cfg)
+        )
 
 
 def add_metadata(onnx_path: Path, props: Mapping[str, str]) -> None:
@@ -200,35 +208,23 @@ def validate_export_cfg(ecfg: DictConfig) -> None:
     positive_int(ecfg.triton.max_batch_size, "export.triton.max_batch_size")
 
 
-def export(cfg: DictConfig) -> dict[str, Any]:
-    """Export, check, compare and package the trained model; returns the parity report dict."""
-    from mlpipe.data import (
-        load_split,  # the training area's loader: (N,1,8,8) float32, int64 labels
-    )
-    from mlpipe.train.module import load_network  # weights_only=True: a checkpoint runs no code
-
-    ecfg = cfg.export
-    validate_export_cfg(ecfg)
-    if ecfg.tensorrt.enabled:  # fail before the ONNX work, not after it
-        from mlpipe.export.tensorrt import require_tensorrt
-
-        require_tensorrt()
-    checkpoint = Path(ecfg.checkpoint_path)
+def write_onnx(net: torch.nn.Module, images: np.ndarray, ecfg: DictConfig) -> Path:
+    """Export, stamp provenance, then run the full checker on the file that ships."""
     onnx_path = Path(ecfg.onnx_path)
-    net = load_network(checkpoint)
-    images, labels = load_split(cfg.data, str(ecfg.parity.split))  # (N, 1, 8, 8), (N,)
-
     sample = torch.from_numpy(images[: int(ecfg.onnx.trace_batch_size)])
     export_onnx(net, sample, onnx_path, ecfg.onnx)
     add_metadata(onnx_path, provenance(ecfg.provenance))
     onnx.checker.check_model(str(onnx_path), full_check=True)
+    return onnx_path
 
-    batch_size = int(ecfg.parity.batch_size)
-    torch_logits = run_torch(net, images, batch_size)
-    ort_logits = run_ort(ort_session(onnx_path, list(ecfg.parity.providers)), images, batch_size)
-    onnx_parity = compare(torch_logits, ort_logits, labels)
-    report: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
+
+def parity_report(
+    ecfg: DictConfig, onnx_path: Path, onnx_parity: dict[str, float]
+) -> dict[str, Any]:
+    """What parity.json records: the files, the exporter, the comparison and its limits."""
+    metadata = onnx.load(str(onnx_path)).metadata_props
+    return {
+        "checkpoint": str(ecfg.checkpoint_path),
         "onnx_path": str(onnx_path),
         "onnx_sha256": sha256_file(onnx_path),
         "opset": int(ecfg.onnx.opset),
@@ -239,53 +235,87 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "atol": float(ecfg.parity.atol),
             "min_argmax_agreement": float(ecfg.parity.min_argmax_agreement),
         },
-        "provenance": {
-            p.key: p.value
-            for p in onnx.load(str(onnx_path)).metadata_props
-            if p.key.startswith("mlpipe.")
-        },
+        "provenance": {p.key: p.value for p in metadata if p.key.startswith("mlpipe.")},
     }
 
+
+def tensorrt_parity(
+    ecfg: DictConfig,
+    onnx_path: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    ort_logits: np.ndarray,
+) -> tuple[Path, dict[str, Any]]:
+    """Build the engine and compare it with ONNX Runtime (fp16 limits from config)."""
+    from mlpipe.export import tensorrt as tensorrt_engine
+
+    plan_path = Path(ecfg.tensorrt.plan_path)
+    tensorrt_engine.build_engine(onnx_path, plan_path, ecfg.tensorrt, str(ecfg.onnx.input_name))
+    trt_logits = tensorrt_engine.run_engine(plan_path, images, int(ecfg.parity.batch_size))
+    return plan_path, {
+        "tensorrt_vs_ort": compare(ort_logits, trt_logits, labels),
+        "tensorrt_limits": OmegaConf.to_container(ecfg.tensorrt.parity),
+    }
+
+
+def check_all_parity(ecfg: DictConfig, report: dict[str, Any]) -> None:
+    """Raise ParityError if ORT (or TensorRT, when built) misses its configured limits."""
+    check_parity(
+        report["onnx_vs_torch"],
+        float(ecfg.parity.atol),
+        float(ecfg.parity.min_argmax_agreement),
+        "ONNX Runtime vs torch",
+    )
+    if "tensorrt_vs_ort" in report:
+        limits = ecfg.tensorrt.parity
+        check_parity(
+            report["tensorrt_vs_ort"],
+            float(limits.atol),
+            float(limits.min_argmax_agreement),
+            "TensorRT vs ONNX Runtime",
+        )
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export, check, compare and package the trained model; returns the parity report dict."""
+    from mlpipe.data import load_split  # (N, 1, 8, 8) float32 and int64 labels, as at eval time
+    from mlpipe.train.module import load_network  # weights_only=True: a checkpoint runs no code
+
+    ecfg = cfg.export
+    validate_export_cfg(ecfg)
+    if ecfg.tensorrt.enabled:  # fail before the ONNX work, not after it
+        from mlpipe.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    net = load_network(Path(ecfg.checkpoint_path))
+    images, labels = load_split(cfg.data, str(ecfg.parity.split))  # (N, 1, 8, 8), (N,)
+    onnx_path = write_onnx(net, images, ecfg)
+    batch_size = int(ecfg.parity.batch_size)
+    torch_logits = run_torch(net, images, batch_size)
+    ort_logits = run_ort(ort_session(onnx_path, list(ecfg.parity.providers)), images, batch_size)
+    report = parity_report(ecfg, onnx_path, compare(torch_logits, ort_logits, labels))
     plan_path = None
     if ecfg.tensorrt.enabled:
-        from mlpipe.export import tensorrt as tensorrt_engine
-
-        plan_path = Path(ecfg.tensorrt.plan_path)
-        tensorrt_engine.build_engine(onnx_path, plan_path, ecfg.tensorrt, str(ecfg.onnx.input_name))
-        trt_logits = tensorrt_engine.run_engine(plan_path, images, batch_size)
-        report["tensorrt_vs_ort"] = compare(ort_logits, trt_logits, labels)
-        report["tensorrt_limits"] = OmegaConf.to_container(ecfg.tensorrt.parity)
-
-    report["passed"] = True
+        plan_path, trt = tensorrt_parity(ecfg, onnx_path, images, labels, ort_logits)
+        report.update(trt)
     report_path = Path(ecfg.report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        check_parity(
-            onnx_parity,
-            float(ecfg.parity.atol),
-            float(ecfg.parity.min_argmax_agreement),
-            "ONNX Runtime vs torch",
-        )
-        if plan_path is not None:
-            check_parity(
-                report["tensorrt_vs_ort"],
-                float(ecfg.tensorrt.parity.atol),
-                float(ecfg.tensorrt.parity.min_argmax_agreement),
-                "TensorRT vs ONNX Runtime",
-            )
-    except ParityError:
-        report["passed"] = False
-        report_path.write_text(json.dumps(report, indent=2) + "\n")
+        check_all_parity(ecfg, report)
+    except ParityError:  # the failing numbers are kept for the user to read
+        report_path.write_text(json.dumps({**report, "passed": False}, indent=2) + "\n")
         raise
+    report["passed"] = True
     report["triton"] = triton_repo.build_repositories(onnx_path, ecfg.triton, plan_path)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
+    parity = report["onnx_vs_torch"]
     log.info(
-        "exported %s: max abs diff %.2g, argmax agreement %.4f, ORT test acc %.4f; "
-        "parity report %s",
+        "exported %s: max abs diff %.2g, argmax agreement %.4f, ORT test acc %.4f; parity "
+        "report %s",
         onnx_path,
-        onnx_parity["max_abs_diff"],
-        onnx_parity["argmax_agreement"],
-        onnx_parity["candidate_acc"],
+        parity["max_abs_diff"],
+        parity["argmax_agreement"],
+        parity["candidate_acc"],
         report_path,
     )
     return report

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlpipe.common.errors import UnavailableError
+from mlpipe.common.errors import ArtifactError, ConfigError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,52 @@ def require_tensorrt() -> ModuleType:
     return trt
 
 
+def _batch_range(trt_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    min_b, opt_b, max_b = (int(trt_cfg[k]) for k in ("min_batch", "opt_batch", "max_batch"))
+    if not 1 <= min_b <= opt_b <= max_b:
+        raise ConfigError(
+            f"export.tensorrt needs 1 <= min_batch <= opt_batch <= max_batch, got {min_b}, "
+            f"{opt_b}, {max_b}"
+        )
+    return min_b, opt_b, max_b
+
+
+def _parse(trt: ModuleType, onnx_path: Path, logger: Any) -> tuple[Any, Any, Any]:
+    """(builder, network, parser) holding the parsed ONNX graph."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)  # must outlive the network's build
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ArtifactError(f"TensorRT could not parse {onnx_path}: {errors}; re-export it")
+    return builder, network, parser
+
+
+def _builder_config(
+    trt: ModuleType, builder: Any, network: Any, trt_cfg: Mapping[str, Any], input_name: str
+) -> Any:
+    """Workspace, fp16 and one optimization profile over the configured batch range."""
+    min_b, opt_b, max_b = _batch_range(trt_cfg)
+    tensor = next(
+        network.get_input(i)
+        for i in range(network.num_inputs)
+        if network.get_input(i).name == input_name
+    )
+    dims = tuple(tensor.shape)[1:]  # (C, H, W); axis 0 is the dynamic batch (-1)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(trt_cfg["workspace_bytes"]))
+    if trt_cfg["fp16"]:
+        if not builder.platform_has_fast_fp16:
+            log.warning(
+                "export.tensorrt.fp16 is set but this GPU has no fast fp16; building anyway"
+            )
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, (min_b, *dims), (opt_b, *dims), (max_b, *dims))
+    config.add_optimization_profile(profile)
+    return config
+
+
 def build_engine(
     onnx_path: Path, plan_path: Path, trt_cfg: Mapping[str, Any], input_name: str
 ) -> Path:
@@ -62,44 +108,9 @@ def build_engine(
     half precision where the GPU has fast fp16.
     """
     trt = require_tensorrt()
-    min_b, opt_b, max_b = (
-        int(trt_cfg["min_batch"]),
-        int(trt_cfg["opt_batch"]),
-        int(trt_cfg["max_batch"]),
-    )
-    if not 1 <= min_b <= opt_b <= max_b:
-        raise ValueError(
-            f"export.tensorrt needs 1 <= min_batch <= opt_batch <= max_batch, got {min_b}, "
-            f"{opt_b}, {max_b}"
-        )
     logger = trt.Logger(getattr(trt.Logger, str(trt_cfg["log_severity"])))
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
-
-    tensor = next(
-        network.get_input(i)
-        for i in range(network.num_inputs)
-        if network.get_input(i).name == input_name
-    )
-    sample_dims = tuple(tensor.shape)[1:]  # (C, H, W); axis 0 is the dynamic batch (-1)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(trt_cfg["workspace_bytes"]))
-    if trt_cfg["fp16"]:
-        if not builder.platform_has_fast_fp16:
-            log.warning(
-                "export.tensorrt.fp16 is set but this GPU has no fast fp16; building anyway"
-            )
-        config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(
-        input_name, (min_b, *sample_dims), (opt_b, *sample_dims), (max_b, *sample_dims)
-    )
-    config.add_optimization_profile(profile)
-
+    builder, network, _parser = _parse(trt, onnx_path, logger)
+    config = _builder_config(trt, builder, network, trt_cfg, input_name)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(
@@ -109,7 +120,10 @@ def build_engine(
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_bytes(bytes(serialized))
     log.info(
-        "TensorRT engine %s (batch %d..%d, fp16=%s)", plan_path, min_b, max_b, bool(trt_cfg["fp16"])
+        "TensorRT engine %s (batch range %s, fp16=%s)",
+        plan_path,
+        _batch_range(trt_cfg),
+        bool(trt_cfg["fp16"]),
     )
     return plan_path
 

@@ -31,6 +31,8 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from mlpipe.common.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
@@ -52,8 +54,8 @@ _ONNX_TO_TRITON: dict[int, str] = {
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One graph input/output: name, Triton dtype and dims with the batch axis first (-1 = "
-    "dynamic)."""
+    """One graph input/output: name, Triton dtype and dims with the batch axis first (-1 =
+    dynamic)."""
 
     name: str
     data_type: str
@@ -100,6 +102,53 @@ def onnx_signature(onnx_path: Path | str) -> Signature:
     return Signature(_tensor_spec(inputs[0]), _tensor_spec(graph.output[0]))
 
 
+def _check_model_args(
+    signature: Signature, max_batch_size: int, instance_count: int, instance_kind: str
+) -> None:
+    """Config values Triton would reject (or silently reinterpret), named by their keys."""
+    if max_batch_size < 1:
+        raise ConfigError(
+            f"export.triton.max_batch_size must be >= 1 (got {max_batch_size}): the ONNX has a "
+            "batch axis"
+        )
+    if instance_count < 1:
+        raise ConfigError(f"export.triton.instance_group.count must be >= 1 (got {instance_count})")
+    if instance_kind not in mc.ModelInstanceGroup.Kind.keys():
+        raise ConfigError(
+            f"instance kind {instance_kind!r} is not one of "
+            f"{sorted(mc.ModelInstanceGroup.Kind.keys())}"
+        )
+    for spec in (signature.input, signature.output):
+        if spec.dims and spec.dims[0] != -1:
+            log.warning(
+                "tensor %s has a fixed first axis %s; Triton treats it as the batch axis",
+                spec.name,
+                spec.dims[0],
+            )
+
+
+def _add_tensors(config: mc.ModelConfig, signature: Signature) -> None:
+    """Input and output without the batch axis (``max_batch_size > 0`` makes Triton add it)."""
+    for field, spec in ((config.input, signature.input), (config.output, signature.output)):
+        field.add(
+            name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=list(spec.dims[1:])
+        )
+
+
+def _add_batching(config: mc.ModelConfig, dynamic_batching: Mapping[str, Any]) -> None:
+    preferred = [int(b) for b in dynamic_batching["preferred_batch_size"]]
+    bad = [b for b in preferred if not 1 <= b <= config.max_batch_size]
+    if bad:
+        raise ConfigError(
+            f"export.triton.dynamic_batching.preferred_batch_size {bad} must lie in [1, "
+            f"max_batch_size={config.max_batch_size}]"
+        )
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = int(
+        dynamic_batching["max_queue_delay_microseconds"]
+    )
+
+
 def build_model_config(
     name: str,
     signature: Signature,
@@ -114,61 +163,22 @@ def build_model_config(
 ) -> mc.ModelConfig:
     """A Triton ``ModelConfig`` message for a model whose first axis is the batch axis.
 
-    ``dims`` exclude the batch axis because ``max_batch_size > 0`` makes Triton add it.
     ``dynamic_batching=None`` leaves the batcher off (each request is executed alone).
     """
-    if max_batch_size < 1:
-        raise ValueError(
-            f"export.triton.max_batch_size must be >= 1 (got {max_batch_size}): the ONNX has a "
-            "batch axis"
-        )
-    if instance_count < 1:
-        raise ValueError(f"export.triton.instance_group.count must be >= 1 (got {instance_count})")
-    if instance_kind not in mc.ModelInstanceGroup.Kind.keys():
-        raise ValueError(
-            f"instance kind {instance_kind!r} is not one of "
-            f"{sorted(mc.ModelInstanceGroup.Kind.keys())}"
-        )
+    _check_model_args(signature, max_batch_size, instance_count, instance_kind)
     if (backend is None) == (platform is None):
-        raise ValueError("give exactly one of backend= or platform=")
-    for spec in (signature.input, signature.output):
-        if spec.dims and spec.dims[0] != -1:
-            log.warning(
-                "tensor %s has a fixed first axis %s; Triton treats it as the batch axis",
-                spec.name,
-                spec.dims[0],
-            )
-
+        raise ValueError("give exactly one of backend= or platform=")  # a caller's bug
     config = mc.ModelConfig(name=name, max_batch_size=max_batch_size)
     if backend is not None:
         config.backend = backend
     if platform is not None:
         config.platform = platform
-    config.input.add(
-        name=signature.input.name,
-        data_type=mc.DataType.Value(signature.input.data_type),
-        dims=list(signature.input.dims[1:]),
-    )
-    config.output.add(
-        name=signature.output.name,
-        data_type=mc.DataType.Value(signature.output.data_type),
-        dims=list(signature.output.dims[1:]),
-    )
+    _add_tensors(config, signature)
     config.instance_group.add(
         count=instance_count, kind=mc.ModelInstanceGroup.Kind.Value(instance_kind)
     )
     if dynamic_batching is not None:
-        preferred = [int(b) for b in dynamic_batching["preferred_batch_size"]]
-        bad = [b for b in preferred if not 1 <= b <= max_batch_size]
-        if bad:
-            raise ValueError(
-                f"export.triton.dynamic_batching.preferred_batch_size {bad} must lie in [1, "
-                f"max_batch_size={max_batch_size}]"
-            )
-        config.dynamic_batching.preferred_batch_size.extend(preferred)
-        config.dynamic_batching.max_queue_delay_microseconds = int(
-            dynamic_batching["max_queue_delay_microseconds"]
-        )
+        _add_batching(config, dynamic_batching)
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = str(value)
     return config
@@ -238,8 +248,8 @@ def build_python_repository(onnx_path: Path, triton_cfg: Mapping[str, Any]) -> l
 def build_native_repository(
     onnx_path: Path, triton_cfg: Mapping[str, Any], plan_path: Path | None = None
 ) -> list[Path]:
-    """The native flavour for NVIDIA's containers: ``onnxruntime_onnx`` (and ``tensorrt_plan`` if "
-    "built)."""
+    """The native flavour for NVIDIA's containers: ``onnxruntime_onnx`` (and ``tensorrt_plan`` if
+    built)."""
     signature = onnx_signature(onnx_path)
     repository = Path(triton_cfg["native_repository"])
     native = triton_cfg["native"]

@@ -34,8 +34,8 @@ class ModelCost:
 
 
 def model_cost(ctx: BenchContext) -> ModelCost | None:
-    """From mlpipe.measure.profile on the trained net at batch 1, fp32 (what every backend here "
-    "runs)."""
+    """From mlpipe.measure.profile on the trained net at batch 1, fp32 (what every backend here
+    runs)."""
     from mlpipe.measure.profile import profile_network
 
     try:

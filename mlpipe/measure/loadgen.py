@@ -254,8 +254,8 @@ class Workers:
         return outs
 
     def window(self, warmup: int, requests: int) -> WindowResult:
-        """Every worker warms up, then all time `requests` calls per request slot from a common "
-        "start."""
+        """Every worker warms up, then all time `requests` calls per request slot from a common
+        start."""
         if requests < 1 or warmup < 0:
             raise ConfigError(f"need requests >= 1 and warmup >= 0, got {requests}, {warmup}")
         for c in self._commands:

@@ -201,8 +201,8 @@ class TritonServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _check_repository(self) -> None:
-        """Every configured model has a config and its model file, or say which path and what "
-        "makes it."""
+        """Every configured model has a config and its model file, or say which path and what
+        makes it."""
         from mlpipe.export.triton_repo import parse_pbtxt
 
         fix = "generate the repository with `mlpipe-export` (or `make export`)"
@@ -357,8 +357,8 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        """SIGTERM the server (it unloads models and stops its stubs), then SIGKILL the group if "
-        "needed."""
+        """SIGTERM the server (it unloads models and stops its stubs), then SIGKILL the group if
+        needed."""
         with self._lock:
             process, self.process = self.process, None
             atexit.unregister(self.stop)

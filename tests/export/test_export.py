@@ -1,5 +1,5 @@
-"""mlpipe-export on a real trained checkpoint: ONNX checked, parity on the real test split, "
-"provenance."""
+"""mlpipe-export on a real trained checkpoint: ONNX checked, parity on the real test split,
+provenance."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from mlpipe.train.module import load_network
 
 
 def compose_export(tmp: Path, trained: Any, *overrides: str) -> DictConfig:
-    """The real export config, every output under ``tmp``, reading the session's trained "
-    "checkpoint."""
+    """The real export config, every output under ``tmp``, reading the session's trained
+    checkpoint."""
     return compose_app(
         "export",
         tmp,

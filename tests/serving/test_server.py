@@ -322,8 +322,8 @@ def test_missing_model_file_names_the_path(
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_cli_stops_cleanly_on_signal(served: tuple[DictConfig, TritonServer], signum: int) -> None:
-    """`mlpipe-serve` in a subprocess: ready banner, a request, then a signal -> exit 0, no "
-    "orphans, ports freed."""
+    """`mlpipe-serve` in a subprocess: ready banner, a request, then a signal -> exit 0, no
+    orphans, ports freed."""
     cfg, _ = served
     root = Path(cfg.paths.artifacts_dir).parent
     ports = {which: free_port("127.0.0.1") for which in ("http", "grpc", "metrics")}
