@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir  # absolute conf/ path: console scripts need it
 from mlpipe.common.cli import entry_point
-from mlpipe.common.errors import DataError
+from mlpipe.common.config import require
+from mlpipe.common.errors import ArtifactError, DataError
 from mlpipe.common.provenance import data_version, git_revision, machine_info, sha256_file
 from mlpipe.measure.tables import bench_table, github_table
 
@@ -430,15 +431,44 @@ def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
     return text, summary
 
 
+def validate_report_cfg(rc: Mapping[str, Any]) -> None:
+    """The values a typo breaks: the output file, the lock-file list, the write flag."""
+    require(
+        str(rc["output"]).endswith(".md"),
+        "report.output",
+        f"must be a markdown file path ending in .md, got {rc['output']!r}",
+    )
+    require(
+        isinstance(rc["lock_files"], list),
+        "report.lock_files",
+        f"must be a list of file names, got {rc['lock_files']!r}",
+    )
+    require(
+        isinstance(rc["write"], bool), "report.write", f"must be true or false, got {rc['write']!r}"
+    )
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write the report, or say in one line why the path cannot take it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as err:
+        raise ArtifactError(
+            f"cannot write the report to {path} ({err.strerror}); set "
+            "report.output to a writable path"
+        ) from None
+
+
 def report(cfg: DictConfig) -> Path:
     """Write the report (unless `report.write=false`: summary only, e.g. after a no-op
     `dvc repro`, leaving the DVC-tracked file alone); print a short summary; return its path."""
     rc = OmegaConf.to_container(cfg.report, resolve=True)
+    validate_report_cfg(rc)
     text, summary = build_report(rc)
     out = Path(rc["output"])
     if rc["write"]:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        write_text(out, text)
     print("\n".join(["", f"== mlpipe report: {out} ==", *[f"  {line}" for line in summary]]))
     return out
 

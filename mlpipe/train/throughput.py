@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
+from mlpipe.common.config import is_int, positive_int, require
 from mlpipe.data.datamodule import DigitsDataModule
 from mlpipe.data.dataset import DigitsDataset
 from mlpipe.train.run import validate_config
@@ -73,6 +74,14 @@ def step_rate(
 def measure(cfg: DictConfig) -> dict[str, Any]:
     """Loader vs training-step throughput for the configured data, model and batch size."""
     validate_config(cfg)
+    workers = list(cfg.bench.num_workers)
+    require(
+        bool(workers) and all(is_int(w) and w >= 0 for w in workers),
+        "bench.num_workers",
+        f"must be a non-empty list of integers >= 0, got {workers}",
+    )
+    positive_int(cfg.bench.passes, "bench.passes")
+    positive_int(cfg.bench.warmup_batches, "bench.warmup_batches", minimum=0)
     if cfg.torch_threads is not None:
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)

@@ -1,0 +1,100 @@
+"""Every console script, driven as a user would with bad values: one line naming the problem and
+the fix on stderr, a non-zero exit, no traceback (the entry-point wrapper, mlpipe.common.cli).
+
+Each case runs the real installed script in a subprocess, with every output under tmp_path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (script, bad override, a fragment the one-line message must contain)
+CASES: list[tuple[str, str, str]] = [
+    ("mlpipe-train", "optimizer.lr=abc", "optimizer.lr: must be a number, got 'abc'"),
+    ("mlpipe-train", "data.batch_size=0", "data.batch_size: must be an integer > 0"),
+    ("mlpipe-train", "ckpt_path=/nonexistent/last.ckpt", "drop the ckpt_path override"),
+    ("mlpipe-train-throughput", "optimizer.lr=-1", "optimizer.lr: must be > 0"),
+    ("mlpipe-train-throughput", "bench.passes=0", "bench.passes: must be an integer >= 1"),
+    ("mlpipe-export", "export.parity.batch_size=0", "export.parity.batch_size"),
+    ("mlpipe-export", "export.checkpoint_path=/nonexistent/best.ckpt", "mlpipe-train"),
+    ("mlpipe-serve", "serve.host=0.0.0.0", "serve.allow_non_loopback=true"),
+    ("mlpipe-serve", "serve.model_repository=/nonexistent/repo", "mlpipe-export"),
+    ("mlpipe-client", "client.batch_size=0", "client.batch_size: must be an integer >= 1"),
+    ("mlpipe-client", "client.protocol=udp", "client.protocol: must be one of ['http', 'grpc']"),
+    ("mlpipe-serve-targets", "targets.concurrency=0", "targets.concurrency"),
+    ("mlpipe-serve-targets", "targets.load.processes=0", "targets.load.processes"),
+    ("mlpipe-bench", "bench.backends=[warp_drive]", "valid choices"),
+    ("mlpipe-bench", "bench.batch_sizes=[0]", "bench.batch_sizes: must be a non-empty list"),
+    ("mlpipe-profile", "profile.batch_size=0", "profile.batch_size: must be an integer >= 1"),
+    ("mlpipe-profile", "profile.devices=[abacus]", "valid choices"),
+    ("mlpipe-report", "report.output=/proc/no/REPORT.md", "set report.output to a writable path"),
+    ("mlpipe-report", "report.lock_files=3", "report.lock_files: must be a list"),
+]
+
+
+def run_script(script: str, tmp: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script, run from the checkout as a user would, with its outputs and
+    Hydra run dir under `tmp`."""
+    outputs = [
+        f"paths.log_dir={tmp}/logs",
+        f"paths.artifacts_dir={tmp}/artifacts",
+        f"paths.reports_dir={tmp}/reports",
+    ]
+    return subprocess.run(
+        [str(BIN / script), *outputs, *overrides],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "override", "fragment"), CASES, ids=[f"{c[0]}:{c[1]}" for c in CASES]
+)
+def test_user_mistake_is_one_line_with_the_fix(
+    script: str, override: str, fragment: str, tmp_path: Path
+) -> None:
+    proc = run_script(script, tmp_path, override)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(f"{script}: error: ")]
+    assert len(errors) == 1, lines
+    assert fragment in errors[0], errors[0]
+
+
+def test_every_console_script_is_covered() -> None:
+    """A new entry point must come with its bad-value cases here."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    declared = set(scripts["project"]["scripts"])
+    covered = {script for script, _, _ in CASES}
+    assert declared == covered, f"untested: {declared - covered}, unknown: {covered - declared}"
+    for script in declared:
+        assert sum(case[0] == script for case in CASES) >= 2, script
+
+
+def test_a_bug_keeps_its_traceback(tmp_path: Path) -> None:
+    """Not a user mistake: the wrapper lets it through with its traceback."""
+    code = (
+        "from omegaconf import OmegaConf\n"
+        "from mlpipe.common.cli import entry_point\n"
+        "@entry_point\n"
+        "def task(cfg):\n"
+        "    raise KeyError('a bug')\n"
+        "task(OmegaConf.create({}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (
+        proc.returncode != 0 and "Traceback" in proc.stderr and "KeyError: 'a bug'" in proc.stderr
+    )
