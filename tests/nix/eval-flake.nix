@@ -2,7 +2,8 @@
 # tests/test_nix.py checks: every output's name, output and description (what `nix flake show`
 # prints), the Python packages' dependency lists, the app, entrypoint, fakeroot and shell-hook
 # scripts (for shellcheck and for running), and the cuda shell with and without consent.
-# Needs NIXPKGS_LIB (see ./lib.nix). Run by hand:
+# Needs NIXPKGS_LIB (see ./lib.nix). tests/test_nix.py evaluates it in a copy of the git-tracked
+# files, which is what a flake's source holds (no .venv, data or untracked file). Run by hand:
 #   NIXPKGS_LIB=/path/to/nixpkgs/lib nix-instantiate --eval --strict --json tests/nix/eval-flake.nix
 let
   lib = import ./lib.nix;
