@@ -68,8 +68,9 @@ bench: setup ## relu_module benchmark: table on screen, JSON + PNG under reports
 wheel: setup ## sdist + wheel of relu_module under relu_module/dist/
 	$(PY) -m build --no-isolation relu_module
 
-nix-check: ## parse every .nix file (installs Debian's nix-bin if needed)
+nix-check: setup ## parse every .nix file, then tests/test_nix.py (evaluates the flake where ../shared/nixpkgs-lib exists)
 	bash .ci/nix-parse.sh
+	NIXPKGS_LIB="$${NIXPKGS_LIB:-$$(cd ../shared/nixpkgs-lib/lib 2>/dev/null && pwd)}" $(PY) -m pytest tests/test_nix.py
 
 clean: ## remove the venv, builds and generated reports (keeps DVC data and cache)
 	rm -rf $(VENV) relu_module/build relu_module/dist relu_module/src/*.egg-info .pytest_cache .hypothesis

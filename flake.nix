@@ -25,15 +25,30 @@
         }
       );
 
+      # Python and the compiler are pinned by flake.lock: nixpkgs' python3 and stdenv's GCC (the
+      # dev shells and the wheel name their versions in `nix flake show`). CUDA and TensorRT are
+      # pinned here, to a named CUDA package set rather than whatever `cudaPackages` defaults to;
+      # pkgs/cuda-shell.nix refuses to evaluate if that set's versions differ from these (after
+      # `nix flake update`, say), so a change of CUDA or TensorRT is always a visible edit here.
+      cudaPins = {
+        packageSet = "cudaPackages_12_8";
+        cuda = "12.8";
+        tensorrt = "10.9";
+      };
+
       # NVIDIA's CUDA toolkit and TensorRT are unfree: the cuda shell is evaluated with
       # allowUnfree only when the user consents with NIXPKGS_ALLOW_UNFREE=1 and --impure (pure
       # evaluation reads every variable as empty); otherwise it explains how (pkgs/cuda-*.nix).
+      # The pinned set becomes `cudaPackages`, so torch and onnxruntime build against it too.
       unfreeAllowed = builtins.getEnv "NIXPKGS_ALLOW_UNFREE" == "1";
       pkgsCudaFor =
         system:
         import nixpkgs {
           inherit system;
-          overlays = [ self.overlays.default ];
+          overlays = [
+            self.overlays.default
+            (final: prev: { cudaPackages = prev.${cudaPins.packageSet}; })
+          ];
           config = {
             allowUnfree = true;
             cudaSupport = true;
@@ -116,9 +131,9 @@
         default = pkgsFor.${system}.callPackage ./pkgs/dev-shell.nix { };
         cuda =
           if unfreeAllowed then
-            (pkgsCudaFor system).callPackage ./pkgs/cuda-shell.nix { }
+            (pkgsCudaFor system).callPackage ./pkgs/cuda-shell.nix { inherit cudaPins; }
           else
-            pkgsFor.${system}.callPackage ./pkgs/cuda-needs-unfree-shell.nix { };
+            pkgsFor.${system}.callPackage ./pkgs/cuda-needs-unfree-shell.nix { inherit cudaPins; };
       });
 
       checks = forAllSystems (
@@ -128,6 +143,7 @@
         in
         {
           pytest = pkgs.callPackage ./pkgs/mlpipe-tests.nix { };
+          pytriton-stub = pkgs.callPackage ./pkgs/pytriton-stub-check.nix { };
           relu-wheel = self.packages.${system}.relu-wheel;
           nix-format = pkgs.callPackage ./pkgs/nix-format-check.nix { };
         }

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Parse every tracked .nix file with nix-instantiate --parse. Debian's nix-bin (2.8) can parse but
-# not evaluate a modern nixpkgs, and there is no binary cache here, so parsing (plus the text and
-# lock checks in tests/test_nix.py) is what CI can verify; `nix flake check` is the user's part.
-# Installs nix-bin with apt when nix-instantiate is missing (CI runs as root).
+# Parse every tracked .nix file with nix-instantiate --parse. Debian's nix-bin (2.8) can parse,
+# and evaluate the flake against tests/nix/mock-nixpkgs (tests/test_nix.py, with NIXPKGS_LIB), but
+# not evaluate a modern nixpkgs, and there is no binary cache here: builds and `nix flake check`
+# are the user's part. Installs with apt what tests/test_nix.py uses and lacks (CI runs as root):
+# nix-bin (nix-instantiate), shellcheck (as writeShellApplication runs it) and patchelf (the
+# python-backend stub relinking in pkgs/nvidia-pytriton.nix, run on the real wheel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v nix-instantiate >/dev/null 2>&1; then
-  echo "nix-parse: installing Debian's nix-bin for nix-instantiate --parse" >&2
+declare -A tools=([nix-instantiate]=nix-bin [shellcheck]=shellcheck [patchelf]=patchelf)
+missing=()
+for tool in "${!tools[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${tools[$tool]}")
+done
+if (( ${#missing[@]} > 0 )); then
+  echo "nix-parse: installing Debian's ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq nix-bin >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 status=0

@@ -2,6 +2,15 @@
 # package for it, so this takes NVIDIA's manylinux wheel from PyPI by its sha256 and lets
 # autoPatchelfHook point every bundled ELF file at Nix's glibc, libstdc++, zlib and libpython.
 #
+# One libpython per process: the wheel's 3.13 python-backend stub alone links a libpython of its
+# own (nvidia_pytriton.libs/libpython3-<hash>.13.so.1.0, an Ubuntu 22.04 build of 3.13.0/3.13.1),
+# while its embedded interpreter takes the stdlib and site-packages of the `python3` on PATH, i.e.
+# nixpkgs' 3.13.x, whose numpy/onnxruntime/torch extensions load nixpkgs' libpython: two CPython
+# runtimes in one process. postInstall points the kept stub at this interpreter's library
+# (`patchelf --replace-needed`) and deletes the bundled one; autoPatchelfHook then finds it in
+# `python`. The stubs for 3.8-3.12 already name the plain libpython3.X.so.1.0. The stub's process
+# is checked at run time by checks.<system>.pytriton-stub (pkgs/pytriton-stub-check.nix).
+#
 # Hashes: sha256 of the wheels fetched with
 #   pip download nvidia-pytriton==0.7.0 --no-deps [--platform manylinux_2_35_aarch64 --only-binary=:all:]
 # equal to the digests in PyPI's simple index (x86_64 21f063ff…8df, aarch64 f99e07ee…898);
@@ -15,6 +24,7 @@
   fetchurl,
   python,
   autoPatchelfHook,
+  patchelf,
   zlib,
 
   # dependencies
@@ -51,6 +61,10 @@ let
   wheel = wheels.${system} or unsupported;
   # The wheel carries one python-backend stub per CPython minor; keep the one this interpreter needs.
   stubDir = "$out/${python.sitePackages}/pytriton/tritonserver/python_backend_stubs";
+  stub = "${stubDir}/${python.pythonVersion}/triton_python_backend_stub";
+  bundledLibs = "$out/${python.sitePackages}/nvidia_pytriton.libs";
+  # The soname of nixpkgs' shared CPython library (${python}/lib).
+  libpython = "libpython${python.pythonVersion}.so.1.0";
 in
 buildPythonPackage {
   pname = "nvidia-pytriton";
@@ -59,7 +73,10 @@ buildPythonPackage {
 
   src = fetchurl wheel;
 
-  nativeBuildInputs = [ autoPatchelfHook ];
+  nativeBuildInputs = [
+    autoPatchelfHook
+    patchelf
+  ];
 
   # What the bundled binaries link outside the wheel's own nvidia_pytriton.libs (checked with
   # readelf -d): glibc, libstdc++/libgcc_s, libz and libpython3.X (python-backend stubs).
@@ -94,11 +111,19 @@ buildPythonPackage {
   pythonRelaxDeps = true;
 
   postInstall = ''
-    if [[ ! -x "${stubDir}/${python.pythonVersion}/triton_python_backend_stub" ]]; then
+    if [[ ! -x "${stub}" ]]; then
       echo "nvidia-pytriton ${version} ships no Triton python-backend stub for Python ${python.pythonVersion}" >&2
       exit 1
     fi
     find "${stubDir}" -mindepth 1 -maxdepth 1 ! -name "${python.pythonVersion}" -exec rm -r {} +
+
+    # Before autoPatchelfHook (fixupPhase) resolves it: the stub's libpython becomes this one's.
+    for needed in $(patchelf --print-needed "${stub}"); do
+      if [[ "$needed" == libpython* && "$needed" != "${libpython}" ]]; then
+        patchelf --replace-needed "$needed" "${libpython}" "${stub}"
+        rm "${bundledLibs}/$needed"
+      fi
+    done
   '';
 
   pythonImportsCheck = [ "pytriton" ];
@@ -106,6 +131,14 @@ buildPythonPackage {
   # The bundled server must load: its usage text appears only once the dynamic loader has
   # resolved every library it links (it exits 1 after printing it, hence the `|| true`).
   postInstallCheck = ''
+    if [[ "$(patchelf --print-needed "${stub}" | grep '^libpython')" != "${libpython}" ]]; then
+      echo "the python-backend stub does not link ${libpython} alone: $(patchelf --print-needed "${stub}")" >&2
+      exit 1
+    fi
+    if compgen -G "${bundledLibs}/libpython*" >/dev/null; then
+      echo "a bundled libpython is left in ${bundledLibs}" >&2
+      exit 1
+    fi
     usage=$("$out/${python.sitePackages}/pytriton/tritonserver/bin/tritonserver" --help 2>&1 || true)
     if [[ "$usage" != *--model-repository* ]]; then
       echo "bundled tritonserver does not start: $usage" >&2

@@ -3,6 +3,8 @@
 # builds in the `dist` output, which the flake exposes as packages.<system>.relu-wheel.
 {
   lib,
+  stdenv,
+  python,
   buildPythonPackage,
 
   # build-system
@@ -50,7 +52,10 @@ buildPythonPackage {
   ];
 
   meta = {
-    description = "ReLU for numpy arrays and CPU torch tensors at memory bandwidth (C++/pybind11)";
+    # The compiler and Python are flake.lock's nixpkgs'; `nix flake show` prints them here.
+    description =
+      "ReLU for numpy arrays and CPU torch tensors at memory bandwidth (C++/pybind11), "
+      + "built by GCC ${stdenv.cc.cc.version} for Python ${python.version}";
     license = lib.licenses.mit;
     platforms = lib.platforms.linux;
   };

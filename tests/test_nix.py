@@ -13,14 +13,21 @@ shellchecked and run. Users run ``nix flake check`` for the rest (docs/nix.md).
 
 from __future__ import annotations
 
+import atexit
 import base64
+import functools
 import hashlib
+import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -42,7 +49,10 @@ def tracked_nix_files() -> list[Path]:
     try:
         out = subprocess.run(
             ["git", "ls-files", "-z", "--", "*.nix"],
-            cwd=ROOT, capture_output=True, check=True, text=True,
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            text=True,
         ).stdout
         files = [ROOT / name for name in out.split("\0") if name]
     except (OSError, subprocess.CalledProcessError):
@@ -53,7 +63,9 @@ def tracked_nix_files() -> list[Path]:
 def nix_instantiate() -> str:
     exe = shutil.which("nix-instantiate")
     if exe is None:
-        pytest.skip("nix-instantiate is not installed: `bash .ci/nix-parse.sh` apt-installs nix-bin")
+        pytest.skip(
+            "nix-instantiate is not installed: `bash .ci/nix-parse.sh` apt-installs nix-bin"
+        )
     return exe
 
 
@@ -87,7 +99,9 @@ def flake_outputs() -> dict[str, set[str]]:
         "apps": bindings(block(text, "appSpecs =")) & top_level_names(block(text, "appSpecs =")),
         "devShells": bindings(block(text, "devShells = forAllSystems")),
         "checks": bindings(block(text, "checks = forAllSystems")),
-        "formatter": {"formatter"} if re.search(r"^\s*formatter\s*=", text, re.MULTILINE) else set(),
+        "formatter": {"formatter"}
+        if re.search(r"^\s*formatter\s*=", text, re.MULTILINE)
+        else set(),
     }
 
 
@@ -105,9 +119,13 @@ def top_level_names(attrset: str) -> set[str]:
 def doc_references(text: str) -> dict[str, set[str]]:
     """Flake outputs a document names: `nix build/run/develop .#x`, `nix develop`, bare `.#x`,
     `packages.<system>.x` and friends, `nix flake check`, `nix fmt`."""
-    refs: dict[str, set[str]] = {k: set() for k in ("packages", "apps", "devShells", "checks", "any")}
+    refs: dict[str, set[str]] = {
+        k: set() for k in ("packages", "apps", "devShells", "checks", "any")
+    }
     verbs = {"build": "packages", "run": "apps", "develop": "devShells", "shell": "packages"}
-    for verb, target in re.findall(rf"nix\s+(build|run|develop|shell)\b[^`\n|;]*?\.#({NAME})", text):
+    for verb, target in re.findall(
+        rf"nix\s+(build|run|develop|shell)\b[^`\n|;]*?\.#({NAME})", text
+    ):
         refs[verbs[verb]].add(target)
     if re.search(r"nix\s+develop(?![^`\n]*\.#)", text):
         refs["devShells"].add("default")
@@ -211,7 +229,9 @@ def test_outputs_named_in_docs_exist_in_flake(doc: Path) -> None:
     ]
     missing += [f"any output: {name}" for name in sorted(refs["any"] - everything)]
     if "*" in refs["checks"]:
-        assert outputs["checks"], f"{doc.name} mentions `nix flake check` but flake.nix has no checks"
+        assert outputs["checks"], (
+            f"{doc.name} mentions `nix flake check` but flake.nix has no checks"
+        )
     assert not missing, f"{doc.name} names flake outputs that flake.nix does not define: {missing}"
 
 
@@ -231,7 +251,9 @@ def test_every_pkgs_file_is_wired_into_the_flake() -> None:
     referenced = set(re.findall(r"\./pkgs/([A-Za-z0-9_.-]+\.nix)", text))
     present = {p.name for p in PKGS.glob("*.nix")}
     assert referenced <= present, f"flake.nix calls missing files: {sorted(referenced - present)}"
-    assert present <= referenced, f"pkgs/ files the flake never uses: {sorted(present - referenced)}"
+    assert present <= referenced, (
+        f"pkgs/ files the flake never uses: {sorted(present - referenced)}"
+    )
 
 
 def test_fixed_output_hashes_are_well_formed_sri() -> None:
@@ -266,63 +288,164 @@ def test_wheel_pins_name_their_version() -> None:
         assert url.startswith("https://files.pythonhosted.org/packages/"), url
 
 
-@pytest.mark.slow
-def test_wheel_hashes_match_pypi_downloads(tmp_path: Path) -> None:
-    """Re-download every pinned wheel with pip (from PyPI, as CI can) and recompute its SRI hash."""
-    for name, url, sri in wheel_pins():
+@pytest.fixture(scope="module")
+def pypi_wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every wheel pinned in pkgs/, downloaded again with pip (from PyPI, as CI can), by URL."""
+    wheels = {}
+    for name, url, _sri in wheel_pins():
         filename = url.rsplit("/", 1)[1]
         dist, version, _py, _abi, platform = filename.removesuffix(".whl").split("-")
-        dest = tmp_path / name
+        dest = tmp_path_factory.mktemp(name.removesuffix(".nix"))
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
             "--only-binary=:all:", "--dest", str(dest), f"{dist}=={version}",
-        ]
+        ]  # fmt: skip
         if platform != "any":
             cmd += ["--platform", platform, "--python-version", "3.11"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0, f"pip download {filename} failed: {proc.stderr[-2000:]}"
         wheel = dest / filename
-        assert wheel.exists(), f"pip fetched {sorted(p.name for p in dest.iterdir())}, not {filename}"
-        digest = hashlib.sha256(wheel.read_bytes()).digest()
-        assert "sha256-" + base64.b64encode(digest).decode() == sri, f"{name}: {filename}"
+        assert wheel.exists(), (
+            f"pip fetched {sorted(p.name for p in dest.iterdir())}, not {filename}"
+        )
+        wheels[url] = wheel
+    return wheels
+
+
+@pytest.mark.slow
+def test_wheel_hashes_match_pypi_downloads(pypi_wheels: dict[str, Path]) -> None:
+    """Recompute the SRI hash of every pinned wheel from a fresh download."""
+    for name, url, sri in wheel_pins():
+        digest = hashlib.sha256(pypi_wheels[url].read_bytes()).digest()
+        assert "sha256-" + base64.b64encode(digest).decode() == sri, f"{name}: {url}"
 
 
 # --- evaluation against tests/nix/mock-nixpkgs (needs a nixpkgs lib) ------------------------------
 
 
-def evaluate_flake(**env: str) -> dict:
-    """Evaluate the flake with Nix 2.8 against the mock package set; JSON summary of the outputs."""
-    exe = nix_instantiate()
-    if not os.environ.get("NIXPKGS_LIB"):
+def nixpkgs_lib() -> Path:
+    """$NIXPKGS_LIB: skip when unset (a user's clone); fail when it names no nixpkgs lib/."""
+    value = os.environ.get("NIXPKGS_LIB")
+    if not value:
         pytest.skip(
             "NIXPKGS_LIB is unset: point it at a nixpkgs lib/ directory to evaluate the flake "
-            "against tests/nix/mock-nixpkgs (nixpkgs itself cannot be fetched here)"
+            "against tests/nix/mock-nixpkgs (.ci/run uses ../shared/nixpkgs-lib/lib when present)"
         )
-    proc = subprocess.run(
-        [exe, "--eval", "--strict", "--json", str(EVAL_FLAKE)],
-        capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT,
+    lib = Path(value)
+    assert (lib / "default.nix").is_file() and (lib / "fileset").is_dir(), (
+        f"NIXPKGS_LIB={value} is not a nixpkgs lib/ directory (no default.nix and fileset/ in it); "
+        "point it at <nixpkgs>/lib or unset it"
     )
+    return lib
+
+
+def copy_tracked_files(dest: Path) -> Path:
+    """The git-tracked files of the checkout, copied to ``dest``: what a flake's source holds."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+@functools.cache
+def flake_source() -> Path:
+    """One tracked-files copy per test session for the evaluations: the flake sees no .venv,
+    data or untracked file, as with `nix flake check`, and hashing its source stays cheap."""
+    dest = Path(tempfile.mkdtemp(prefix="mlpipe-flake-"))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)
+    return copy_tracked_files(dest)
+
+
+def run_eval(**env: str) -> subprocess.CompletedProcess[str]:
+    """Evaluate the flake with Nix 2.8 against the mock package set (JSON summary on stdout)."""
+    exe = nix_instantiate()
+    defaults = {
+        "NIXPKGS_LIB": str(nixpkgs_lib()),
+        "NIXPKGS_ALLOW_UNFREE": "",
+        "MOCK_HAS_ONNXSCRIPT": "",
+        "MOCK_TENSORRT_VERSION": "",
+        "MOCK_DEFAULT_CUDA": "",
+    }
+    source = flake_source()
+    return subprocess.run(
+        [exe, "--eval", "--strict", "--json", str(source / EVAL_FLAKE.relative_to(ROOT))],
+        capture_output=True, text=True, env={**os.environ, **defaults, **env}, cwd=source,
+    )  # fmt: skip
+
+
+def evaluate_flake(**env: str) -> dict:
+    proc = run_eval(**env)
     assert proc.returncode == 0, f"flake evaluation failed:\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
 def evaluated() -> dict:
-    return evaluate_flake(NIXPKGS_ALLOW_UNFREE="", MOCK_HAS_ONNXSCRIPT="")
+    return evaluate_flake()
+
+
+@pytest.fixture(scope="module")
+def consented() -> dict:
+    """The flake as `NIXPKGS_ALLOW_UNFREE=1 nix develop --impure .#cuda` evaluates it."""
+    return evaluate_flake(NIXPKGS_ALLOW_UNFREE="1")
+
+
+def test_nixpkgs_lib_that_is_not_one_fails_clearly(tmp_path: Path, monkeypatch) -> None:
+    """A mistyped NIXPKGS_LIB is an error naming the fix, not a skip."""
+    monkeypatch.setenv("NIXPKGS_LIB", str(tmp_path))
+    with pytest.raises(AssertionError, match="is not a nixpkgs lib/ directory"):
+        nixpkgs_lib()
 
 
 def test_flake_evaluates_for_every_system(evaluated: dict) -> None:
     assert set(evaluated) == SYSTEMS
     for system, out in evaluated.items():
-        assert set(out["packages"]) == {"relu-wheel", "mlpipe", "nvidia-pytriton", "docker-image", "default"}
-        assert out["packages"]["relu-wheel"].endswith("-dist"), "relu-wheel is the wheel (dist output)"
+        packages = {"relu-wheel", "mlpipe", "nvidia-pytriton", "docker-image", "default"}
+        assert set(out["packages"]) == packages
         assert set(out["apps"]) == {"train", "serve", "bench", "profile", "test"}
-        assert all(a["type"] == "app" and a["program"].startswith("/nix/store/") for a in out["apps"].values())
-        assert set(out["checks"]) == {"pytest", "relu-wheel", "nix-format"}
+        assert all(
+            a["type"] == "app" and a["program"].startswith("/nix/store/")
+            for a in out["apps"].values()
+        )
+        assert set(out["checks"]) == {"pytest", "pytriton-stub", "relu-wheel", "nix-format"}
         assert any("mlpipe" in p for p in out["devShells"]["default"]["python"])
         assert out["formatter"] == "nixfmt-tree"
         arch = system.split("-")[0]
         assert out["python"]["nvidia-pytriton"]["src"].endswith(f"manylinux_2_35_{arch}.whl")
+
+
+def test_relu_wheel_is_the_dist_output_of_the_relu_module_build(evaluated: dict) -> None:
+    """As in nixpkgs: `drv.dist` is the same derivation, selected by outputName, not another one."""
+    out = evaluated["x86_64-linux"]
+    wheel, module = out["packages"]["relu-wheel"], out["relu-module"]
+    assert wheel["outputName"] == "dist" and module["outputName"] == "out"
+    assert wheel["drvPath"] == module["drvPath"] and wheel["name"] == module["name"]
+
+
+def out_link(output_name: str) -> str:
+    """What `nix build` names the link to a package's output (Nix's createOutLinks)."""
+    return "result" if output_name == "out" else f"result-{output_name}"
+
+
+def test_docs_name_the_link_nix_build_makes(evaluated: dict) -> None:
+    """`nix build .#x`'s link is result-<output> for every output but out: the docs must say so."""
+    packages = evaluated["x86_64-linux"]["packages"]
+    for doc in DOCS:
+        for line in doc.read_text().splitlines():
+            match = re.search(rf"nix build \.#({NAME})\b.*?\b(result(?:-[a-z]+)?)\b", line)
+            if match and match.group(1) in packages:
+                link = out_link(packages[match.group(1)]["outputName"])
+                assert match.group(2) == link, f"{doc.name}: {line.strip()!r} should say {link}"
+    nix_md = (ROOT / "docs" / "nix.md").read_text()
+    assert "result-dist" in nix_md, "docs/nix.md must name the wheel's link, result-dist"
+
+
+def test_out_link_rule_distinguishes_outputs() -> None:
+    assert out_link("out") == "result" and out_link("dist") == "result-dist"
 
 
 def test_mlpipe_depends_on_its_wheels_and_the_fallbacks(evaluated: dict) -> None:
@@ -337,40 +460,102 @@ def test_mlpipe_depends_on_its_wheels_and_the_fallbacks(evaluated: dict) -> None
 
 
 def test_nixpkgs_onnxscript_is_preferred_when_present() -> None:
-    out = evaluate_flake(MOCK_HAS_ONNXSCRIPT="1", NIXPKGS_ALLOW_UNFREE="")
+    out = evaluate_flake(MOCK_HAS_ONNXSCRIPT="1")
     py = out["x86_64-linux"]["python"]
     assert py["onnxscript"]["name"] == "onnxscript" and py["onnx-ir"]["name"] == "onnx-ir"
 
 
-def test_cuda_shell_needs_consent(evaluated: dict) -> None:
+# --- pins: CUDA, TensorRT, Python, compiler -------------------------------------------------------
+
+PINS = re.compile(r"CUDA (\d+\.\d+) \((cudaPackages_\d+_\d+)\), TensorRT (\d+\.\d+)")
+
+
+def test_cuda_shell_needs_consent(evaluated: dict, consented: dict) -> None:
     shell = evaluated["x86_64-linux"]["devShells"]["cuda"]
     assert shell["name"] == "mlpipe-cuda-needs-unfree"
     assert "NIXPKGS_ALLOW_UNFREE=1 nix develop --impure .#cuda" in shell["shellHook"]
     assert shell["shellHook"].rstrip().endswith("exit 1")
 
-    consented = evaluate_flake(NIXPKGS_ALLOW_UNFREE="1", MOCK_HAS_ONNXSCRIPT="")
     shell = consented["x86_64-linux"]["devShells"]["cuda"]
     assert shell["name"] == "mlpipe-cuda"
-    assert {"cudatoolkit", "tensorrt"} <= set(shell["packages"])
-    assert "tensorrt" in shell["python"], "python3Packages.tensorrt joins the shell's Python"
+    assert {"cuda-merged-12.8.1", "tensorrt-10.9.0.34"} <= set(shell["packages"])
+    assert "python3.13-tensorrt-10.9.0.34" in shell["python"], "tensorrt joins the shell's Python"
     assert any("mlpipe" in p for p in shell["python"])
     assert "libcuda.so.1" in shell["shellHook"]
+
+
+def test_flake_show_descriptions_name_the_pinned_versions(evaluated: dict, consented: dict) -> None:
+    """What `nix flake show` prints: the CUDA set, CUDA, TensorRT, Python and GCC versions."""
+    shells = evaluated["x86_64-linux"]["devShells"]
+    pins = PINS.search(shells["cuda"]["description"])
+    assert pins, shells["cuda"]["description"]
+    assert pins.groups() == ("12.8", "cudaPackages_12_8", "10.9")
+    real = consented["x86_64-linux"]["devShells"]["cuda"]["description"]
+    assert real.startswith("GPU shell: CUDA 12.8 (cudaPackages_12_8), TensorRT 10.9.0.34, ")
+    assert "Python 3.13.7, GCC 14.3.0" in real
+    assert shells["default"]["description"] == "CPU shell: Python 3.13.7, GCC 14.3.0"
+    wheel = evaluated["x86_64-linux"]["packages"]["relu-wheel"]["description"]
+    assert wheel.endswith("built by GCC 14.3.0 for Python 3.13.7")
+
+
+def test_docs_state_the_cuda_pins(evaluated: dict) -> None:
+    cuda, package_set, tensorrt = PINS.search(
+        evaluated["x86_64-linux"]["devShells"]["cuda"]["description"]
+    ).groups()
+    nix_md = (ROOT / "docs" / "nix.md").read_text()
+    for text in (f"`{package_set}`", f"CUDA {cuda}", f"TensorRT {tensorrt}"):
+        assert text in nix_md, f"docs/nix.md does not state the pin {text}"
+
+
+def test_the_pinned_cuda_set_wins_over_nixpkgs_default() -> None:
+    """A nixpkgs whose `cudaPackages` moved on (to 12.9) still gives the shell the pinned 12.8."""
+    out = evaluate_flake(NIXPKGS_ALLOW_UNFREE="1", MOCK_DEFAULT_CUDA="cudaPackages_12_9")
+    shell = out["x86_64-linux"]["devShells"]["cuda"]
+    assert "cuda-merged-12.8.1" in shell["packages"], shell["packages"]
+
+
+def test_a_tensorrt_other_than_the_pin_stops_evaluation() -> None:
+    proc = run_eval(NIXPKGS_ALLOW_UNFREE="1", MOCK_TENSORRT_VERSION="10.14.1.48")
+    assert proc.returncode != 0
+    assert "has CUDA 12.8 and TensorRT 10.14 in cudaPackages_12_8" in proc.stderr
+    assert "flake.nix pins CUDA 12.8 and TensorRT 10.9" in proc.stderr
+
+
+# --- generated scripts ----------------------------------------------------------------------------
 
 
 def write_script(tmp_path: Path, name: str, text: str) -> Path:
     """The script as writeShellApplication writes it (its preamble: errexit, nounset, pipefail)."""
     path = tmp_path / f"{name}.sh"
-    path.write_text("#!/usr/bin/env bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n" + text)
+    path.write_text(
+        "#!/usr/bin/env bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n" + text
+    )
     return path
 
 
+def build_scripts(evaluated: dict) -> dict[str, str]:
+    """Every shell snippet the flake hands to a builder, with the variables stdenv provides."""
+    out = evaluated["x86_64-linux"]
+    stdenv_vars = 'out="${out:?}"\nTMPDIR="${TMPDIR:?}"\n'
+    hooks = {
+        f"nvidia-pytriton-{hook}": stdenv_vars + out["python"]["nvidia-pytriton"][hook]
+        for hook in ("postInstall", "postInstallCheck")
+    }
+    return {
+        **out["scripts"],
+        **hooks,
+        "pytriton-stub-check": stdenv_vars + out["pytriton-stub-check"],
+    }
+
+
 def test_generated_scripts_pass_shellcheck(evaluated: dict, tmp_path: Path) -> None:
-    """writeShellApplication runs shellcheck at build time; catch its complaints here."""
+    """writeShellApplication runs shellcheck at build time; the build hooks get the same lint."""
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    for name, text in evaluated["x86_64-linux"]["scripts"].items():
-        proc = subprocess.run([shellcheck, str(write_script(tmp_path, name, text))], capture_output=True, text=True)
+        pytest.skip("shellcheck is not installed (`bash .ci/nix-parse.sh` apt-installs it)")
+    for name, text in build_scripts(evaluated).items():
+        script = write_script(tmp_path, name, text)
+        proc = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{name}:\n{proc.stdout}"
 
 
@@ -394,7 +579,212 @@ def test_app_runs_the_entry_point_on_the_checkouts_conf(evaluated: dict, tmp_pat
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(script), "trainer.max_epochs=1"], cwd=checkout, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(script), "trainer.max_epochs=1"], cwd=checkout, env=env,
+        capture_output=True, text=True,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["--config-path", f"{checkout}/conf", "trainer.max_epochs=1"]
+
+
+# --- the OCI image --------------------------------------------------------------------------------
+
+
+def image_test_selection(evaluated: dict) -> str:
+    """The `-m` expression the image's default `test` command passes to pytest."""
+    entrypoint = evaluated["x86_64-linux"]["scripts"]["docker-entrypoint"]
+    match = re.search(r"^\s*test\) exec pytest -m '([^']+)' \"\$@\" ;;$", entrypoint, re.MULTILINE)
+    assert match, f"the image's `test` command does not select tests by marker:\n{entrypoint}"
+    return match.group(1)
+
+
+def registered_markers() -> set[str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {m.split(":")[0].strip() for m in pyproject["tool"]["pytest"]["ini_options"]["markers"]}
+
+
+def test_image_test_selection_uses_registered_markers(evaluated: dict) -> None:
+    """The image has no compiler, GPU or TensorRT: its default `test` deselects those tests."""
+    selection = image_test_selection(evaluated)
+    used = set(re.findall(r"not (\w+)", selection))
+    assert used == {"slow", "gpu", "tensorrt", "needs_compiler"}, selection
+    assert used <= registered_markers(), f"unregistered markers in {selection!r}"
+    assert evaluated["x86_64-linux"]["image"]["config"]["Cmd"] == ["test"]
+
+
+# A pytest plugin for the collection below: writes one line per test, selected or deselected,
+# saying whether its function runs `python -m build` (a C++ build: the relu_module wheel).
+SELECTION_PLUGIN = """
+import inspect, json, os, re
+import pytest
+
+BUILD = re.compile(r'"-m",\\s*"build"')
+
+def _record(items, selected):
+    with open(os.environ["SELECTION_REPORT"], "a") as out:
+        for item in items:
+            try:
+                source = inspect.getsource(item.function)
+            except (AttributeError, OSError, TypeError):
+                source = ""
+            row = {"id": item.nodeid, "selected": selected, "builds": bool(BUILD.search(source))}
+            out.write(json.dumps(row) + "\\n")
+
+def pytest_deselected(items):
+    _record(items, False)
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    _record(items, True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_image_test_selection_leaves_out_compiler_builds(evaluated: dict, tmp_path: Path) -> None:
+    """Collected with the image's `-m` expression, the suite keeps tests and drops every test
+    that runs `python -m build` (a C++ compiler, which the image lacks). By what a test does,
+    not by its file or name, so moving tests changes nothing."""
+    (tmp_path / "selection_plugin.py").write_text(SELECTION_PLUGIN)
+    report = tmp_path / "selection.jsonl"
+    env = {**os.environ, "SELECTION_REPORT": str(report)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "-p", "selection_plugin", "-m", image_test_selection(evaluated)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    selected = [r for r in rows if r["selected"]]
+    assert len(selected) > len(rows) / 2, f"the image would run {len(selected)} of {len(rows)}"
+    assert not [r["id"] for r in selected if r["builds"]], "the image would run a C++ build"
+
+
+def test_image_creates_its_volumes_owned_by_its_user(evaluated: dict, tmp_path: Path) -> None:
+    """Run the image's fakeRootCommands (as streamLayeredImage does, under fakeroot or as root)
+    on a copy of the git-tracked checkout; every declared volume must then exist, owned by the
+    image's user, so that Docker's fresh volumes are writable by it."""
+    image = evaluated["x86_64-linux"]["image"]
+    fakeroot = shutil.which("fakeroot")
+    if fakeroot is None and os.geteuid() != 0:
+        pytest.skip("needs root or fakeroot (apt-get install fakeroot) to chown as the image does")
+    checkout = copy_tracked_files(tmp_path / "checkout")
+    commands = evaluated["x86_64-linux"]["scripts"]["docker-fakeroot"]
+    commands = re.sub(r"/nix/store/[^ /]+-source(?=/)", str(checkout), commands)
+    commands = re.sub(r"/nix/store/[^ /]+-git/bin/git", shutil.which("git") or "git", commands)
+    assert "/nix/store/" not in commands, commands
+    volumes = list(image["config"]["Volumes"])
+    report = " ".join(f"stat -c '%u:%g %F %n' .{v};" for v in volumes)
+    root = tmp_path / "image-root"
+    root.mkdir()
+    script = f"set -euo pipefail\n{commands}\n{report}\n"
+    cmd = ([fakeroot] if fakeroot else []) + ["bash", "-c", script]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    user = image["config"]["User"]
+    for volume in volumes:
+        assert f"{user} directory .{volume}" in proc.stdout.splitlines(), proc.stdout
+    assert "/work/model_repository" in volumes
+
+
+# --- the python-backend stub: one libpython -------------------------------------------------------
+
+STUB_CHECK = PKGS / "pytriton-stub-check" / "check.py"
+
+
+def load_stub_check():
+    spec = importlib.util.spec_from_file_location("pytriton_stub_check", STUB_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_stub_check_passes_on_the_pip_installed_server(tmp_path: Path) -> None:
+    """checks.<system>.pytriton-stub's script, run here against the pip venv's tritonserver: the
+    real stub process imports numpy and onnxruntime from this venv, maps only this Python's
+    libpython, and serves ReLU through ONNX Runtime."""
+    proc = subprocess.run(
+        [sys.executable, str(STUB_CHECK), "--workdir", str(tmp_path / "work"), "--timeout", "120"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["problems"] == []
+    assert summary["stub"]["pid"] != os.getpid()
+    assert len(summary["stub"]["libpython"]) == 1
+
+
+def test_stub_check_reports_two_libpythons_and_foreign_packages() -> None:
+    check = load_stub_check()
+    driver = {
+        "version": [3, 13],
+        "libpython": "/nix/store/a-python3-3.13.7/lib/libpython3.13.so.1.0",
+        "numpy": "/env/numpy/__init__.py",
+        "onnxruntime": "/env/onnxruntime/__init__.py",
+    }
+    mixed = {
+        "version": [3, 13, 1],
+        "libpython": [driver["libpython"], "/w/nvidia_pytriton.libs/libpython3-419a3a08.13.so.1.0"],
+        "numpy": driver["numpy"],
+        "onnxruntime": "/usr/lib/python3/dist-packages/onnxruntime/__init__.py",
+    }
+    problems = check.verify(mixed, driver, [0.0, 0.0, 0.5, 3.0])
+    assert any("maps 2 libpython files" in p for p in problems), problems
+    assert any("imported onnxruntime from /usr/lib" in p for p in problems), problems
+    clean = {**mixed, **driver, "libpython": [driver["libpython"]]}
+    assert check.verify(clean, driver, [0.0, 0.0, 0.5, 3.0]) == []
+    assert any("gave [1.0" in p for p in check.verify(clean, driver, [1.0, 0.0, 0.5, 3.0]))
+
+
+def pytriton_wheel(pypi_wheels: dict[str, Path], arch: str) -> Path:
+    suffix = f"pytriton-0.7.0-py3-none-manylinux_2_35_{arch}.whl"
+    return next(wheel for url, wheel in pypi_wheels.items() if url.endswith(suffix))
+
+
+def run_hook(evaluated: dict, hook: str, out: Path) -> subprocess.CompletedProcess[str]:
+    text = evaluated["x86_64-linux"]["python"]["nvidia-pytriton"][hook]
+    return subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + text], env={**os.environ, "out": str(out)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_stub_is_pointed_at_nixpkgs_libpython_in_the_real_wheel(
+    evaluated: dict, pypi_wheels: dict[str, Path], tmp_path: Path, arch: str
+) -> None:
+    """pkgs/nvidia-pytriton.nix's postInstall and postInstallCheck, run with the real patchelf
+    on the real wheel laid out as $out: the 3.13 stub then needs libpython3.13.so.1.0
+    (nixpkgs' soname) and the bundled Ubuntu libpython is gone; unpatched, the check fails. The
+    whole postInstallCheck (it also starts tritonserver) runs for this machine's architecture."""
+    if shutil.which("patchelf") is None:
+        pytest.skip("patchelf is not installed (`bash .ci/nix-parse.sh` apt-installs it)")
+    site = "lib/python3.13/site-packages"
+    unpatched, out = tmp_path / "unpatched", tmp_path / "out"
+    with zipfile.ZipFile(pytriton_wheel(pypi_wheels, arch)) as wheel:
+        wheel.extractall(unpatched / site)
+    for exe in (unpatched / site / "pytriton/tritonserver").rglob("*"):
+        if exe.is_file() and (exe.name == "tritonserver" or exe.name.endswith("_stub")):
+            exe.chmod(0o755)  # zipfile drops the mode; pip keeps it
+    shutil.copytree(unpatched, out, symlinks=True)
+
+    before = run_hook(evaluated, "postInstallCheck", unpatched)
+    assert before.returncode != 0 and "does not link libpython3.13.so.1.0 alone" in before.stderr
+
+    proc = run_hook(evaluated, "postInstall", out)
+    assert proc.returncode == 0, proc.stderr
+    stubs = out / site / "pytriton/tritonserver/python_backend_stubs"
+    assert [p.name for p in stubs.iterdir()] == ["3.13"]
+    needed = subprocess.run(
+        ["patchelf", "--print-needed", str(stubs / "3.13" / "triton_python_backend_stub")],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert [n for n in needed if n.startswith("libpython")] == ["libpython3.13.so.1.0"]
+    assert not list((out / site / "nvidia_pytriton.libs").glob("libpython*"))
+    if arch == platform.machine():
+        after = run_hook(evaluated, "postInstallCheck", out)
+        assert after.returncode == 0, after.stderr[-3000:]

@@ -1,7 +1,9 @@
 # Evaluate mlpipe's flake against ./mock-nixpkgs with Debian's Nix 2.8 and return, as JSON, what
-# tests/test_nix.py checks: every output's name, the Python packages' dependency lists, the app,
-# entrypoint and shell-hook scripts (for shellcheck), and the cuda shell with and without consent.
-# Needs NIXPKGS_LIB (see ./lib.nix). Run by hand:
+# tests/test_nix.py checks: every output's name, output and description (what `nix flake show`
+# prints), the Python packages' dependency lists, the app, entrypoint, fakeroot and shell-hook
+# scripts (for shellcheck and for running), and the cuda shell with and without consent.
+# Needs NIXPKGS_LIB (see ./lib.nix). tests/test_nix.py evaluates it in a copy of the git-tracked
+# files, which is what a flake's source holds (no .venv, data or untracked file). Run by hand:
 #   NIXPKGS_LIB=/path/to/nixpkgs/lib nix-instantiate --eval --strict --json tests/nix/eval-flake.nix
 let
   lib = import ./lib.nix;
@@ -12,6 +14,10 @@ let
   };
   self = flake.outputs { inherit self nixpkgs; };
   names = map (p: p.name);
+  output = p: {
+    inherit (p) name outputName drvPath;
+    description = p.meta.description or null;
+  };
   python =
     p:
     {
@@ -32,7 +38,8 @@ let
       isEntrypoint = c: lib.hasInfix "entrypoint" c.name;
     in
     {
-      packages = lib.mapAttrs (_: p: p.name) self.packages.${system};
+      packages = lib.mapAttrs (_: output) self.packages.${system};
+      relu-module = output pkgs.python3Packages.relu-module;
       python = lib.mapAttrs (_: python) {
         inherit (pkgs.python3Packages)
           mlpipe
@@ -56,11 +63,15 @@ let
       };
       devShells = lib.mapAttrs (_: s: {
         inherit (s) name shellHook;
+        description = s.meta.description or null;
         packages = names (s.packages or [ ]);
+        # forced, as building the shell would: an unfree package refuses here without consent
+        outPaths = map (p: p.outPath) (s.packages or [ ]);
         # what the shell's Python environment holds
         python = names (lib.concatMap (p: p.packages or [ ]) (s.packages or [ ]));
       }) self.devShells.${system};
       checks = lib.mapAttrs (_: c: c.name) self.checks.${system};
+      pytriton-stub-check = self.checks.${system}.pytriton-stub.text;
       formatter = self.formatter.${system}.name;
     };
 in
