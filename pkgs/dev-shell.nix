@@ -18,7 +18,7 @@ mkShell {
   ];
   shellHook = ''
     export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"
-    echo "mlpipe CPU shell: python -m mlpipe.train, pytest, dvc pull (the venv/Makefile path is separate)."
+    echo "mlpipe CPU shell: mlpipe-train, pytest, dvc pull (the venv/Makefile path is separate)."
   '';
   # Python and the compiler are pinned by flake.lock's nixpkgs; `nix flake show` prints them.
   meta.description = "CPU shell: Python ${python3.version}, GCC ${stdenv.cc.cc.version}";

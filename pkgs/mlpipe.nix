@@ -1,5 +1,5 @@
-# mlpipe: the pipeline package (data, model, train, export, serve, bench, profile) with its
-# console scripts mlpipe-train, -export, -serve, -client, -bench, -profile and -report.
+# mlpipe: the pipeline package (one subpackage per stage: data, train, export, serving, measure;
+# shared parts in mlpipe/common) with the console scripts of pyproject.toml's [project.scripts].
 # conf/ is not installed: the Hydra apps read the checkout's conf/ (see pkgs/app.nix).
 {
   lib,
