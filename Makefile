@@ -56,6 +56,18 @@ bench-serving: export ## latency/throughput per backend (torch, ORT, Triton HTTP
 report: data ## reports/REPORT.md from whatever stages have run
 	mlpipe-report
 
+CXX_SRC     := $(sort $(wildcard relu_module/src/*.cpp relu_module/src/*.hpp))
+
+lint: setup ## ruff (lint + format check) on the Python, clang-format check on the C++
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SRC)
+
+format: setup ## apply ruff's fixes and formatting, and clang-format, in place
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CXX_SRC)
+
 test: data ## the full test suite (slow tests included, as in CI)
 	$(PY) -m pytest
 
