@@ -34,8 +34,9 @@ FLOP_CONVENTION = (
     "the ridge)."
 )
 
-#: dtype name -> (storage dtype, dtype the peak was measured in). tf32 stores fp32 but runs
-#: matmuls on tensor cores with a 10-bit mantissa; on a CPU it is plain fp32.
+#: dtype name -> storage dtype (what bytes are counted in). The name also picks the peak FLOP/s
+#: figure of a device preset: tf32 stores fp32 but runs matmuls on tensor cores with a 10-bit
+#: mantissa, so it has its own peak; on a CPU it is plain fp32.
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "tf32": torch.float32,
