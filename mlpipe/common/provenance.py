@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: Libraries whose versions every measurement records.
 LIBRARIES: tuple[str, ...] = ("numpy", "torch", "onnxruntime", "relu-module")
+#: nvidia-smi answers in well under a second; a hung driver must not hang a report or a bench.
+NVIDIA_SMI_TIMEOUT_S = 10.0
 
 
 def sha256_file(path: Path) -> str:
@@ -110,7 +112,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def gpu_name(timeout_s: float) -> str | None:
+def gpu_name(timeout_s: float = NVIDIA_SMI_TIMEOUT_S) -> str | None:
     """GPU name and memory from nvidia-smi (no torch or CUDA import); None without one."""
     try:
         out = subprocess.run(
@@ -136,12 +138,12 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def machine_info(gpu_timeout_s: float = 10.0) -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     """CPU model, core count, GPU, OS, Python and library versions: the header of every result."""
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "gpu": gpu_name(gpu_timeout_s),
+        "gpu": gpu_name(),
         "os": platform.platform(),
         "python": platform.python_version(),
         **library_versions(),
