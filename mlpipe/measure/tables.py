@@ -186,3 +186,62 @@ def bench_plots(rows: Sequence[Mapping[str, Any]], out_dir: Path, style: PlotSty
         _latency_plot(ok, out_dir / "latency_vs_batch.png", style),
         _throughput_plot(ok, out_dir / "throughput_vs_concurrency.png", style),
     ]
+
+
+def _batch(value: int | None, cap: int | None) -> str:
+    """A knee batch, or `> cap` when the sweep ended before it."""
+    if value is not None:
+        return str(value)
+    return f"> {cap}" if cap is not None else "n/a"
+
+
+def knee_table(result: Mapping[str, Any]) -> str:
+    """Measured knees beside the analytic flip batch, one row per measured layer."""
+    pct = f"{100 * result['settings']['peak_fraction']:.0f} %"
+    step = f"{100 * result['settings']['time_step']:.0f} %"
+    rows = []
+    for r in result["layers"]:
+        limit = "FLOP/s" if r["kind"] == "compute" else "copy B/s"
+        best = r["best_fraction_of_peak"]
+        rows.append(
+            [
+                r["name"],
+                r["type"],
+                "never" if r["flip_batch"] is None else r["flip_batch"],
+                _batch(r["knee_peak"], r["largest_batch"]),
+                _batch(r["knee_time"], r["largest_batch"]),
+                "" if best is None else f"{100 * best:.0f} % {limit} (batch {r['best_batch']})",
+                f"{r['largest_batch']} ({r['stopped_by']})",
+            ]
+        )
+    return github_table(
+        [
+            "layer",
+            "type",
+            "analytic flip batch",
+            f"measured knee: ≥ {pct} of peak",
+            f"measured knee: time/sample stops falling (< {step})",
+            "best share of peak",
+            "largest batch (stopped by)",
+        ],
+        rows,
+    )
+
+
+def knee_points_table(layer: Mapping[str, Any]) -> str:
+    """One row per measured batch of one layer: time, achieved FLOP/s and B/s, share of peak."""
+    return github_table(
+        ["batch", "µs/call", "µs/sample", "GFLOP/s", "GB/s", "% of peak", "stable"],
+        [
+            [
+                p["batch"],
+                f"{1e6 * p['seconds']:.3g}",
+                f"{1e6 * p['seconds_per_sample']:.3g}",
+                f"{p['achieved_flops'] / 1e9:.4g}",
+                f"{p['achieved_bandwidth'] / 1e9:.4g}",
+                f"{100 * p['fraction_of_peak']:.1f}",
+                "yes" if p["stable"] else "no",
+            ]
+            for p in layer["points"]
+        ],
+    )
