@@ -274,36 +274,37 @@ def tune_table(result: Mapping[str, Any], concurrency: int) -> str:
     )
 
 
-def tune_markdown(result: Mapping[str, Any], png_name: str) -> str:
-    """results.md: the choice, the two checks, the front table per concurrency and the plot."""
+def tune_intro(result: Mapping[str, Any]) -> str:
+    """The choice in words, and the two checks on the tuner's own measurement."""
     cfg, c, chk = result["meta"]["config"], result["chosen"], result["checks"]
     ratios = ", ".join(
         f"{k} {v:.2f}x" for k, v in chk["throughput_vs_untuned"].items() if v is not None
     )
-    lines = [
+    batcher = (
+        f", max queue delay {c['max_queue_delay_microseconds']} µs, preferred batch sizes "
+        f"{list(c['preferred_batch_size']) or 'none'}"
+        if c["dynamic_batching"]
+        else ""
+    )
+    skipped = result["meta"]["not_measured"]
+    return (
         f"Chosen at {c['concurrency']} clients (p99 budget {cfg['p99_budget_ms']} ms): "
         f"**{c['config']}** ({c['instance_count']} instance(s), dynamic batching "
-        f"{'on' if c['dynamic_batching'] else 'off'}"
-        + (
-            f", max queue delay {c['max_queue_delay_microseconds']} µs, preferred batch sizes "
-            f"{list(c['preferred_batch_size']) or 'none'}"
-            if c["dynamic_batching"]
-            else ""
-        )
-        + f"): {c['throughput_rps']:.0f} req/s, p99 {c['p99_ms']:.2f} ms; served as model "
-        f"`{c['model']}` from `{Path(result['tuned_config']).parent.parent}`.",
-        "",
+        f"{'on' if c['dynamic_batching'] else 'off'}{batcher}): {c['throughput_rps']:.0f} req/s, "
+        f"p99 {c['p99_ms']:.2f} ms; served as model `{c['model']}` from "
+        f"`{Path(result['tuned_config']).parent.parent}`.\n\n"
         f"Checks: on the measured Pareto front: **{chk['on_front']}**; throughput vs the untuned "
         f"configs: {ratios} (≥ both: **{chk['beats_untuned']}**). "
         f"Sweep: {len(result['candidates'])} configs, {result['meta']['wall_s']} s"
-        + (
-            f", not measured (time budget): {', '.join(result['meta']['not_measured'])}"
-            if result["meta"]["not_measured"]
-            else ""
-        )
-        + ".",
-    ]
-    for conc in cfg["concurrency"]:
+        + (f", not measured (time budget): {', '.join(skipped)}" if skipped else "")
+        + "."
+    )
+
+
+def tune_markdown(result: Mapping[str, Any], png_name: str) -> str:
+    """results.md: the choice, the two checks, every point per concurrency and the plot."""
+    lines = [tune_intro(result)]
+    for conc in result["meta"]["config"]["concurrency"]:
         lines += ["", f"#### {conc} clients", "", tune_table(result, int(conc))]
     return "\n".join(lines + ["", f"![Pareto front]({png_name})", ""])
 
