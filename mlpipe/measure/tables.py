@@ -256,7 +256,16 @@ def tune_table(result: Mapping[str, Any], concurrency: int) -> str:
         key=lambda r: -(r["throughput_rps"] if r["status"] == "ok" else -1.0),
     )
     return github_table(
-        ["config", "req/s", "p50 ms", "p99 ms", "mean server batch", "Pareto front", "chosen"],
+        [
+            "config",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "mean server batch",
+            "windows (median of)",
+            "Pareto front",
+            "chosen",
+        ],
         [
             [
                 r["config"],
@@ -264,6 +273,7 @@ def tune_table(result: Mapping[str, Any], concurrency: int) -> str:
                 _fmt(r["p50_ms"], ".2f"),
                 _fmt(r["p99_ms"], ".2f"),
                 _fmt(r.get("mean_server_batch"), ".2f"),
+                r.get("runs", 1),
                 "yes" if r["config"] in front else "",
                 "**chosen**"
                 if (r["config"], r["concurrency"]) == (chosen["config"], chosen["concurrency"])

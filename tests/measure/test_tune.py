@@ -93,6 +93,7 @@ def test_no_config_within_budget_says_what_to_change(tmp_path: Path) -> None:
         ("tune.space.preferred_batch_size=[[128]]", r"preferred_batch_size.*\[1, 64\]"),
         ("tune.select_concurrency=8", r"select_concurrency: must be one of tune.concurrency"),
         ("tune.p99_budget_ms=0", "tune.p99_budget_ms: must be > 0"),
+        ("tune.confirm.rounds=-1", "tune.confirm.rounds: must be an integer >= 0"),
         ("tune.load.mode=carrier_pigeon", "unknown load generator mode"),
     ],
 )
@@ -136,12 +137,20 @@ def test_short_sweep_on_the_real_server(
         "tune.p99_budget_ms=1000",
         "tune.requests_per_slot=10",
         "tune.warmup=2",
+        "tune.confirm.top=1",
+        "tune.confirm.rounds=1",
     )
     result = tune(cfg)
     names = ["untuned_digits", "untuned_digits_nobatch", "i2_off", "i2_q0_pnone"]
-    assert [(r["config"], r["concurrency"]) for r in result["rows"]] == [
+    assert sorted((r["config"], r["concurrency"]) for r in result["rows"]) == sorted(
         (n, c) for n in names for c in (1, 4)
-    ]
+    )
+    # confirmed at 4 clients: the fastest within budget and both baselines, 2 windows each
+    confirmed = {r["config"]: r for r in result["rows"] if r.get("runs")}
+    assert {"untuned_digits", "untuned_digits_nobatch"} <= set(confirmed) and len(confirmed) <= 3
+    for r in confirmed.values():
+        assert r["concurrency"] == 4 and r["runs"] == 2
+        assert r["throughput_rps"] == pytest.approx(sum(r["throughput_rps_runs"]) / 2)
     assert all(
         r["status"] == "ok" and r["requests"] >= 10 * r["concurrency"] for r in result["rows"]
     )
