@@ -258,21 +258,42 @@ def confirm(
     tc: Mapping[str, Any],
     images: np.ndarray,
 ) -> list[dict[str, Any]]:
-    """Measure the `confirm.top` fastest configs within the p99 budget and the untuned ones
-    `confirm.rounds` more times at the selection concurrency, interleaved (load on a shared
-    machine drifts over seconds, so one window per config can rank them by luck); their rows
-    there become the median of all their windows."""
-    conc, rounds = workers.concurrency, int(tc["confirm"]["rounds"])
-    within = [
-        p for p in at(rows, conc) if p["status"] == "ok" and p["p99_ms"] <= tc["p99_budget_ms"]
-    ]
-    best = sorted(within, key=lambda p: -p["throughput_rps"])[: int(tc["confirm"]["top"])]
-    names = list(dict.fromkeys([p["config"] for p in best] + [c.name for c in cands if c.untuned]))
-    if not rounds or not names:
+    """Give the `confirm.top` fastest unconfirmed configs within the p99 budget (and the untuned
+    ones) `confirm.rounds` more windows at the selection concurrency, interleaved, until the
+    config that would be chosen is a confirmed one. Load on a shared machine drifts over seconds:
+    one window per config ranks close configs by luck, and the luckiest window would win. A
+    confirmed config's row there becomes the median of its windows."""
+    conc, budget = workers.concurrency, float(tc["p99_budget_ms"])
+    if not int(tc["confirm"]["rounds"]):
         return rows
-    by_name = {c.name: c for c in cands}
+    confirmed: set[str] = set()
+    untuned = [c.name for c in cands if c.untuned]
+    while (chosen := choose(at(rows, conc), budget)) and chosen["config"] not in confirmed:
+        within = [p for p in at(rows, conc) if p["status"] == "ok" and p["p99_ms"] <= budget]
+        fastest = [
+            p["config"]
+            for p in sorted(within, key=lambda p: -p["throughput_rps"])
+            if p["config"] not in confirmed
+        ][: int(tc["confirm"]["top"])]
+        names = list(dict.fromkeys(fastest + [n for n in untuned if n not in confirmed]))
+        rows = _confirm_round(server, workers, cands, rows, names, tc, images)
+        confirmed.update(names)
+    return rows
+
+
+def _confirm_round(
+    server: Any,
+    workers: Workers,
+    cands: Sequence[Candidate],
+    rows: list[dict[str, Any]],
+    names: Sequence[str],
+    tc: Mapping[str, Any],
+    images: np.ndarray,
+) -> list[dict[str, Any]]:
+    """`confirm.rounds` more interleaved windows of `names`; their rows become medians."""
+    conc, by_name = workers.concurrency, {c.name: c for c in cands}
     runs = {n: [r for r in at(rows, conc) if r["config"] == n] for n in names}
-    for _ in range(rounds):
+    for _ in range(int(tc["confirm"]["rounds"])):
         for n in names:
             runs[n].append(measure_point(server, workers, by_name[n], tc, images))
     log.info(
