@@ -11,7 +11,7 @@ STAMP       := $(VENV)/.setup-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 RELU_SRC    := $(shell find relu_module -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -not -path '*/build/*' 2>/dev/null)
 
-.PHONY: help setup data run train export serve client serve-targets lint format profile bench-serving report test test-fast bench wheel nix-check clean
+.PHONY: help setup data run train export serve client serve-targets tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,8 +44,11 @@ serve: export ## serve the exported model on the bundled tritonserver (Ctrl-C st
 client: export ## send the test split to a server started for the purpose; accuracy + latency
 	mlpipe-client
 
-serve-targets: export ## the serving targets: readiness, batch-1 p50 vs ORT, batching on/off
+serve-targets: tune ## the serving targets: readiness, batch-1 p50 vs ORT, tuned vs untuned configs
 	mlpipe-serve-targets
+
+tune: export ## Triton config chosen by measurement: Pareto front + tuned repository (reports/tune/)
+	dvc repro tune
 
 profile: setup ## FLOPs, bytes and roofline per layer (default and wide model)
 	dvc repro profile

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
         "## Export parity",
         "## Serving latency and throughput",
         "## Roofline per layer",
+        "## Measured knee vs analytic flip batch",
+        "## Triton config chosen by measurement",
         "## relu_module benchmark",
         "## GPU results",
         "## Provenance",
@@ -54,8 +57,20 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert "| test_acc     | 0.9833" in text
     assert "2.4e-07" in text and "100.0000%" in text  # export parity
     assert "## Served model" in text and "0.9805, offline ORT 0.9805, equal: **True**" in text
-    assert "| grpc batch-1 p50 − in-process ORT p50 [ms] | 1.150      | ≤ 1.0    | no    |" in text
-    assert "| throughput dynamic batching on / off       | 2.62       | ≥ 2.0    | yes   |" in text
+    assert re.search(
+        r"\| grpc batch-1 p50 − in-process ORT p50 \[ms\] +\| 1\.150 +\| ≤ 1\.0 +\| no", text
+    )
+    assert re.search(
+        r"\| tuned config \(i1_q0_pnone\) on the tuner's measured Pareto front +"
+        r"\| True +\| True +\| yes",
+        text,
+    )
+    assert re.search(
+        r"\| throughput tuned / untuned at 16 clients \(batched, unbatched\) +"
+        r"\| 1\.10 / 2\.06 +\| ≥ 1\.0 each +\| yes",
+        text,
+    )
+    _check_knee_and_tune_sections(text)
     assert "| triton_grpc | 1       | 4      | 2.000" in text  # bench row, formatted
     assert "**tensorrt**: unavailable: import tensorrt failed" in text
     assert "![latency vs batch](bench/latency_vs_batch.png)" in text
@@ -73,8 +88,28 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert "| git revision           | unknown" in text  # the copy is not a git checkout
     screen = capsys.readouterr().out
     assert "test acc 0.9833" in screen and "relu_module targets 1/2 pass" in screen
-    assert "serving targets met 3/4" in screen
+    assert "serving targets met 4/5" in screen
+    assert "tiny flip→knee: 1 8→64, 3 4→>128" in screen
+    assert "tuned i1_q0_pnone: 2000 req/s, p99 10.0 ms at 16 clients, on front True" in screen
     assert "tiny flip batches: h100_sxm [" in screen
+
+
+def _check_knee_and_tune_sections(text: str) -> None:
+    # analytic vs measured knee: 64 / 8 = 8x; layer 3 flips at 4 analytically, never measured
+    assert (
+        "On cpu_measured, the measured knee (≥ 80 % of peak) of 1 matmul/conv layer(s) is 8× the "
+        "analytic flip batch; 1 predicted to turn compute-bound never reach 80 %: 3 (flip batch 4)"
+    ) in text
+    assert "| 1       | Linear | 8                     | 64 " in text
+    assert "| 3       | Linear | 4                     | > 128 " in text
+    assert "93 % copy B/s (batch 256)" in text and "128 (time_budget)" in text
+    assert "_(plot tiny_cpu_measured.png missing)_" in text
+    assert "**i1_q0_pnone** (1 instance(s), dynamic batching on, max queue delay 0 µs" in text
+    assert "untuned_digits 1.67x, untuned_digits_nobatch 2.22x (≥ both: **True**)" in text
+    assert "not measured (time budget): i2_q300_p8_16" in text
+    # the front table lists only the front, the chosen point marked
+    assert "| i1_q0_pnone | 2000    | 7.00     | 10.00    | 5.40" in text and "**chosen**" in text
+    assert "| i2_off      | 1800" in text and "| untuned_digits " not in text
 
 
 def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
@@ -87,6 +122,8 @@ def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
         "not run: `make export (mlpipe-export)` writes parity.json",
         "not run: `make bench-serving (mlpipe-bench)` writes results.json",
         "not run: `make profile (mlpipe-profile)`",
+        "not run: `dvc repro knee (mlpipe-knee -m model=cnn,mlp_wide)`",
+        "not run: `make tune (mlpipe-tune)` writes results.json",
         "not run: `dvc repro relu_bench (quick sweep; make bench runs the full one into "
         "reports/relu/)`",
         "data.dvc not found: it records the data version",

@@ -296,3 +296,33 @@ def build_repositories(
         triton_cfg["native_repository"],
     )
     return {"python": [str(p) for p in python_dirs], "native": [str(p) for p in native_dirs]}
+
+
+def write_python_model(
+    repository: Path,
+    onnx_path: Path,
+    triton_cfg: Mapping[str, Any],
+    name: str,
+    *,
+    instance_count: int,
+    dynamic_batching: Mapping[str, Any] | None,
+) -> Path:
+    """One python-backend model whose instance count and batcher are given (the tuner's
+    candidates and its chosen config); everything else as in ``export.triton``."""
+    py_cfg = triton_cfg["python_backend"]
+    config = build_model_config(
+        name,
+        onnx_signature(onnx_path),
+        backend="python",
+        max_batch_size=int(triton_cfg["max_batch_size"]),
+        instance_count=instance_count,
+        instance_kind=str(triton_cfg["instance_group"]["kind"]),
+        dynamic_batching=dynamic_batching,
+        parameters={
+            "onnx_file": py_cfg["onnx_file"],
+            "intra_op_num_threads": py_cfg["intra_op_num_threads"],
+            "inter_op_num_threads": py_cfg["inter_op_num_threads"],
+        },
+    )
+    files = {"model.py": PYTHON_MODEL_TEMPLATE, str(py_cfg["onnx_file"]): onnx_path}
+    return write_model(Path(repository), config, int(triton_cfg["version"]), files)

@@ -60,6 +60,16 @@ class LoadSettings:
         if self.processes < 1:
             raise ConfigError(f"load generator processes must be >= 1, got {self.processes}")
 
+    @classmethod
+    def from_config(cls, node: Any) -> LoadSettings:
+        """From a `load:` config node (mode, timeout_s, join_timeout_s, processes)."""
+        return cls(
+            str(node["mode"]),
+            float(node["timeout_s"]),
+            float(node["join_timeout_s"]),
+            int(node["processes"]),
+        )
+
 
 @dataclass
 class WindowResult:
@@ -164,6 +174,17 @@ def _run_window(
         return _WorkerOut(errors=requests * slots, first_error=f"TimeoutError: {err}")
 
 
+#: A worker command that replaces the caller: `(RETARGET, factory)`.
+RETARGET = "retarget"
+
+
+def _build(factory: CallerFactory) -> tuple[Caller | None, str | None]:
+    try:
+        return factory(), None
+    except Exception as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
 def _serve(
     factory: CallerFactory,
     commands: Any,
@@ -172,15 +193,16 @@ def _serve(
     inflight: int,
     timeout_s: float,
 ) -> None:
-    """Worker loop (thread or process): build the caller once, then run windows on command.
+    """Worker loop (thread or process): build the caller once, then run windows on command
+    (a `(RETARGET, factory)` command builds a new caller, e.g. for another model).
 
     `inflight` 0: a blocking worker (one request at a time); > 0: an async worker.
     """
-    try:
-        call, error = factory(), None
-    except Exception as err:
-        call, error = None, f"{type(err).__name__}: {err}"
+    call, error = _build(factory)
     while (cmd := commands.get()) is not None:
+        if cmd[0] == RETARGET:
+            call, error = _build(cmd[1])
+            continue
         if call is None:
             results.put(_failed(cmd[1] * max(inflight, 1), str(error), barrier))
             continue
@@ -268,6 +290,12 @@ class Workers:
         first_error = next((o.first_error for o in outs if o.first_error), None)
         return WindowResult(latencies, wall, errors, first_error)
 
+    def retarget(self, factory: CallerFactory) -> None:
+        """Every worker builds a new caller from `factory` before its next window (the workers
+        and their processes stay: a sweep over models pays their start-up once)."""
+        for c in self._commands:
+            c.put((RETARGET, factory))
+
     def close(self) -> None:
         for c in self._commands:
             c.put(None)
@@ -324,20 +352,27 @@ def run_until_stable(
     stability: Stability,
     settings: LoadSettings,
 ) -> StableResult:
-    """Repeat windows until p50 settles (see :class:`Stability`).
+    """Repeat windows until p50 settles (see :class:`Stability`) on new workers."""
+    with Workers(factory, concurrency, settings) as workers:
+        return until_stable(workers, requests, warmup, stability)
+
+
+def until_stable(
+    workers: Workers, requests: int, warmup: int, stability: Stability
+) -> StableResult:
+    """Repeat windows of running workers until p50 settles (see :class:`Stability`).
 
     Warm-up runs before the first window only. Stops early on errors (they would not settle).
     """
     history: list[float] = []
     window = WindowResult(np.empty(0), 0.0, 0)
-    with Workers(factory, concurrency, settings) as workers:
-        for i in range(stability.max_windows):
-            window = workers.window(warmup if i == 0 else 0, requests)
-            if window.errors:
-                break
-            history.append(window.latency()["p50_ms"])
-            if len(history) >= max(2, stability.min_windows):
-                prev, cur = history[-2], history[-1]
-                if abs(cur - prev) <= stability.rel_tol * prev:
-                    return StableResult(window, history, True)
+    for i in range(stability.max_windows):
+        window = workers.window(warmup if i == 0 else 0, requests)
+        if window.errors:
+            break
+        history.append(window.latency()["p50_ms"])
+        if len(history) >= max(2, stability.min_windows):
+            prev, cur = history[-2], history[-1]
+            if abs(cur - prev) <= stability.rel_tol * prev:
+                return StableResult(window, history, True)
     return StableResult(window, history, False)

@@ -196,17 +196,25 @@ def flip_batch(
     return b
 
 
+#: Measured points of one layer: (batch, FLOP/byte at that batch, achieved FLOP/s).
+MeasuredSeries = Sequence[tuple[int, float, float]]
+
+
 def plot_roofline(
     layers: Sequence[Mapping[str, Any]],
     peaks: DevicePeaks,
     path: str | Path,
     title: str,
     style: PlotStyle,
+    measured: Mapping[str, MeasuredSeries] | None = None,
 ) -> Path:
-    """Log-log roofline with one point per layer (zero-FLOP layers cannot sit on a log axis)."""
+    """Log-log roofline with one point per layer (zero-FLOP layers cannot sit on a log axis),
+    plus, per `measured` series, one marker per measured batch joined by a line."""
     pts = [r for r in layers if r["flops"] > 0 and r["bytes"] > 0]
+    measured = measured or {}
     fig, ax = new_figure(style)
-    xs = [r["intensity"] for r in pts] or [1.0]
+    xs = [r["intensity"] for r in pts] + [x for s in measured.values() for _, x, _ in s]
+    xs = xs or [1.0]
     lo = min(min(xs), peaks.ridge) / 10
     hi = max(max(xs), peaks.ridge) * 10
     grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
@@ -218,8 +226,23 @@ def plot_roofline(
         label=f"roof: {peaks.peak_flops / 1e12:.3g} TFLOP/s, {peaks.peak_bandwidth / 1e9:.4g} GB/s",
     )
     ax.axvline(peaks.ridge, color="grey", ls=":", label=f"ridge {peaks.ridge:.3g} FLOP/B")
+    _analytic_points(ax, pts, peaks)
+    for label, series in measured.items():
+        _measured_series(ax, label, series)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="arithmetic intensity [FLOP/byte]",
+        ylabel="attainable / achieved [FLOP/s]",
+    )
+    ax.set_title(title, fontsize=9)
+    return save_plot(fig, ax, Path(path), style)
+
+
+def _analytic_points(ax: Any, pts: Sequence[Mapping[str, Any]], peaks: DevicePeaks) -> None:
+    """Identical layers sit on one point: one marker, one label listing them."""
     groups: dict[tuple[float, str, str], list[str]] = {}
-    for r in pts:  # identical layers sit on one point: one marker, one label listing them
+    for r in pts:
         groups.setdefault((round(r["intensity"], 9), r["type"], r["bound"]), []).append(r["name"])
     for (x, typ, regime), names in groups.items():
         attainable = min(peaks.peak_flops, x * peaks.peak_bandwidth)
@@ -231,11 +254,20 @@ def plot_roofline(
             xytext=(4, -10),
             fontsize=7,
         )
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="arithmetic intensity [FLOP/byte]",
-        ylabel="attainable [FLOP/s]",
-    )
-    ax.set_title(title, fontsize=9)
-    return save_plot(fig, ax, Path(path), style)
+
+
+def _measured_series(ax: Any, label: str, series: MeasuredSeries) -> None:
+    """One marker per measured batch, joined; the first and last batch written beside them."""
+    if not series:
+        return
+    batches, xs, ys = zip(*series, strict=True)
+    (line,) = ax.plot(xs, ys, marker=".", ms=6, lw=1, label=f"{label}, measured")
+    for i in {0, len(series) - 1}:
+        ax.annotate(
+            f"B={batches[i]}",
+            (xs[i], ys[i]),
+            textcoords="offset points",
+            xytext=(3, 3),
+            fontsize=6,
+            color=line.get_color(),
+        )

@@ -186,3 +186,176 @@ def bench_plots(rows: Sequence[Mapping[str, Any]], out_dir: Path, style: PlotSty
         _latency_plot(ok, out_dir / "latency_vs_batch.png", style),
         _throughput_plot(ok, out_dir / "throughput_vs_concurrency.png", style),
     ]
+
+
+def _batch(value: int | None, cap: int | None) -> str:
+    """A knee batch, or `> cap` when the sweep ended before it."""
+    if value is not None:
+        return str(value)
+    return f"> {cap}" if cap is not None else "n/a"
+
+
+def knee_table(result: Mapping[str, Any]) -> str:
+    """Measured knees beside the analytic flip batch, one row per measured layer."""
+    pct = f"{100 * result['settings']['peak_fraction']:.0f} %"
+    step = f"{100 * result['settings']['time_step']:.0f} %"
+    rows = []
+    for r in result["layers"]:
+        limit = "FLOP/s" if r["kind"] == "compute" else "copy B/s"
+        best = r["best_fraction_of_peak"]
+        rows.append(
+            [
+                r["name"],
+                r["type"],
+                "never" if r["flip_batch"] is None else r["flip_batch"],
+                _batch(r["knee_peak"], r["largest_batch"]),
+                _batch(r["knee_time"], r["largest_batch"]),
+                "" if best is None else f"{100 * best:.0f} % {limit} (batch {r['best_batch']})",
+                f"{r['largest_batch']} ({r['stopped_by']})",
+            ]
+        )
+    return github_table(
+        [
+            "layer",
+            "type",
+            "analytic flip batch",
+            f"measured knee: ≥ {pct} of peak",
+            f"measured knee: time/sample stops falling (< {step})",
+            "best share of peak",
+            "largest batch (stopped by)",
+        ],
+        rows,
+    )
+
+
+def knee_points_table(layer: Mapping[str, Any]) -> str:
+    """One row per measured batch of one layer: time, achieved FLOP/s and B/s, share of peak."""
+    return github_table(
+        ["batch", "µs/call", "µs/sample", "GFLOP/s", "GB/s", "% of peak", "stable"],
+        [
+            [
+                p["batch"],
+                f"{1e6 * p['seconds']:.3g}",
+                f"{1e6 * p['seconds_per_sample']:.3g}",
+                f"{p['achieved_flops'] / 1e9:.4g}",
+                f"{p['achieved_bandwidth'] / 1e9:.4g}",
+                f"{100 * p['fraction_of_peak']:.1f}",
+                "yes" if p["stable"] else "no",
+            ]
+            for p in layer["points"]
+        ],
+    )
+
+
+def tune_table(result: Mapping[str, Any], concurrency: int) -> str:
+    """Every measured config at one concurrency, best throughput first; front and choice marked."""
+    front = set(result["front"].get(str(concurrency), []))
+    chosen = result["chosen"]
+    rows = sorted(
+        (r for r in result["rows"] if r["concurrency"] == concurrency),
+        key=lambda r: -(r["throughput_rps"] if r["status"] == "ok" else -1.0),
+    )
+    return github_table(
+        [
+            "config",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "mean server batch",
+            "windows (median of)",
+            "Pareto front",
+            "chosen",
+        ],
+        [
+            [
+                r["config"],
+                _fmt(r["throughput_rps"], ".0f") if r["status"] == "ok" else r["status"],
+                _fmt(r["p50_ms"], ".2f"),
+                _fmt(r["p99_ms"], ".2f"),
+                _fmt(r.get("mean_server_batch"), ".2f"),
+                r.get("runs", 1),
+                "yes" if r["config"] in front else "",
+                "**chosen**"
+                if (r["config"], r["concurrency"]) == (chosen["config"], chosen["concurrency"])
+                else "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def tune_intro(result: Mapping[str, Any]) -> str:
+    """The choice in words, and the two checks on the tuner's own measurement."""
+    cfg, c, chk = result["meta"]["config"], result["chosen"], result["checks"]
+    ratios = ", ".join(
+        f"{k} {v:.2f}x" for k, v in chk["throughput_vs_untuned"].items() if v is not None
+    )
+    batcher = (
+        f", max queue delay {c['max_queue_delay_microseconds']} µs, preferred batch sizes "
+        f"{list(c['preferred_batch_size']) or 'none'}"
+        if c["dynamic_batching"]
+        else ""
+    )
+    skipped = result["meta"]["not_measured"]
+    return (
+        f"Chosen at {c['concurrency']} clients (p99 budget {cfg['p99_budget_ms']} ms): "
+        f"**{c['config']}** ({c['instance_count']} instance(s), dynamic batching "
+        f"{'on' if c['dynamic_batching'] else 'off'}{batcher}): {c['throughput_rps']:.0f} req/s, "
+        f"p99 {c['p99_ms']:.2f} ms; served as model `{c['model']}` from "
+        f"`{Path(result['tuned_config']).parent.parent}`.\n\n"
+        f"Checks: on the measured Pareto front: **{chk['on_front']}**; throughput vs the untuned "
+        f"configs: {ratios} (≥ both: **{chk['beats_untuned']}**). "
+        f"Sweep: {len(result['candidates'])} configs, {result['meta']['wall_s']} s"
+        + (f", not measured (time budget): {', '.join(skipped)}" if skipped else "")
+        + "."
+    )
+
+
+def tune_markdown(result: Mapping[str, Any], png_name: str) -> str:
+    """results.md: the choice, the two checks, every point per concurrency and the plot."""
+    lines = [tune_intro(result)]
+    for conc in result["meta"]["config"]["concurrency"]:
+        lines += ["", f"#### {conc} clients", "", tune_table(result, int(conc))]
+    return "\n".join(lines + ["", f"![Pareto front]({png_name})", ""])
+
+
+def pareto_plot(result: Mapping[str, Any], path: Path, style: PlotStyle) -> Path:
+    """Throughput vs p99 per concurrency, each front joined, the chosen point starred."""
+    fig, ax = new_figure(style)
+    for conc in result["meta"]["config"]["concurrency"]:
+        pts = {
+            r["config"]: r
+            for r in result["rows"]
+            if r["concurrency"] == conc and r["status"] == "ok"
+        }
+        (dots,) = ax.plot(
+            [r["p99_ms"] for r in pts.values()],
+            [r["throughput_rps"] for r in pts.values()],
+            "o",
+            ms=4,
+            alpha=0.6,
+            label=f"{conc} clients",
+        )
+        front = [pts[name] for name in result["front"][str(conc)] if name in pts]
+        ax.plot(
+            [r["p99_ms"] for r in front],
+            [r["throughput_rps"] for r in front],
+            "-",
+            color=dots.get_color(),
+            lw=1,
+        )
+        for name, r in pts.items():
+            if name.startswith("untuned_"):
+                ax.annotate(name, (r["p99_ms"], r["throughput_rps"]), fontsize=6)
+    c = result["chosen"]
+    ax.plot(c["p99_ms"], c["throughput_rps"], "*", ms=14, color="k", label=f"chosen: {c['config']}")
+    ax.axvline(
+        result["meta"]["config"]["p99_budget_ms"], color="grey", ls="--", lw=1, label="p99 budget"
+    )
+    ax.set(
+        xscale="log",
+        xlabel="p99 latency [ms]",
+        ylabel="throughput [req/s]",
+        title="Triton configs: throughput vs p99 (lines: Pareto fronts)",
+    )
+    return save_plot(fig, ax, path, style)

@@ -101,8 +101,9 @@ class TritonClient:
         else:
             stats = self.client.get_inference_statistics(self.model, as_json=True)
         model_stats = stats["model_stats"][0]
-        inferences = int(model_stats["inference_count"])
-        executions = int(model_stats["execution_count"])
+        # gRPC's JSON leaves out zero counters (proto3), e.g. before the first request
+        inferences = int(model_stats.get("inference_count", 0))
+        executions = int(model_stats.get("execution_count", 0))
         return {
             "inference_count": inferences,
             "execution_count": executions,

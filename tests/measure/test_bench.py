@@ -20,7 +20,13 @@ from mlpipe.common.errors import ConfigError
 from mlpipe.measure.backends import BACKENDS, BenchContext, Unavailable
 from mlpipe.measure.bench import bench, check_bench_config
 from mlpipe.measure.cost import ModelCost, analytic_columns
-from mlpipe.measure.loadgen import LoadSettings, Stability, run_until_stable, run_window
+from mlpipe.measure.loadgen import (
+    LoadSettings,
+    Stability,
+    Workers,
+    run_until_stable,
+    run_window,
+)
 from mlpipe.measure.roofline import DevicePeaks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +84,23 @@ def test_stability_rule_stops_when_p50_settles_and_caps_windows() -> None:
 
     drifting = run_until_stable(growing, 1, 2, 0, Stability(0.05, 2, 3), THREADS)
     assert not drifting.stable and len(drifting.p50_history_ms) == 3
+
+
+def test_loadgen_retarget_swaps_the_caller_and_keeps_the_workers() -> None:
+    def unreachable():
+        raise OSError("no such model")
+
+    with Workers(_sleeper(0.001), 2, THREADS) as workers:
+        threads = list(workers._workers)
+        first = workers.window(0, 3)
+        workers.retarget(unreachable)
+        broken = workers.window(0, 3)
+        workers.retarget(_sleeper(0.02))
+        slow = workers.window(0, 3)
+        assert workers._workers == threads and all(t.is_alive() for t in threads)
+    assert first.errors == 0 and first.requests == 6
+    assert broken.errors == 6 and "OSError: no such model" in broken.first_error
+    assert slow.errors == 0 and slow.latency()["p50_ms"] >= 20
 
 
 def test_loadgen_rejects_bad_arguments() -> None:

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from mlpipe.common.errors import ArtifactMissingError, ConfigError, ServerError
 from mlpipe.export.run import export
 from mlpipe.measure.loadgen import LoadSettings, run_window
+from mlpipe.measure.tune import tune
 from mlpipe.serving.accuracy import run_client
 from mlpipe.serving.client import TritonCaller, TritonClient
 from mlpipe.serving.server import TritonServer
@@ -112,9 +113,32 @@ def test_missing_onnx_names_the_command(tmp_path: Path) -> None:
         run_client(cfg)
 
 
+def test_serving_targets_without_the_tuner_name_it(exported_dir: Path, tmp_path: Path) -> None:
+    cfg = compose_app(
+        "serve_targets", exported_dir, *EPHEMERAL, f"tune.repository={tmp_path}/absent"
+    )
+    with pytest.raises(ArtifactMissingError, match=r"no tuned config.*run `mlpipe-tune`"):
+        measure_targets(cfg)
+
+
 @pytest.mark.slow
 def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     """A short run on its own server; figures are reported, not asserted."""
+    tune(  # a minimal sweep makes the tuned repository the targets compare
+        compose_app(
+            "tune",
+            exported_dir,
+            *EPHEMERAL,
+            "tune.space.instance_count=[1]",
+            "tune.space.dynamic_batching=[true]",
+            "tune.space.max_queue_delay_microseconds=[0]",
+            "tune.space.preferred_batch_size=[[]]",
+            "tune.concurrency=[4]",
+            "tune.select_concurrency=4",
+            "tune.p99_budget_ms=1000",
+            "tune.requests_per_slot=10",
+        )
+    )
     cfg = compose_app(
         "serve_targets",
         exported_dir,
@@ -137,8 +161,13 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
         "ready",
         "http_batch1_overhead",
         "grpc_batch1_overhead",
-        "dynamic_batching_ratio",
+        "tuned_on_front",
+        "tuned_beats_untuned",
     }
+    tuning = report["tuning"]
+    assert tuning["on_front"] is report["meets"]["tuned_on_front"] is True
+    assert db["tuned"]["model"] == "digits_tuned" and db["tuned"]["requests"] == 4 * 20
+    assert set(tuning["throughput_ratio_tuned_vs"]) == {"batched", "unbatched"}
     assert db["batched"]["requests"] == 4 * 20
     assert json.loads(Path(cfg.targets.report_path).read_text()) == report
     assert OmegaConf.to_container(cfg.targets.goals) == report["targets"]

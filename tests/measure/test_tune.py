@@ -1,0 +1,175 @@
+"""mlpipe.measure.tune: the search space, the Pareto front and the choice on hand-made points,
+bad config, and a short sweep on the real tritonserver end to end."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.compose import EPHEMERAL, compose_app
+
+from mlpipe.common.errors import ArtifactMissingError, ConfigError, UserError
+from mlpipe.export.run import export
+from mlpipe.export.triton_repo import parse_pbtxt
+from mlpipe.measure.tune import (
+    candidates,
+    check_tune_config,
+    checks,
+    choose,
+    pareto_front,
+    select,
+    tune,
+)
+
+TRITON = {
+    "instance_group": {"count": 1},
+    "dynamic_batching": {"max_queue_delay_microseconds": 1000, "preferred_batch_size": [16, 32]},
+    "models": {"digits": True, "digits_nobatch": False},
+}
+
+
+def _pt(name: str, rps: float, p99: float, status: str = "ok", conc: int = 16) -> dict[str, Any]:
+    return {
+        "config": name,
+        "concurrency": conc,
+        "status": status,
+        "throughput_rps": rps,
+        "p99_ms": p99,
+    }
+
+
+def test_space_puts_the_baselines_first_and_measures_each_config_once() -> None:
+    space = {
+        "instance_count": [1, 2],
+        "dynamic_batching": [False, True],
+        "max_queue_delay_microseconds": [0, 1000],
+        "preferred_batch_size": [[], [16, 32]],
+    }
+    cands = candidates(space, TRITON)
+    names = [c.name for c in cands]
+    assert names[:2] == ["untuned_digits", "untuned_digits_nobatch"]
+    assert [c.untuned for c in cands[:2]] == ["digits", "digits_nobatch"]
+    # i1_off and i1_q1000_p16_32 are the baselines: not measured twice
+    assert "i1_off" not in names and "i1_q1000_p16_32" not in names
+    assert len(names) == len(set(names)) == 2 + (2 * (1 + 4) - 2)
+    batched = next(c for c in cands if c.name == "i2_q0_pnone")
+    assert batched.batcher() == {"preferred_batch_size": [], "max_queue_delay_microseconds": 0}
+    assert next(c for c in cands if c.name == "i2_off").batcher() is None
+
+
+def test_pareto_front_and_choice_on_hand_made_points() -> None:
+    pts = [
+        _pt("fast_slowtail", 2500, 60.0),
+        _pt("best_in_budget", 2000, 12.0),
+        _pt("lowest_p99", 900, 3.0),
+        _pt("dominated", 1500, 20.0),
+        _pt("tie_worse_p99", 2000, 15.0),
+        _pt("failed", 9999, 1.0, status="error"),
+    ]
+    assert pareto_front(pts) == ["lowest_p99", "best_in_budget", "fast_slowtail"]
+    assert choose(pts, 40.0)["config"] == "best_in_budget"  # tie on throughput: lower p99
+    assert choose(pts, 100.0)["config"] == "fast_slowtail"
+    assert choose(pts, 1.0) is None
+    pts += [_pt("untuned_a", 1500, 20.0), _pt("untuned_b", 2100, 70.0)]
+    res = checks(pts, choose(pts, 40.0))
+    assert res["on_front"] is True and res["beats_untuned"] is False  # untuned_b: more req/s
+    assert res["throughput_vs_untuned"]["untuned_a"] == pytest.approx(2000 / 1500)
+
+
+def test_no_config_within_budget_says_what_to_change(tmp_path: Path) -> None:
+    cfg = compose_app("tune", tmp_path, "tune.p99_budget_ms=5")
+    with pytest.raises(UserError, match=r"no configuration met p99 <= 5 ms at 16 clients.*12\.0"):
+        select(cfg, [_pt("a", 100, 12.0), _pt("b", 200, 30.0)])
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("tune.space.instance_count=[0]", "tune.space.instance_count"),
+        ("tune.space.dynamic_batching=[yes_please]", "tune.space.dynamic_batching"),
+        ("tune.space.preferred_batch_size=[[128]]", r"preferred_batch_size.*\[1, 64\]"),
+        ("tune.select_concurrency=8", r"select_concurrency: must be one of tune.concurrency"),
+        ("tune.p99_budget_ms=0", "tune.p99_budget_ms: must be > 0"),
+        ("tune.confirm.rounds=-1", "tune.confirm.rounds: must be an integer >= 0"),
+        ("tune.load.mode=carrier_pigeon", "unknown load generator mode"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, override: str, match: str) -> None:
+    cfg = compose_app("tune", tmp_path, override)
+    with pytest.raises(ConfigError, match=match):
+        check_tune_config(cfg.tune, int(cfg.export.triton.max_batch_size))
+
+
+def test_missing_export_names_the_command(tmp_path: Path, dvc_data: Path) -> None:
+    cfg = compose_app("tune", tmp_path, *EPHEMERAL)
+    with pytest.raises(ArtifactMissingError, match=r"model.onnx not found.*mlpipe-export"):
+        tune(cfg)
+
+
+@pytest.mark.slow
+def test_short_sweep_on_the_real_server(
+    tmp_path: Path, trained_checkpoint: Any, dvc_data: Path
+) -> None:
+    """Two baselines and two candidates at 1 and 4 clients: figures are reported, not asserted."""
+    export_cfg = compose_app(
+        "export",
+        tmp_path,
+        f"export.checkpoint_path={trained_checkpoint.ckpt_path}",
+        f"export.provenance.train_metrics={trained_checkpoint.metrics_path}",
+        "export.onnx.dynamo=false",
+    )
+    export(export_cfg)
+    exported = Path(export_cfg.export.triton.python_repository)
+    before = {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()}
+    cfg = compose_app(
+        "tune",
+        tmp_path,
+        *EPHEMERAL,
+        "tune.space.instance_count=[2]",
+        "tune.space.dynamic_batching=[false,true]",
+        "tune.space.max_queue_delay_microseconds=[0]",
+        "tune.space.preferred_batch_size=[[]]",
+        "tune.concurrency=[1,4]",
+        "tune.select_concurrency=4",
+        "tune.p99_budget_ms=1000",
+        "tune.requests_per_slot=10",
+        "tune.warmup=2",
+        "tune.confirm.top=1",
+        "tune.confirm.rounds=1",
+    )
+    result = tune(cfg)
+    names = ["untuned_digits", "untuned_digits_nobatch", "i2_off", "i2_q0_pnone"]
+    assert sorted((r["config"], r["concurrency"]) for r in result["rows"]) == sorted(
+        (n, c) for n in names for c in (1, 4)
+    )
+    # confirmed at 4 clients: both baselines and the fastest, until the choice is a confirmed one
+    confirmed = {r["config"]: r for r in result["rows"] if r.get("runs")}
+    assert {"untuned_digits", "untuned_digits_nobatch"} <= set(confirmed)
+    assert result["chosen"]["config"] in confirmed
+    for r in confirmed.values():
+        assert r["concurrency"] == 4 and r["runs"] == 2
+        assert r["throughput_rps"] == pytest.approx(sum(r["throughput_rps_runs"]) / 2)
+    assert all(
+        r["status"] == "ok" and r["requests"] >= 10 * r["concurrency"] for r in result["rows"]
+    )
+    off = next(r for r in result["rows"] if r["config"] == "i2_off" and r["concurrency"] == 4)
+    assert off["mean_server_batch"] == 1.0  # batcher off: one request per execution
+    chosen = result["chosen"]
+    at4 = [r for r in result["rows"] if r["concurrency"] == 4]
+    assert chosen["throughput_rps"] == max(r["throughput_rps"] for r in at4)
+    assert result["checks"]["on_front"] and result["checks"]["beats_untuned"]
+    tuned = Path(cfg.tune.repository) / "digits_tuned"
+    config = parse_pbtxt((tuned / "config.pbtxt").read_text())
+    assert config.name == "digits_tuned"
+    assert config.instance_group[0].count == chosen["instance_count"]
+    assert config.HasField("dynamic_batching") == chosen["dynamic_batching"]
+    # the export's repository is untouched; the tuned one holds a byte-identical copy of it
+    assert {p: p.read_bytes() for p in exported.rglob("*") if p.is_file()} == before
+    assert not filecmp.dircmp(exported / "digits", Path(cfg.tune.repository) / "digits").diff_files
+    out = Path(cfg.tune.out_dir)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(result))
+    assert "Pareto front" in (out / "results.md").read_text()
+    assert (out / "pareto.png").stat().st_size > 0
