@@ -83,6 +83,41 @@ class BenchContext:
 
 
 # -- in-process backends -----------------------------------------------------------------------
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _graph_caller(net: Any, x: Any, warmup: int) -> Callable[[], Any]:
+    """Capture one forward pass; each call replays it (CUDA graphs row)."""
+    import torch
+
+    graph, static_y = _capture_cuda_graph(net, x, warmup)
+
+    def replay() -> Any:
+        graph.replay()
+        torch.cuda.synchronize()
+        return static_y
+
+    return replay
+
+
+def _module_caller(model: Any, x: Any, device: str) -> Callable[[], Any]:
+    """Run the first call now (torch.compile compiles here, timed as setup); each call runs it."""
+    import torch
+
+    def call() -> Any:
+        with torch.inference_mode():
+            y = model(x)
+        _sync(device)
+        return y
+
+    call()
+    return call
+
+
 def _torch_target(
     ctx: BenchContext,
     name: str,
@@ -102,42 +137,22 @@ def _torch_target(
     model = wrap(net) if wrap else net
     notes: dict[str, Any] = {}
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
     def prepare(batch: int) -> CallerFactory:
         x = torch.from_numpy(ctx.images(batch)).to(device)  # (B, C, H, W), already on the device
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
                 if cuda_graphs:
-                    graph, static_y = _capture_cuda_graph(
-                        net, x, int(ctx.cfg.bench.cuda_graph_warmup)
-                    )
-                    notes[f"capture_s_batch{batch}"] = time.perf_counter() - t0
-
-                    def replay() -> Any:
-                        graph.replay()
-                        torch.cuda.synchronize()
-                        return static_y
-
-                    return lambda: replay
-                model(x)  # first call: torch.compile compiles here, timed as setup
-                sync()
+                    call = _graph_caller(net, x, int(ctx.cfg.bench.cuda_graph_warmup))
+                else:
+                    call = _module_caller(model, x, device)
         except Exception as err:
+            first = str(err).splitlines()[0] if str(err) else ""
             raise Unavailable(
-                f"{name} failed on batch {batch}: {type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}"
+                f"{name} failed on batch {batch}: {type(err).__name__}: {first}"
             ) from err
-        notes[f"first_call_s_batch{batch}"] = round(time.perf_counter() - t0, 3)
-
-        def call() -> Any:
-            with torch.inference_mode():
-                y = model(x)
-            sync()
-            return y
-
+        key = "capture_s" if cuda_graphs else "first_call_s"
+        notes[f"{key}_batch{batch}"] = round(time.perf_counter() - t0, 3)
         return lambda: call
 
     return Target(name, device, list(ctx.cfg.bench.inprocess_concurrency), prepare, notes=notes)

@@ -140,6 +140,67 @@ def flop_counter_total(net: nn.Module, example: torch.Tensor) -> float:
     return float(mode.get_total_flops())
 
 
+def _layer_row(
+    name: str, module: nn.Module, flops: float, numel: tuple[int, int], itemsize: int
+) -> dict[str, Any]:
+    """One leaf layer's counts: FLOPs, params, bytes (weights + float buffers + activations)."""
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    states = params + sum(b.numel() for b in module.buffers(recurse=False) if b.is_floating_point())
+    weight_bytes, act_bytes = states * itemsize, (numel[0] + numel[1]) * itemsize
+    nbytes = weight_bytes + act_bytes
+    return {
+        "name": name,
+        "type": type(module).__name__,
+        "flops": flops,
+        "params": params,
+        "bytes": nbytes,
+        "weight_bytes": weight_bytes,
+        "activation_bytes": act_bytes,
+        "intensity": intensity(flops, nbytes),
+        "bound": {},
+        "flip_batch": {},
+    }
+
+
+def _add_regimes(row: dict[str, Any], devices: Sequence[DevicePeaks], batch_size: int) -> None:
+    """Bound at this batch and the flip batch, per device (weights fixed, the rest per sample)."""
+    for dev in devices:
+        row["bound"][dev.name] = bound(row["flops"], row["bytes"], dev.ridge)
+        row["flip_batch"][dev.name] = flip_batch(
+            row["flops"] / batch_size,
+            row["weight_bytes"],
+            row["activation_bytes"] / batch_size,
+            dev.ridge,
+        )
+
+
+def _totals(
+    net: nn.Module,
+    example: torch.Tensor,
+    by_module: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Whole-model totals, with fvcore's matmul/conv count cross-checked by FlopCounterMode."""
+    total_reported = _reported_flops(by_module.get("", {}))
+    mac_total = 2.0 * sum(n for op, n in by_module.get("", {}).items() if op in MAC_OPS)
+    torch_total = flop_counter_total(net, example)
+    leaf_sum = sum(r["flops"] for r in rows)
+    if abs(total_reported - leaf_sum) > 1e-9 * max(1.0, total_reported):
+        log.warning(
+            "%.0f FLOPs happen in functional calls outside any leaf module (counted in "
+            "the total, not in a row)",
+            total_reported - leaf_sum,
+        )
+    return {
+        "flops": total_reported,
+        "mac_flops_fvcore_x2": mac_total,
+        "mac_flops_torch_flop_counter": torch_total,
+        "cross_check_ratio": (mac_total / torch_total) if torch_total else None,
+        "params": sum(p.numel() for p in net.parameters()),
+        "bytes": sum(r["bytes"] for r in rows),
+    }
+
+
 def profile_network(
     net: nn.Module,
     sample_shape: Sequence[int],
@@ -155,66 +216,24 @@ def profile_network(
     positive_int(batch_size, "profile.batch_size")
     net = net.eval().float().cpu()
     example = torch.zeros((batch_size, *sample_shape), dtype=torch.float32)  # (B, C, H, W)
-
-    analysis = _flop_analysis(net, example)
-    by_module = analysis.by_module_and_operator()
+    by_module = _flop_analysis(net, example).by_module_and_operator()
     acts = _activation_numel(net, example)
     rows: list[dict[str, Any]] = []
     for name, module in leaf_modules(net).items():
         if name not in acts:  # defined but never called in forward
             continue
-        params = sum(p.numel() for p in module.parameters(recurse=False))
-        states = params + sum(
-            b.numel() for b in module.buffers(recurse=False) if b.is_floating_point()
+        row = _layer_row(
+            name, module, _reported_flops(by_module.get(name, {})), acts[name], itemsize
         )
-        flops = _reported_flops(by_module.get(name, {}))
-        n_in, n_out = acts[name]
-        weight_bytes = states * itemsize
-        act_bytes = (n_in + n_out) * itemsize
-        nbytes = weight_bytes + act_bytes
-        row: dict[str, Any] = {
-            "name": name,
-            "type": type(module).__name__,
-            "flops": flops,
-            "params": params,
-            "bytes": nbytes,
-            "weight_bytes": weight_bytes,
-            "activation_bytes": act_bytes,
-            "intensity": intensity(flops, nbytes),
-            "bound": {},
-            "flip_batch": {},
-        }
-        for dev in devices:
-            row["bound"][dev.name] = bound(flops, nbytes, dev.ridge)
-            row["flip_batch"][dev.name] = flip_batch(
-                flops / batch_size, weight_bytes, act_bytes / batch_size, dev.ridge
-            )
+        _add_regimes(row, devices, batch_size)
         rows.append(row)
-
-    total_reported = _reported_flops(by_module.get("", {}))
-    mac_total = 2.0 * sum(n for op, n in by_module.get("", {}).items() if op in MAC_OPS)
-    torch_total = flop_counter_total(net, example)
-    leaf_sum = sum(r["flops"] for r in rows)
-    if abs(total_reported - leaf_sum) > 1e-9 * max(1.0, total_reported):
-        log.warning(
-            "%.0f FLOPs happen in functional calls outside any leaf module (counted in the "
-            "total, not in a row)",
-            total_reported - leaf_sum,
-        )
     return {
         "batch_size": batch_size,
         "dtype": dtype,
         "itemsize": itemsize,
         "sample_shape": list(sample_shape),
         "convention": FLOP_CONVENTION,
-        "totals": {
-            "flops": total_reported,
-            "mac_flops_fvcore_x2": mac_total,
-            "mac_flops_torch_flop_counter": torch_total,
-            "cross_check_ratio": (mac_total / torch_total) if torch_total else None,
-            "params": sum(p.numel() for p in net.parameters()),
-            "bytes": sum(r["bytes"] for r in rows),
-        },
+        "totals": _totals(net, example, by_module, rows),
         "devices": {d.name: d.as_dict() for d in devices},
         "layers": rows,
     }
