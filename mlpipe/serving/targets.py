@@ -85,7 +85,8 @@ def throughput(
             f"{window.errors} requests to {model!r} failed during the load run; "
             f"first: {window.first_error}"
         )
-    with TritonClient("grpc", server.grpc_address, model, float(tcfg.load.timeout_s)) as client:
+    timeout_s, admin = float(tcfg.load.timeout_s), server.admin_grpc_headers  # restricted API
+    with TritonClient("grpc", server.grpc_address, model, timeout_s, admin) as client:
         server_stats = client.batch_stats()
     return {
         "protocol": "grpc",
