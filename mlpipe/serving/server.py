@@ -72,9 +72,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _PORTS = ("http", "grpc", "metrics")
-# Triton's own error lines ("E1201 21:07:13.1 123 model_lifecycle.cc:654] failed to load ..."),
-# and the python stub's tracebacks' last line: what a start-up failure quotes first.
-_ERROR_LINE = re.compile(r"^(E\d{4} |.*(failed to load|Error|error:))")
+# Triton's own error lines: 'E1201 21:07:13.1 123 model_lifecycle.cc:642] "failed to load ..."'.
+_ERROR_LINE = re.compile(r'^E\d{4} [^\]]*\] "?(?P<message>.*?)"?$')
+# Harmless on a CPU machine; never the reason a start failed.
+_NOISE = ("CudaDriverHelper", "NVML", "DCGM")
 
 
 def pytriton_root() -> Path:
@@ -88,20 +89,29 @@ def pytriton_root() -> Path:
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
-def _tail(path: Path, lines: int, since: int = 0) -> list[str]:
-    """The last ``lines`` lines of ``path`` written after byte offset ``since``."""
-    if not path.is_file():
+def _read_since(path: Path | None, since: int) -> list[str]:
+    """The lines of ``path`` written after byte offset ``since`` (this run's part of the log)."""
+    if path is None or not path.is_file():
         return []
     with path.open("rb") as handle:
         handle.seek(since)
-        return handle.read().decode(errors="replace").splitlines()[-lines:]
+        return handle.read().decode(errors="replace").splitlines()
 
 
-def startup_failure(log_lines: list[str], console_lines: list[str]) -> str:
-    """The lines that say why a start failed (Triton's E-lines, the stub's errors) first."""
-    errors = [line for line in [*log_lines, *console_lines] if _ERROR_LINE.match(line)]
-    rest = [line for line in log_lines if line not in errors]
-    return "\n".join([*errors, *rest])
+def startup_failure(log_lines: list[str], console_lines: list[str]) -> tuple[str, list[str]]:
+    """(the reason in one line, Triton's error lines) from a failed start's log and console.
+
+    The reason is the first model that failed to load, quoting its real error (ONNX Runtime's,
+    the sha256 mismatch, a traceback's last line), else the first error line."""
+    errors = [
+        m["message"]
+        for m in map(_ERROR_LINE.match, log_lines)
+        if m and not any(noise in m["message"] for noise in _NOISE)
+    ]
+    errors += [line for line in console_lines if line.startswith("error:")]
+    loads = [e for e in errors if e.startswith("failed to load")]
+    reason = (loads or errors or ["no error line in the log"])[0]
+    return reason.split("\\n\\nAt:")[0], errors  # the stub's escaped traceback follows "At:"
 
 
 class TritonServer:
@@ -334,11 +344,14 @@ class TritonServer:
         return self
 
     def _failure(self, why: str) -> ServerError:
-        log_lines = _tail(self.log_path, self.log_tail_lines, self._log_offsets[0])
-        console = _tail(self.console_path, self.log_tail_lines, self._log_offsets[1])
+        """One line with the real reason (what the CLI prints), then the log's error lines."""
+        log_lines = _read_since(self.log_path, self._log_offsets[0])
+        console = _read_since(self.console_path, self._log_offsets[1])
+        reason, errors = startup_failure(log_lines, console)
+        tail = log_lines[-self.log_tail_lines :]
         return ServerError(
-            f"tritonserver {why}; log {self.log_path}, console {self.console_path}:\n"
-            f"{startup_failure(log_lines, console)}"
+            f"tritonserver {why}: {reason} (log {self.log_path}, console {self.console_path})\n"
+            + "\n".join([*errors, "--- last lines of the log ---", *tail])
         )
 
     def _wait_ready(self, started: float) -> None:
