@@ -195,8 +195,9 @@ def banner(server: TritonServer, gateway: Gateway | None) -> str:
     ]
     if gateway is not None:
         lines += [
-            f"  gateway HTTP {gateway.http_url}  gRPC {gateway.grpc_address}  "
-            f"(log {gateway.paths.error_log})"
+            f"  gateway HTTP {gateway.http_url}",
+            f"  gateway gRPC grpc://{gateway.grpc_address}",
+            f"  gateway log  {gateway.paths.error_log}",
         ]
     lines.append("Ctrl-C (SIGINT) or SIGTERM stops it.")
     return "\n".join(lines)
