@@ -250,7 +250,10 @@ class Gateway:
             positive_int(cfg[key], f"gateway.{key}")
         self.cfg, self.specs, self.upstream = dict(cfg), dict(specs), upstream
         self.host = str(cfg["host"])
-        self.binary = shutil.which(str(cfg["binary"]))
+        search = os.pathsep.join(str(p) for p in cfg["search_path"])
+        self.binary = shutil.which(str(cfg["binary"])) or shutil.which(
+            str(cfg["binary"]), path=search
+        )
         self.ports = {"http": int(cfg["http_port"]), "grpc": int(cfg["grpc_port"])}
         self.process: subprocess.Popen[bytes] | None = None
         self.paths: GatewayPaths | None = None

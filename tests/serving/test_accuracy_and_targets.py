@@ -128,6 +128,9 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     assert report["ready_seconds"] > 0
     for key in ("ort_in_process_batch1", "http_batch1", "grpc_batch1"):
         assert report[key]["n"] == 30
+    via = report["gateway_batch1"]  # the same batch-1 requests through the nginx gateway
+    assert via["enabled"] and via["http"]["n"] == via["grpc"]["n"] == 30
+    assert "overhead_vs_direct_p50_ms" in via["grpc"]
     db = report["dynamic_batching"]
     assert db["batched"]["server"]["inference_count"] >= db["batched"]["requests"]
     assert (
