@@ -223,9 +223,11 @@ def test_case1_deeply_nested_json(
     path = "/v2/models/digits/infer"
     assert raw_request(gateway.http_address, "POST", path, nested(50_000))[0] == 413
     # The largest body the cap lets through nests json_max_bytes/2 deep: Triton refuses it.
+    # Anything deeper than gateway.check.max_json_depth is refused before any parser runs.
     depth = (int(cfg.gateway.limits.json_max_bytes) - len(nested(0))) // 2
-    status, _ = raw_request(gateway.http_address, "POST", path, nested(depth))
-    assert status in (400, 500), status  # Triton's own error: it parsed the body and lived
+    for levels in (depth, int(cfg.gateway.check.max_json_depth) + 1):
+        status, text = raw_request(gateway.http_address, "POST", path, nested(levels))
+        assert status == 400 and b"nested deeper than" in text, (status, text)
     assert_still_correct(server, reference)
 
 
@@ -341,3 +343,86 @@ def test_binary_header_length_must_be_small(stack: tuple[Any, TritonServer, Gate
         {"Inference-Header-Content-Length": str(len(nested(30_000)))},
     )
     assert status in (400, 413)
+
+
+def _binary_request(batch: int, samples: int) -> tuple[bytes, dict[str, str]]:
+    """Case 10: a binary-tensor request declaring `batch` samples, carrying `samples`."""
+    size = samples * 64 * 4
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": [batch, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
+    body = header + np.zeros(samples * 64, np.float32).tobytes()
+    return body, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _grpc_infer(address: str, batch: int, samples: int) -> Any:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="images", datatype="FP32")
+    tensor.shape.extend([batch, 1, 8, 8])
+    request.raw_input_contents.append(np.zeros(samples * 64, np.float32).tobytes())
+    with grpc.insecure_channel(address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            return stub.ModelInfer(request, timeout=30)
+        except grpc.RpcError as err:
+            return err
+
+
+def test_case10_triton_itself_truncates_the_batch_dimension(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    """The upstream bug the gateway contains (Triton 2.51, direct): 2**32+1 samples -> one."""
+    _, server, _ = stack
+    body, headers = _binary_request(2**32 + 1, 1)
+    status, text = raw_request(
+        server.http_address, "POST", "/v2/models/digits/infer", body, headers
+    )
+    assert status == 200 and json.loads(text)["outputs"][0]["shape"] == [1, 10]
+    answer = _grpc_infer(server.grpc_address, 2**32 + 1, 1)
+    assert list(answer.outputs[0].shape) == [1, 10]
+
+
+@pytest.mark.parametrize("batch", [2**32 + 1, 2**31, 65])
+def test_case10_gateway_refuses_a_batch_dimension_out_of_range(
+    stack: tuple[Any, TritonServer, Gateway],
+    reference: tuple[np.ndarray, np.ndarray],
+    batch: int,
+) -> None:
+    _, server, gateway = stack
+    body, headers = _binary_request(batch, 1)
+    status, text = raw_request(
+        gateway.http_address, "POST", "/v2/models/digits/infer", body, headers
+    )
+    assert status == 400 and b"refused by the mlpipe gateway" in text, text
+    answer = _grpc_infer(gateway.grpc_address, batch, 1)
+    assert answer.code().name == "INVALID_ARGUMENT", answer
+    assert "refused by the mlpipe gateway" in answer.details()
+    assert_still_correct(server, reference)
+
+
+def test_gateway_refuses_bytes_that_disagree_with_the_shape(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    _, _, gateway = stack
+    body, headers = _binary_request(2, 1)  # declares 2 samples, binary_data_size of 1
+    status, text = raw_request(
+        gateway.http_address, "POST", "/v2/models/digits/infer", body, headers
+    )
+    assert status == 400 and b"binary_data_size" in text, text
+    good, headers = _binary_request(2, 2)
+    assert (
+        raw_request(gateway.http_address, "POST", "/v2/models/digits/infer", good, headers)[0]
+        == 200
+    )
