@@ -145,3 +145,22 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     assert db["batched"]["requests"] == 4 * 20
     assert json.loads(Path(cfg.targets.report_path).read_text()) == report
     assert OmegaConf.to_container(cfg.targets.goals) == report["targets"]
+
+
+@pytest.mark.slow
+def test_soak_through_the_gateway_has_no_unexpected_answer(exported_dir: Path) -> None:
+    """A short soak: bad requests all get a 4xx, good ones equal ONNX Runtime, nothing lost."""
+    from mlpipe.serving.soak import soak
+
+    cfg = compose_app(
+        "serve_soak",
+        exported_dir,
+        "soak.clients=4",
+        "soak.requests_per_client=20",
+        "soak.windows=1",
+    )
+    report = soak(cfg)
+    (window,) = report["windows"]
+    assert window["requests"] == 80 and window["unexpected"] == 0, window["first_unexpected"]
+    assert report["server_still_running"]
+    assert json.loads(Path(cfg.soak.report_path).read_text()) == report
