@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlpipe.common.config import positive_int, require
+from mlpipe.common.config import as_float, positive_int, require
 from mlpipe.common.errors import ConfigError, ServerError
 from mlpipe.serving.admin import GRPC_HEADER_PREFIX
 from mlpipe.serving.gateway_js import check_script
@@ -268,6 +268,17 @@ http {{
 """
 
 
+def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
+    """Every count and limit a positive integer, every timeout a positive number (names the key)."""
+    for key in ("worker_processes", "worker_connections"):
+        positive_int(cfg[key], f"gateway.{key}")
+    for key, value in cfg["limits"].items():
+        positive_int(value, f"gateway.limits.{key}")
+    for key, value in cfg["timeouts"].items():
+        require(as_float(value, f"gateway.timeouts.{key}") > 0, f"gateway.timeouts.{key}", "> 0")
+    positive_int(cfg["check"]["max_json_depth"], "gateway.check.max_json_depth")
+
+
 def _prepare_runtime(runtime: Path, cfg: Mapping[str, Any]) -> None:
     """Temp folders nginx's workers write request bodies to (theirs alone when run as root)."""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -287,8 +298,7 @@ class Gateway:
         require(is_loopback(upstream.host), "serve.host", "the gateway's upstream must be loopback")
         for name in specs:
             require(bool(_MODEL_NAME.match(name)), "serve.models", f"{name!r}: use [A-Za-z0-9_.-]")
-        for key in ("worker_processes", "worker_connections"):
-            positive_int(cfg[key], f"gateway.{key}")
+        validate_gateway_cfg(cfg)
         self.cfg, self.specs, self.upstream = dict(cfg), dict(specs), upstream
         self.host = str(cfg["host"])
         search = os.pathsep.join(str(p) for p in cfg["search_path"])

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from mlpipe.common.config import as_float, plain, positive_int
+from mlpipe.common.config import as_float, plain, positive_int, require
 from mlpipe.common.errors import ServerError
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway, Upstream
@@ -61,6 +61,7 @@ class WatchdogSettings:
         for key in cls.__dataclass_fields__:
             if key not in ints:
                 values[key] = as_float(node[key], f"serve.watchdog.{key}")
+                require(values[key] > 0, f"serve.watchdog.{key}", f"must be > 0, got {node[key]!r}")
         return cls(**values)
 
     def backoff(self, attempt: int) -> float:

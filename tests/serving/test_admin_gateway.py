@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import stat
 import time
 import zlib
@@ -26,12 +27,13 @@ from helpers.compose import EPHEMERAL, compose_app
 from helpers.serving import open_socket, raw_request, rss_mib
 from tritonclient.utils import InferenceServerException
 
+from mlpipe.common.config import plain
 from mlpipe.common.errors import ConfigError
 from mlpipe.data import load_split
 from mlpipe.export.run import ort_session, run_ort
 from mlpipe.serving.admin import AdminSettings, make_key
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.gateway import Gateway
+from mlpipe.serving.gateway import Gateway, GatewayPaths, Upstream, render_config
 from mlpipe.serving.server import TritonServer
 from mlpipe.serving.supervisor import shutdown, start_stack
 
@@ -426,3 +428,42 @@ def test_gateway_refuses_bytes_that_disagree_with_the_shape(
         raw_request(gateway.http_address, "POST", "/v2/models/digits/infer", good, headers)[0]
         == 200
     )
+
+
+def test_gateway_may_listen_beyond_loopback_triton_may_not(
+    stack: tuple[Any, TritonServer, Gateway], tmp_path: Path
+) -> None:
+    """`gateway.host=0.0.0.0` is the one way beyond loopback; tritonserver stays upstream."""
+    cfg, server, _ = stack
+    wide = compose_app("serve", tmp_path, "gateway.host=0.0.0.0")
+    upstream = Upstream(server.host, 8000, 8001, server.admin.header)
+    paths = GatewayPaths(
+        8080, 8081, tmp_path, tmp_path / "c", tmp_path / "e", tmp_path / "a", tmp_path / "j"
+    )
+    text = render_config(plain(wide.gateway), server.specs, upstream, paths)
+    assert "listen 0.0.0.0:8080;" in text and "listen 0.0.0.0:8081 http2;" in text
+    assert "server 127.0.0.1:8000;" in text and "server 127.0.0.1:8001;" in text
+    assert 'proxy_set_header mlpipe-admin-key "";' in text  # the key never passes the gateway
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("gateway.limits.json_max_bytes=-1", "gateway.limits.json_max_bytes"),
+        ("gateway.timeouts.client_body_s=0", "gateway.timeouts.client_body_s"),
+        ("serve.watchdog.interval_s=0", "serve.watchdog.interval_s"),
+        ("serve.admin.restricted=[inference]", "serve.admin.restricted"),
+    ],
+)
+def test_bad_hardening_config_names_the_key(
+    stack: tuple[Any, TritonServer, Gateway], tmp_path: Path, override: str, key: str
+) -> None:
+    from mlpipe.serving.supervisor import WatchdogSettings
+
+    _, server, _ = stack
+    cfg = compose_app("serve", tmp_path, override)
+    upstream = Upstream(server.host, 8000, 8001, server.admin.header)
+    with pytest.raises(ConfigError, match=rf"invalid config value {re.escape(key)}"):
+        WatchdogSettings.from_config(cfg.serve.watchdog)
+        TritonServer.from_config(cfg.serve)
+        Gateway(plain(cfg.gateway), server.specs, upstream)
