@@ -49,6 +49,10 @@ def _stub_of(proc_pid: int, model: str) -> psutil.Process:
     return stub
 
 
+def _nginx_masters(proc_pid: int) -> list[psutil.Process]:
+    return [p for p in descendants(proc_pid) if p.name() == "nginx" and p.ppid() == proc_pid]
+
+
 def _answer_within(address: str, images: np.ndarray, seconds: float) -> tuple[np.ndarray, float]:
     """First successful answer through `address`, and how long it took."""
     start = time.monotonic()
@@ -77,11 +81,11 @@ def _wait_gone(pids: list[int], paths: set[Path], seconds: float) -> None:
 
 
 def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_export: Path) -> None:
-    """Case 5 and the restart budget: back within 15 s; then exit 1 with a one-line reason."""
+    """Case 5, a dead gateway, and the restart budget: each back within 15 s; then exit 1."""
     overrides = [
         *tmp_path_overrides(hardening_export),
         *CLI,
-        "serve.watchdog.max_restarts=1",
+        "serve.watchdog.max_restarts=2",
         "serve.watchdog.healthy_reset_s=600",
     ]
     proc, banner = start_cli(overrides)
@@ -94,9 +98,17 @@ def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_expo
         after, took = _answer_within(gateway, images, 15)
         np.testing.assert_allclose(after, before, atol=1e-6, rtol=0)
         assert took < 15
+        (nginx,) = _nginx_masters(proc.pid)
+        nginx.kill()  # the gateway dies: restarted on the same ports
+        deadline = time.monotonic() + 15
+        while [p.pid for p in _nginx_masters(proc.pid)] in ([], [nginx.pid]):
+            assert time.monotonic() < deadline, "the gateway was not restarted"
+            time.sleep(0.1)
+        again, _ = _answer_within(gateway, images, 15)
+        np.testing.assert_allclose(again, before, atol=1e-6, rtol=0)
         triton = _triton(proc.pid)
         regions = shm_regions(process_tree(triton.pid))
-        triton.kill()  # a second failure in a row: the budget (1 restart) is spent
+        triton.kill()  # a third failure in a row: the budget (2 restarts) is spent
         assert proc.wait(timeout=60) == 1
     finally:
         if proc.poll() is None:
@@ -104,9 +116,10 @@ def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_expo
             proc.wait()
     time.sleep(0.5)  # the output thread reads the last lines
     text = "".join(output)
-    assert "restart 1/1" in text and "did not answer a probe inference" in text, text
+    assert "restart 1/2" in text and "did not answer a probe inference" in text, text
+    assert "restart 2/2" in text and "the gateway (nginx) exited (killed by SIGKILL)" in text
     last = text.strip().splitlines()[-1]
-    assert "error: giving up after 1 restarts in a row" in last, text
+    assert "error: giving up after 2 restarts in a row" in last, text
     assert "tritonserver exited (killed by SIGKILL)" in last
     _wait_gone([], regions, 10)  # the second server's /dev/shm regions were removed
 
