@@ -42,10 +42,7 @@ def tracked_nix_files() -> list[Path]:
     try:
         out = subprocess.run(
             ["git", "ls-files", "-z", "--", "*.nix"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-            text=True,
+            cwd=ROOT, capture_output=True, check=True, text=True,
         ).stdout
         files = [ROOT / name for name in out.split("\0") if name]
     except (OSError, subprocess.CalledProcessError):
@@ -56,9 +53,7 @@ def tracked_nix_files() -> list[Path]:
 def nix_instantiate() -> str:
     exe = shutil.which("nix-instantiate")
     if exe is None:
-        pytest.skip(
-            "nix-instantiate is not installed: `bash .ci/nix-parse.sh` apt-installs nix-bin"
-        )
+        pytest.skip("nix-instantiate is not installed: `bash .ci/nix-parse.sh` apt-installs nix-bin")
     return exe
 
 
@@ -92,9 +87,7 @@ def flake_outputs() -> dict[str, set[str]]:
         "apps": bindings(block(text, "appSpecs =")) & top_level_names(block(text, "appSpecs =")),
         "devShells": bindings(block(text, "devShells = forAllSystems")),
         "checks": bindings(block(text, "checks = forAllSystems")),
-        "formatter": {"formatter"}
-        if re.search(r"^\s*formatter\s*=", text, re.MULTILINE)
-        else set(),
+        "formatter": {"formatter"} if re.search(r"^\s*formatter\s*=", text, re.MULTILINE) else set(),
     }
 
 
@@ -112,13 +105,9 @@ def top_level_names(attrset: str) -> set[str]:
 def doc_references(text: str) -> dict[str, set[str]]:
     """Flake outputs a document names: `nix build/run/develop .#x`, `nix develop`, bare `.#x`,
     `packages.<system>.x` and friends, `nix flake check`, `nix fmt`."""
-    refs: dict[str, set[str]] = {
-        k: set() for k in ("packages", "apps", "devShells", "checks", "any")
-    }
+    refs: dict[str, set[str]] = {k: set() for k in ("packages", "apps", "devShells", "checks", "any")}
     verbs = {"build": "packages", "run": "apps", "develop": "devShells", "shell": "packages"}
-    for verb, target in re.findall(
-        rf"nix\s+(build|run|develop|shell)\b[^`\n|;]*?\.#({NAME})", text
-    ):
+    for verb, target in re.findall(rf"nix\s+(build|run|develop|shell)\b[^`\n|;]*?\.#({NAME})", text):
         refs[verbs[verb]].add(target)
     if re.search(r"nix\s+develop(?![^`\n]*\.#)", text):
         refs["devShells"].add("default")
@@ -222,9 +211,7 @@ def test_outputs_named_in_docs_exist_in_flake(doc: Path) -> None:
     ]
     missing += [f"any output: {name}" for name in sorted(refs["any"] - everything)]
     if "*" in refs["checks"]:
-        assert outputs["checks"], (
-            f"{doc.name} mentions `nix flake check` but flake.nix has no checks"
-        )
+        assert outputs["checks"], f"{doc.name} mentions `nix flake check` but flake.nix has no checks"
     assert not missing, f"{doc.name} names flake outputs that flake.nix does not define: {missing}"
 
 
@@ -244,9 +231,7 @@ def test_every_pkgs_file_is_wired_into_the_flake() -> None:
     referenced = set(re.findall(r"\./pkgs/([A-Za-z0-9_.-]+\.nix)", text))
     present = {p.name for p in PKGS.glob("*.nix")}
     assert referenced <= present, f"flake.nix calls missing files: {sorted(referenced - present)}"
-    assert present <= referenced, (
-        f"pkgs/ files the flake never uses: {sorted(present - referenced)}"
-    )
+    assert present <= referenced, f"pkgs/ files the flake never uses: {sorted(present - referenced)}"
 
 
 def test_fixed_output_hashes_are_well_formed_sri() -> None:
@@ -289,25 +274,15 @@ def test_wheel_hashes_match_pypi_downloads(tmp_path: Path) -> None:
         dist, version, _py, _abi, platform = filename.removesuffix(".whl").split("-")
         dest = tmp_path / name
         cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "--only-binary=:all:",
-            "--dest",
-            str(dest),
-            f"{dist}=={version}",
+            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+            "--only-binary=:all:", "--dest", str(dest), f"{dist}=={version}",
         ]
         if platform != "any":
             cmd += ["--platform", platform, "--python-version", "3.11"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 0, f"pip download {filename} failed: {proc.stderr[-2000:]}"
         wheel = dest / filename
-        assert wheel.exists(), (
-            f"pip fetched {sorted(p.name for p in dest.iterdir())}, not {filename}"
-        )
+        assert wheel.exists(), f"pip fetched {sorted(p.name for p in dest.iterdir())}, not {filename}"
         digest = hashlib.sha256(wheel.read_bytes()).digest()
         assert "sha256-" + base64.b64encode(digest).decode() == sri, f"{name}: {filename}"
 
@@ -325,10 +300,7 @@ def evaluate_flake(**env: str) -> dict:
         )
     proc = subprocess.run(
         [exe, "--eval", "--strict", "--json", str(EVAL_FLAKE)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        cwd=ROOT,
+        capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT,
     )
     assert proc.returncode == 0, f"flake evaluation failed:\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout)
@@ -342,21 +314,10 @@ def evaluated() -> dict:
 def test_flake_evaluates_for_every_system(evaluated: dict) -> None:
     assert set(evaluated) == SYSTEMS
     for system, out in evaluated.items():
-        assert set(out["packages"]) == {
-            "relu-wheel",
-            "mlpipe",
-            "nvidia-pytriton",
-            "docker-image",
-            "default",
-        }
-        assert out["packages"]["relu-wheel"].endswith("-dist"), (
-            "relu-wheel is the wheel (dist output)"
-        )
+        assert set(out["packages"]) == {"relu-wheel", "mlpipe", "nvidia-pytriton", "docker-image", "default"}
+        assert out["packages"]["relu-wheel"].endswith("-dist"), "relu-wheel is the wheel (dist output)"
         assert set(out["apps"]) == {"train", "serve", "bench", "profile", "test"}
-        assert all(
-            a["type"] == "app" and a["program"].startswith("/nix/store/")
-            for a in out["apps"].values()
-        )
+        assert all(a["type"] == "app" and a["program"].startswith("/nix/store/") for a in out["apps"].values())
         assert set(out["checks"]) == {"pytest", "relu-wheel", "nix-format"}
         assert any("mlpipe" in p for p in out["devShells"]["default"]["python"])
         assert out["formatter"] == "nixfmt-tree"
@@ -399,9 +360,7 @@ def test_cuda_shell_needs_consent(evaluated: dict) -> None:
 def write_script(tmp_path: Path, name: str, text: str) -> Path:
     """The script as writeShellApplication writes it (its preamble: errexit, nounset, pipefail)."""
     path = tmp_path / f"{name}.sh"
-    path.write_text(
-        "#!/usr/bin/env bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n" + text
-    )
+    path.write_text("#!/usr/bin/env bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n" + text)
     return path
 
 
@@ -411,9 +370,7 @@ def test_generated_scripts_pass_shellcheck(evaluated: dict, tmp_path: Path) -> N
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     for name, text in evaluated["x86_64-linux"]["scripts"].items():
-        proc = subprocess.run(
-            [shellcheck, str(write_script(tmp_path, name, text))], capture_output=True, text=True
-        )
+        proc = subprocess.run([shellcheck, str(write_script(tmp_path, name, text))], capture_output=True, text=True)
         assert proc.returncode == 0, f"{name}:\n{proc.stdout}"
 
 
@@ -437,12 +394,7 @@ def test_app_runs_the_entry_point_on_the_checkouts_conf(evaluated: dict, tmp_pat
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    proc = subprocess.run(
-        ["bash", str(script), "trainer.max_epochs=1"],
-        cwd=checkout,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = subprocess.run(["bash", str(script), "trainer.max_epochs=1"], cwd=checkout, env=env,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["--config-path", f"{checkout}/conf", "trainer.max_epochs=1"]

@@ -47,13 +47,7 @@ def torch_relu_grad(grad: np.ndarray, x: np.ndarray) -> np.ndarray:
 def special_values(dtype: type) -> np.ndarray:
     """±0, ±inf, ±denormals, and NaNs of both signs with several payloads, quiet and signalling."""
     if dtype is np.float64:
-        nans = [
-            0x7FF8000000000000,
-            0xFFF8000000000000,
-            0x7FF8000000000123,
-            0xFFF0000000000001,
-            0x7FF0000000000001,
-        ]
+        nans = [0x7FF8000000000000, 0xFFF8000000000000, 0x7FF8000000000123, 0xFFF0000000000001, 0x7FF0000000000001]
         raw = np.array(nans, dtype=np.uint64).view(np.float64)
         tiny = [5e-324, -5e-324, 2.2e-308, -1e-310]
     else:
@@ -72,9 +66,7 @@ def float_arrays(draw: st.DrawFn) -> np.ndarray:
     if draw(st.booleans()):  # every bit pattern: NaN payloads, denormals, -0.0
         a = draw(hnp.arrays(UINT[dtype], shape)).view(dtype)
     else:
-        elems = st.floats(
-            width=32 if dtype is np.float32 else 64, allow_nan=True, allow_infinity=True
-        )
+        elems = st.floats(width=32 if dtype is np.float32 else 64, allow_nan=True, allow_infinity=True)
         a = draw(hnp.arrays(dtype, shape, elements=elems))
     if a.ndim and draw(st.booleans()):
         steps = tuple(draw(st.sampled_from([1, 2, -1, -2])) for _ in range(a.ndim))
@@ -358,9 +350,7 @@ def test_relu_module_torch_inplace_matches_nn_relu_inplace() -> None:
         (y * torch.arange(5.0, dtype=torch.float64)).sum().backward()
         grads.append((y.detach().clone(), lin.weight.grad.clone()))
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
-    assert torch.autograd.gradcheck(
-        lambda t: ReLU(inplace=True)(t.clone()), (x.clone().requires_grad_(),)
-    )
+    assert torch.autograd.gradcheck(lambda t: ReLU(inplace=True)(t.clone()), (x.clone().requires_grad_(),))
     leaf = torch.randn(3, requires_grad=True)
     with pytest.raises(RuntimeError, match="leaf Variable"):
         ReLU(inplace=True)(leaf)  # same error as torch.relu_ on a leaf
@@ -385,20 +375,13 @@ def test_onnx_export_is_standard_relu(dynamo: bool, inplace: bool, tmp_path: Pat
     from relu_module.torch import ReLU
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(8, 16), ReLU(inplace), torch.nn.Linear(16, 4)
-    ).eval()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), ReLU(inplace), torch.nn.Linear(16, 4)).eval()
     x = torch.randn(5, 8)
     path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter deprecation/progress chatter
         torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=dynamo,
-            input_names=["x"],
-            output_names=["y"],
+            model, (x,), str(path), dynamo=dynamo, input_names=["x"], output_names=["y"],
             dynamic_axes=None if dynamo else {"x": {0: "batch"}},
         )
     graph = onnx.load(str(path)).graph
@@ -416,15 +399,8 @@ def test_onnx_export_is_standard_relu(dynamo: bool, inplace: bool, tmp_path: Pat
 
 @pytest.mark.parametrize(
     "bad",
-    [
-        np.arange(3),
-        np.arange(3, dtype=np.uint8),
-        np.array([True]),
-        np.array([1 + 2j]),
-        np.array([1.0], dtype=np.float16),
-        np.array([object()]),
-        np.array([1.0], dtype=">f8"),
-    ],
+    [np.arange(3), np.arange(3, dtype=np.uint8), np.array([True]), np.array([1 + 2j]),
+     np.array([1.0], dtype=np.float16), np.array([object()]), np.array([1.0], dtype=">f8")],
     ids=["int64", "uint8", "bool", "complex", "float16", "object", "big-endian"],
 )
 def test_unsupported_dtypes_raise_type_error(bad: np.ndarray) -> None:
@@ -433,9 +409,7 @@ def test_unsupported_dtypes_raise_type_error(bad: np.ndarray) -> None:
             call()
 
 
-@pytest.mark.parametrize(
-    "bad", [None, "abc", {"a": 1}, object(), [[1.0, 2.0], [3.0]], ["a", "b"], [True]]
-)
+@pytest.mark.parametrize("bad", [None, "abc", {"a": 1}, object(), [[1.0, 2.0], [3.0]], ["a", "b"], [True]])
 def test_non_array_like_raises_type_error(bad: object) -> None:
     with pytest.raises(TypeError, match="relu: x"):
         relu(bad)
@@ -454,13 +428,8 @@ def test_in_place_needs_a_writeable_array() -> None:
 
 @pytest.mark.parametrize(
     ("out", "message"),
-    [
-        (np.zeros(4), "shape"),
-        (np.zeros((3, 1)), "shape"),
-        (np.zeros(3, np.float32), "dtype"),
-        (np.zeros(3, np.int64), "dtype"),
-        (np.zeros(3, ">f8"), "dtype"),
-    ],
+    [(np.zeros(4), "shape"), (np.zeros((3, 1)), "shape"), (np.zeros(3, np.float32), "dtype"),
+     (np.zeros(3, np.int64), "dtype"), (np.zeros(3, ">f8"), "dtype")],
 )
 def test_bad_out_raises_value_error(out: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -502,15 +471,10 @@ def test_tensor_errors() -> None:
         relu(torch.zeros(3, 3).to_sparse())
 
 
-def run_python(
-    code: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
     )
 
 
@@ -579,11 +543,8 @@ def test_env_var_sets_threads_and_fork_is_safe() -> None:
 
 
 def test_bad_env_var_is_reported() -> None:
-    proc = run_python(
-        "import relu_module; print(relu_module.get_num_threads() >= 1)",
-        env={"RELU_MODULE_NUM_THREADS": "lots"},
-        timeout=60,
-    )
+    proc = run_python("import relu_module; print(relu_module.get_num_threads() >= 1)",
+                      env={"RELU_MODULE_NUM_THREADS": "lots"}, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "True"
     assert "RELU_MODULE_NUM_THREADS='lots' is not an integer" in proc.stderr
 
@@ -607,58 +568,32 @@ def test_build_sdist_and_wheel_then_install_in_fresh_venv(tmp_path: Path) -> Non
     dist = tmp_path / "dist"
     build = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=540,
+        capture_output=True, text=True, timeout=540,
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     (sdist,) = dist.glob("relu_module-*.tar.gz")
     (wheel,) = dist.glob("relu_module-*.whl")
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
-    for needed in (
-        "src/bindings.cpp",
-        "src/relu_kernel.cpp",
-        "src/relu_kernel.hpp",
-        "src/thread_pool.hpp",
-        "src/relu_module/_ext.pyi",
-        "src/relu_module/__init__.pyi",
-        "src/relu_module/py.typed",
-        "setup.py",
-        "pyproject.toml",
-    ):
+    for needed in ("src/bindings.cpp", "src/relu_kernel.cpp", "src/relu_kernel.hpp", "src/thread_pool.hpp",
+                   "src/relu_module/_ext.pyi", "src/relu_module/__init__.pyi", "src/relu_module/py.typed", "setup.py", "pyproject.toml"):
         assert any(n.endswith(needed) for n in names), needed
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)],
-        check=True,
-        timeout=120,
-    )
-    site = subprocess.run(
-        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)], check=True, timeout=120)
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
     (Path(site) / "zz_host_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     check = subprocess.run(
-        [
-            str(py),
-            "-c",
-            textwrap.dedent(f"""
+        [str(py), "-c", textwrap.dedent(f"""
             import numpy as np, relu_module, relu_module.torch, torch
             assert relu_module.__file__.startswith({str(venv)!r}), relu_module.__file__
             assert relu_module.relu(np.array([-1.0, -0.0, 2.0])).tolist() == [0.0, -0.0, 2.0]
             print(relu_module.__version__, relu_module.simd_level())
-        """),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
+        """)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert check.returncode == 0, check.stderr
     assert check.stdout.split()[0] == relu_module.__version__
