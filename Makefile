@@ -11,7 +11,7 @@ STAMP       := $(VENV)/.setup-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 RELU_SRC    := $(shell find relu_module -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -not -path '*/build/*' 2>/dev/null)
 
-.PHONY: help setup data run train export serve client serve-targets tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
+.PHONY: help setup data run train export serve client serve-targets serve-soak tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,7 +38,7 @@ train: data ## train with the default config (dvc repro train); prints the test 
 export: data ## ONNX export + parity + Triton repositories (dvc repro export)
 	dvc repro export
 
-serve: export ## serve the exported model on the bundled tritonserver (Ctrl-C stops it)
+serve: export ## tritonserver (loopback) + the nginx gateway + watchdog (Ctrl-C drains and stops it)
 	mlpipe-serve
 
 client: export ## send the test split to a server started for the purpose; accuracy + latency
@@ -49,6 +49,9 @@ serve-targets: tune ## the serving targets: readiness, batch-1 p50 vs ORT, tuned
 
 tune: export ## Triton config chosen by measurement: Pareto front + tuned repository (reports/tune/)
 	dvc repro tune
+
+serve-soak: export ## load through the gateway with 20 % bad requests, every answer checked: reports/serve/soak.json
+	$(PY) -m mlpipe.serving.soak
 
 profile: setup ## FLOPs, bytes and roofline per layer (default and wide model)
 	dvc repro profile

@@ -5,9 +5,9 @@
 #   test [pytest...]  pytest on CPU, the tests the image can run: `testSelection` below (a `-m`
 #                     of your own replaces it)
 #   train [hydra...]  dvc pull, then mlpipe-train
-#   serve [hydra...]  mlpipe-serve on the model repository, bound to all of the container's
-#                     interfaces (`docker run -p` decides what is exposed): HTTP 8000, gRPC 8001,
-#                     metrics 8002
+#   serve [hydra...]  mlpipe-serve on the model repository; its nginx gateway binds all of the
+#                     container's interfaces (`docker run -p` decides what is exposed): HTTP 8080,
+#                     gRPC 8081; tritonserver stays on the container's loopback
 #   <anything else>   run as a command, e.g. `bash`, `dvc repro`, `mlpipe-bench`
 # Volumes: /work/conf (Hydra configs, to override them) and /work/model_repository (the
 # generated Triton model repository, to keep or share it); both exist in the image, owned by
@@ -21,6 +21,8 @@
   bashInteractive,
   coreutils,
   git,
+  nginx,
+  nginxModules,
   mlpipe-python,
   mlpipe,
 }:
@@ -32,6 +34,9 @@ let
   home = "/home/${user}";
   # git-ignored, so not in the flake's source: created here (a volume mount point).
   modelRepository = "${workdir}/model_repository";
+  # The serving gateway (mlpipe.serving.gateway): nginx with njs compiled in, so the generated
+  # config needs no load_module (gateway.check.module=null).
+  gatewayNginx = nginx.override { modules = [ nginxModules.njs ]; };
 
   # The image has no C/C++ compiler, so tests that build C++ (the relu_module wheel from source)
   # cannot pass in it; nor can tests that need a GPU or TensorRT. Slow tests (DDP, wheel into a
@@ -45,6 +50,7 @@ let
       mlpipe-python
       coreutils
       git
+      gatewayNginx
     ];
     text = ''
       cd ${workdir}
@@ -58,7 +64,7 @@ let
           ;;
         serve)
           exec mlpipe-serve --config-path ${workdir}/conf \
-            serve.host=0.0.0.0 serve.allow_non_loopback=true "$@"
+            gateway.host=0.0.0.0 gateway.check.module=null "$@"
           ;;
         *) exec "$cmd" "$@" ;;
       esac
@@ -115,9 +121,9 @@ dockerTools.streamLayeredImage {
       "DVC_SITE_CACHE_DIR=/tmp/dvc-site-cache"
     ];
     ExposedPorts = {
-      "8000/tcp" = { };
-      "8001/tcp" = { };
-      "8002/tcp" = { };
+      # The gateway (HTTP, gRPC); tritonserver itself listens on the container's loopback only.
+      "8080/tcp" = { };
+      "8081/tcp" = { };
     };
     Volumes = {
       "${workdir}/conf" = { };

@@ -32,10 +32,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mlpipe.common.errors import ConfigError
+from mlpipe.common.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
+#: config.pbtxt parameter holding the sha256 of the model file at export; model.py and
+#: mlpipe-serve both refuse to serve a file that does not match it.
+SHA256_PARAMETER = "onnx_sha256"
 
 # ONNX TensorProto element type -> Triton data type name.
 _ONNX_TO_TRITON: dict[int, str] = {
@@ -222,8 +226,12 @@ def _common(triton_cfg: Mapping[str, Any], batching: bool) -> dict[str, Any]:
 
 
 def build_python_repository(onnx_path: Path, triton_cfg: Mapping[str, Any]) -> list[Path]:
-    """The python-backend flavour: ``model.py`` (ORT) + ``model.onnx`` per configured model."""
+    """The python-backend flavour: ``model.py`` (ORT) + ``model.onnx`` per configured model.
+
+    The ONNX file's sha256 is recorded in ``config.pbtxt`` (``parameters.onnx_sha256``), so a
+    different model.onnx dropped into the repository is refused instead of served."""
     signature = onnx_signature(onnx_path)
+    onnx_sha256 = sha256_file(onnx_path)
     repository = Path(triton_cfg["python_repository"])
     py_cfg = triton_cfg["python_backend"]
     written = []
@@ -237,6 +245,7 @@ def build_python_repository(onnx_path: Path, triton_cfg: Mapping[str, Any]) -> l
                 "onnx_file": py_cfg["onnx_file"],
                 "intra_op_num_threads": py_cfg["intra_op_num_threads"],
                 "inter_op_num_threads": py_cfg["inter_op_num_threads"],
+                SHA256_PARAMETER: onnx_sha256,
             },
             **_common(triton_cfg, bool(batching)),
         )

@@ -185,7 +185,10 @@ def measure_point(
 
     stab = tc["stability"]
     workers.retarget(_caller(server, cand.name, tc, images))
-    with TritonClient("grpc", server.grpc_address, cand.name, tc["load"]["timeout_s"]) as client:
+    admin = server.admin_grpc_headers  # statistics are a restricted API (mlpipe-serve's key)
+    with TritonClient(
+        "grpc", server.grpc_address, cand.name, tc["load"]["timeout_s"], admin
+    ) as client:
         before = client.batch_stats()
         res = until_stable(
             workers,

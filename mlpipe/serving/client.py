@@ -9,7 +9,7 @@ picklable factory the load generator gives each worker: it opens one client per 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -35,9 +35,18 @@ def client_module(protocol: str) -> ModuleType:
 class TritonClient:
     """One connection that sends batches to one model and returns its output as numpy."""
 
-    def __init__(self, protocol: str, address: str, model: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        protocol: str,
+        address: str,
+        model: str,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.module = client_module(protocol)
         self.protocol, self.model, self.timeout_s = protocol, model, timeout_s
+        # Sent with the admin calls only (statistics): TritonServer.admin_headers opens them.
+        self.headers = dict(headers or {})
         if protocol == "http":
             self.client = self.module.InferenceServerClient(
                 address, connection_timeout=timeout_s, network_timeout=timeout_s
@@ -95,11 +104,16 @@ class TritonClient:
         )
 
     def batch_stats(self) -> dict[str, float]:
-        """Triton's own counters: inferences vs executions (ratio: the mean server batch)."""
+        """Triton's own counters: inferences vs executions (ratio: the mean server batch).
+
+        Statistics are a restricted API: construct the client with ``headers=`` the server's
+        ``admin_headers``."""
         if self.protocol == "http":
-            stats = self.client.get_inference_statistics(self.model)
+            stats = self.client.get_inference_statistics(self.model, headers=self.headers)
         else:
-            stats = self.client.get_inference_statistics(self.model, as_json=True)
+            stats = self.client.get_inference_statistics(
+                self.model, headers=self.headers, as_json=True
+            )
         model_stats = stats["model_stats"][0]
         # gRPC's JSON leaves out zero counters (proto3), e.g. before the first request
         inferences = int(model_stats.get("inference_count", 0))

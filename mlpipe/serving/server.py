@@ -1,16 +1,19 @@
 """mlpipe-serve: the real ``tritonserver`` binary on the generated python-backend repository.
 
 :class:`TritonServer` starts the tritonserver shipped in the nvidia-pytriton wheel *directly*
-(not through PyTriton's proxy, which costs ~3x latency), on loopback by default, waits for
-``/v2/health/ready``, and stops the whole process group (server + python stubs) on exit. It is
-a context manager for tests and the bench::
+(not through PyTriton's proxy, which costs ~3x latency), on loopback, with the admin APIs
+restricted behind a per-start key (:mod:`mlpipe.serving.admin`), waits for
+``/v2/health/ready``, and stops the whole process group (server + python stubs) on exit. The
+children die with this process even on SIGKILL, and the python backend's /dev/shm regions are
+removed on every exit path (:mod:`mlpipe.serving.lifecycle`). It is a context manager for tests
+and the bench::
 
     with TritonServer.from_config(cfg.serve) as server:
         tritonclient.http.InferenceServerClient(server.http_address)
         tritonclient.grpc.InferenceServerClient(server.grpc_address)
 
-``serve(cfg)`` is the CLI's work: start, print where it listens and where the log is, block
-until SIGINT/SIGTERM, stop cleanly.
+``serve(cfg)`` is the CLI's work: server + gateway (:mod:`mlpipe.serving.gateway`) under the
+watchdog (:mod:`mlpipe.serving.supervisor`) until SIGINT/SIGTERM, then a draining stop.
 
 Environment the wheel's server needs (found by experiment, see docs/serving.md): the python
 stub links ``libpython3.x.so`` (``sysconfig LIBDIR`` on ``LD_LIBRARY_PATH``, with the wheel's
@@ -22,12 +25,11 @@ matching this interpreter's version is linked into a generated backend directory
 from __future__ import annotations
 
 import atexit
-import errno
-import ipaddress
+import dataclasses
 import logging
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -45,11 +47,35 @@ from omegaconf import DictConfig
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import plain
-from mlpipe.common.errors import ArtifactMissingError, ConfigError, PortInUseError, ServerError
+from mlpipe.common.errors import ConfigError, PortInUseError, ServerError
+from mlpipe.serving.admin import GRPC_HEADER_PREFIX, AdminSettings, make_key, restricted_args
+from mlpipe.serving.lifecycle import (
+    Reaper,
+    describe_exit,
+    die_with_parent,
+    process_tree,
+    remove_files,
+    shm_regions,
+)
+from mlpipe.serving.network import bracketed, check_port_free, free_port, is_loopback
+from mlpipe.serving.repository import ModelSpec, check_repository
+
+__all__ = [
+    "PortInUseError",
+    "TritonServer",
+    "check_port_free",
+    "free_port",
+    "is_loopback",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
 _PORTS = ("http", "grpc", "metrics")
+# Triton's own error lines: 'E1201 21:07:13.1 123 model_lifecycle.cc:642] "failed to load ..."'.
+_ERROR_LINE = re.compile(r'^E\d{4} [^\]]*\] "?(?P<message>.*?)"?$')
+# Harmless on a CPU machine; never the reason a start failed.
+_NOISE = ("CudaDriverHelper", "NVML", "DCGM")
 
 
 def pytriton_root() -> Path:
@@ -63,51 +89,29 @@ def pytriton_root() -> Path:
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1, IPv4-mapped loopback (``::ffff:127.0.0.1``) and ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+def _read_since(path: Path | None, since: int) -> list[str]:
+    """The lines of ``path`` written after byte offset ``since`` (this run's part of the log)."""
+    if path is None or not path.is_file():
+        return []
+    with path.open("rb") as handle:
+        handle.seek(since)
+        return handle.read().decode(errors="replace").splitlines()
 
 
-def free_port(host: str) -> int:
-    """An ephemeral port the OS reports free on ``host`` (for ``port: 0`` in config)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def startup_failure(log_lines: list[str], console_lines: list[str]) -> tuple[str, list[str]]:
+    """(the reason in one line, Triton's error lines) from a failed start's log and console.
 
-
-def check_port_free(host: str, port: int, key: str) -> None:
-    """Raise :class:`PortInUseError` naming ``port`` if something listens there already."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
-        )  # ignore TIME_WAIT, as tritonserver does
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise PortInUseError(
-                    errno.EADDRINUSE,
-                    f"port {port} on {host} is already in use (serve.{key}); stop whatever "
-                    "listens there "
-                    f"(`ss -ltnp 'sport = :{port}'`) or pick another port, e.g. serve.{key}=0 for "
-                    "a free one",
-                ) from err
-            raise
-
-
-def _tail(path: Path, lines: int) -> str:
-    if not path.is_file():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    The reason is the first model that failed to load, quoting its real error (ONNX Runtime's,
+    the sha256 mismatch, a traceback's last line), else the first error line."""
+    errors = [
+        m["message"]
+        for m in map(_ERROR_LINE.match, log_lines)
+        if m and not any(noise in m["message"] for noise in _NOISE)
+    ]
+    errors += [line for line in console_lines if line.startswith("error:")]
+    loads = [e for e in errors if e.startswith("failed to load")]
+    reason = (loads or errors or ["no error line in the log"])[0]
+    return reason.split("\\n\\nAt:")[0], errors  # the stub's escaped traceback follows "At:"
 
 
 class TritonServer:
@@ -115,7 +119,8 @@ class TritonServer:
 
     Attributes after :meth:`start`: ``http_url``/``grpc_url``/``metrics_url`` (URLs with scheme),
     ``http_address``/``grpc_address`` (``host:port``, what ``tritonclient`` wants),
-    ``log_path``, ``ready_seconds`` (start -> ready wall time).
+    ``log_path``, ``ready_seconds`` (start -> ready wall time), ``specs`` (model signatures),
+    ``admin_headers`` (the header that opens the restricted admin APIs).
     """
 
     def __init__(
@@ -126,25 +131,24 @@ class TritonServer:
         http_port: int,
         grpc_port: int,
         metrics_port: int,
-        allow_non_loopback: bool,
         ready_timeout_s: float,
         stop_timeout_s: float,
         exit_timeout_s: int,
         poll_interval_s: float,
         health_timeout_s: float,
-        watch_interval_s: float,
         log_dir: str | Path,
         log_verbose: int,
         log_tail_lines: int,
         backend_directory: str | Path,
         python_backend: Mapping[str, Any],
+        admin: Mapping[str, Any],
         binary: str | None = None,
     ) -> None:
-        if not is_loopback(host) and not allow_non_loopback:
+        if not is_loopback(host):
             raise ConfigError(
-                f"serve.host={host!r} is not a loopback address; the server would be reachable "
-                "from the network. "
-                "Set serve.allow_non_loopback=true as well if that is really intended."
+                f"serve.host={host!r} is not a loopback address; tritonserver itself listens on "
+                "loopback only. Serve beyond loopback through the gateway: "
+                f"gateway=nginx gateway.host={host}"
             )
         self.model_repository = Path(model_repository)
         self.models = list(models)
@@ -155,29 +159,33 @@ class TritonServer:
         self.exit_timeout_s = int(exit_timeout_s)
         self.poll_interval_s = float(poll_interval_s)
         self.health_timeout_s = float(health_timeout_s)
-        self.watch_interval_s = float(watch_interval_s)
         self.log_dir = Path(log_dir)
         self.log_verbose = int(log_verbose)
         self.log_tail_lines = int(log_tail_lines)
         self.backend_directory = Path(backend_directory)
         self.python_backend = dict(python_backend)
+        self.admin = AdminSettings.from_config(admin)
         self.binary = Path(binary) if binary else pytriton_root() / "bin" / "tritonserver"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
         self.ready_seconds: float | None = None
+        self.specs: dict[str, ModelSpec] = {}
+        self.admin_key: str | None = None
+        self.shm: set[Path] = set()
+        self._log_offsets = (0, 0)
         self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, serve_cfg: DictConfig | Mapping[str, Any]) -> TritonServer:
-        """Build from the composed ``cfg.serve`` node (``_target_`` ignored)."""
+        """Build from the composed ``cfg.serve`` node (``_target_`` and ``watchdog`` ignored)."""
         kwargs = plain(serve_cfg)
         kwargs.pop("_target_", None)
+        kwargs.pop("watchdog", None)
         return cls(**kwargs)
 
     # -- addresses ---------------------------------------------------------------------------
     def _hostport(self, which: str) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.ports[which]}"
+        return f"{bracketed(self.host)}:{self.ports[which]}"
 
     @property
     def http_address(self) -> str:
@@ -199,33 +207,23 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self._hostport('metrics')}/metrics"
 
+    @property
+    def console_path(self) -> Path | None:
+        return self.log_path.with_suffix(".stdout") if self.log_path else None
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """``{header: key}``: what opens the restricted APIs (statistics, shared memory, ...)."""
+        return {self.admin.header: self.admin_key} if self.admin_key else {}
+
+    @property
+    def admin_grpc_headers(self) -> dict[str, str]:
+        """The same for gRPC (metadata key ``triton-grpc-protocol-<header>`` in Triton 2.51)."""
+        if not self.admin_key:
+            return {}
+        return {f"{GRPC_HEADER_PREFIX}{self.admin.header}": self.admin_key}
+
     # -- lifecycle ---------------------------------------------------------------------------
-    def _check_repository(self) -> None:
-        """Every configured model has a config and its model file, or say which path and what
-        makes it."""
-        from mlpipe.export.triton_repo import parse_pbtxt
-
-        fix = "generate the repository with `mlpipe-export` (or `make export`)"
-        for name in self.models:
-            model_dir = self.model_repository / name
-            config_path = model_dir / "config.pbtxt"
-            if not config_path.is_file():
-                raise ArtifactMissingError(
-                    f"model {name!r} not found in the Triton repository ({config_path} is "
-                    f"missing); {fix}"
-                )
-            config = parse_pbtxt(config_path.read_text())
-            if config.backend == "python":
-                needed = config.parameters["onnx_file"].string_value
-            else:
-                needed = "model.plan" if config.platform == "tensorrt_plan" else "model.onnx"
-            versions = sorted(
-                d for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()
-            ) or [model_dir / "1"]
-            for version in versions:
-                if not (version / needed).is_file():
-                    raise ArtifactMissingError(f"model file {version / needed} is missing; {fix}")
-
     def _prepare_backends(self) -> Path:
         """A backend folder holding the wheel's python backend and the stub for *this* Python."""
         root = pytriton_root()
@@ -268,7 +266,7 @@ class TritonServer:
         return env
 
     def command(self) -> list[str]:
-        """The tritonserver command line (ports must already be resolved)."""
+        """The tritonserver command line (ports and the admin key must already be resolved)."""
         cmd = [
             str(self.binary),
             f"--model-repository={self.model_repository.resolve()}",
@@ -284,6 +282,7 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             "--allow-gpu-metrics=false",
         ]
+        cmd += restricted_args(self.admin.restricted, self.admin.header, self.admin_key or "")
         cmd += [
             f"--backend-config=python,{key}={value}" for key, value in self.python_backend.items()
         ]
@@ -298,43 +297,75 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
+    def _resolve_ports(self) -> None:
+        if self.ready_seconds is not None:
+            # A restart on the ports this server already held: the old connections' TIME_WAIT
+            # ends still block a plain bind() here for up to a minute, while tritonserver's own
+            # SO_REUSEADDR listeners take them at once (it fails loudly if they really are taken).
+            return
+        for which in _PORTS:
+            if self.ports[which] == 0:
+                self.ports[which] = free_port(self.host)
+            else:
+                check_port_free(self.host, self.ports[which], f"{which}_port")
+
+    def _launch(self) -> None:
+        """Start tritonserver: own process group, dies with us, logs appended, key 0600."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = (self.log_dir / f"tritonserver-{self.ports['http']}.log").resolve()
+        key_file = Path(str(self.admin.key_file).format(port=self.ports["http"]))
+        self.admin_key = make_key(dataclasses.replace(self.admin, key_file=key_file))
+        self.admin_key_file = key_file
+        self._prepare_backends()
+        stamp = f"=== mlpipe-serve {time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()} ===\n"
+        with self.console_path.open("ab") as console:  # appended: a crash trace survives restarts
+            console.write(stamp.encode())
+            console.flush()
+            self._log_offsets = (_size(self.log_path), console.tell())
+            self.process = subprocess.Popen(
+                self.command(),
+                env=self._env(),
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # own process group: stop() kills it all
+                preexec_fn=die_with_parent(),  # SIGKILL of this process kills tritonserver too
+            )
+        Reaper.shared().watch_group(self.process.pid)  # ...and the stubs, and the shm regions
+        atexit.register(self.stop)
+
     def start(self) -> TritonServer:
         """Launch tritonserver in its own process group and wait until every model is ready."""
         with self._lock:
             if self.process is not None:
                 raise ServerError("this TritonServer is already running; stop() it first")
-            self._check_repository()
-            for which in _PORTS:
-                if self.ports[which] == 0:
-                    self.ports[which] = free_port(self.host)
-                else:
-                    check_port_free(self.host, self.ports[which], f"{which}_port")
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            self.log_path = (self.log_dir / f"tritonserver-{self.ports['http']}.log").resolve()
-            self._prepare_backends()
-            stdout_path = self.log_path.with_suffix(".stdout")
+            self.specs = check_repository(self.model_repository, self.models)
+            self._resolve_ports()
             started = time.perf_counter()
-            with stdout_path.open("wb") as stdout:
-                self.process = subprocess.Popen(
-                    self.command(),
-                    env=self._env(),
-                    stdout=stdout,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # own process group: stop() kills it all
-                )
-            atexit.register(self.stop)
+            self._launch()
+        self._wait_ready(started)
+        self.shm = shm_regions(process_tree(self.process.pid))
+        Reaper.shared().watch_files(self.shm)
+        return self
+
+    def _failure(self, why: str) -> ServerError:
+        """One line with the real reason (what the CLI prints), then the log's error lines."""
+        log_lines = _read_since(self.log_path, self._log_offsets[0])
+        console = _read_since(self.console_path, self._log_offsets[1])
+        reason, errors = startup_failure(log_lines, console)
+        tail = log_lines[-self.log_tail_lines :]
+        return ServerError(
+            f"tritonserver {why}: {reason} (log {self.log_path}, console {self.console_path})\n"
+            + "\n".join([*errors, "--- last lines of the log ---", *tail])
+        )
+
+    def _wait_ready(self, started: float) -> None:
         deadline = started + self.ready_timeout_s
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
                 code = self.process.returncode
                 self.stop()
-                raise ServerError(
-                    f"tritonserver exited with code {code} before becoming ready; log "
-                    f"{self.log_path}, "
-                    f"console {stdout_path}:\n{_tail(self.log_path, self.log_tail_lines)}\n"
-                    f"{_tail(stdout_path, self.log_tail_lines)}"
-                )
+                raise self._failure(f"exited ({describe_exit(code)}) before becoming ready")
             if self._ready():
                 self.ready_seconds = time.perf_counter() - started
                 log.info(
@@ -344,42 +375,59 @@ class TritonServer:
                     self.grpc_url,
                     self.log_path,
                 )
-                return self
+                return
             time.sleep(self.poll_interval_s)
         self.stop()
-        raise ServerError(
-            f"tritonserver not ready within serve.ready_timeout_s={self.ready_timeout_s:g} s; log "
-            f"{self.log_path}:\n"
-            f"{_tail(self.log_path, self.log_tail_lines)}"
-        )
+        raise self._failure(f"not ready within serve.ready_timeout_s={self.ready_timeout_s:g} s")
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self) -> None:
-        """SIGTERM the server (it unloads models and stops its stubs), then SIGKILL the group if
-        needed."""
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM the server (it unloads models, stops its stubs), SIGKILL the group if needed.
+
+        Removes the server's /dev/shm regions. Returns tritonserver's exit status (negative:
+        the signal that ended it), or None if it was not running."""
         with self._lock:
             process, self.process = self.process, None
             atexit.unregister(self.stop)
         if process is None:
-            return
-        pgid = process.pid  # start_new_session: the server leads its own group
+            return None
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=self.stop_timeout_s)
+                process.wait(timeout=self.stop_timeout_s if timeout_s is None else timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning(
-                    "tritonserver did not stop within %.0f s; killing its process group",
-                    self.stop_timeout_s,
-                )
+                log.warning("tritonserver did not stop in time; killing its process group")
         try:
-            os.killpg(pgid, signal.SIGKILL)  # any stub or the server itself still alive
+            os.killpg(process.pid, signal.SIGKILL)  # any stub or the server itself still alive
         except ProcessLookupError:
             pass
         process.wait()
-        log.info("tritonserver stopped (exit code %s); log %s", process.returncode, self.log_path)
+        self._wait_group_gone(process.pid)
+        reaper = Reaper.shared()
+        reaper.release_group(process.pid)
+        reaper.forget_files(remove_files(self.shm))
+        self.shm = set()
+        log.info(
+            "tritonserver stopped (%s); log %s", describe_exit(process.returncode), self.log_path
+        )
+        return process.returncode
+
+    def _wait_group_gone(self, pgid: int) -> None:
+        """Until every process of the server's group has exited (bounded by stop_timeout_s): a
+        python stub that outlives the server for a moment still holds the server's listening
+        sockets, and a restart on the same ports would find them taken."""
+        deadline = time.monotonic() + self.stop_timeout_s
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return
+            time.sleep(self.poll_interval_s)
+        log.warning(
+            "processes of tritonserver's group %d outlived SIGKILL by %.0f s",
+            pgid,
+            self.stop_timeout_s,
+        )
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -388,38 +436,34 @@ class TritonServer:
         self.stop()
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies hold no sockets: they don't count)."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return False
+
+
+def _size(path: Path | None) -> int:
+    return path.stat().st_size if path is not None and path.is_file() else 0
+
+
 def serve(cfg: DictConfig) -> None:
-    """Run the server until SIGINT/SIGTERM; every `serve.watch_interval_s`, check it still runs."""
-    stop_event = threading.Event()
+    """mlpipe-serve: server (+ gateway) under the watchdog until SIGINT/SIGTERM, then drain."""
+    from mlpipe.serving.supervisor import run_service
 
-    def _request_stop(signum: int, _frame: object) -> None:
-        log.info("received %s; stopping tritonserver", signal.Signals(signum).name)
-        stop_event.set()
-
-    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = TritonServer.from_config(cfg.serve)
-    try:
-        with server:
-            print(
-                f"tritonserver ready in {server.ready_seconds:.2f} s; models "
-                f"{', '.join(server.models)}\n"
-                f"  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n  metrics "
-                f"{server.metrics_url}\n"
-                f"  log     {server.log_path}\nCtrl-C (SIGINT) or SIGTERM stops it.",
-                flush=True,
-            )
-            while not stop_event.wait(server.watch_interval_s):
-                if not server.is_running():
-                    raise ServerError(f"tritonserver exited unexpectedly; see {server.log_path}")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    run_service(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    """CLI: ``mlpipe-serve [serve.http_port=8000] [serve.host=127.0.0.1] ...``."""
+    """CLI: ``mlpipe-serve [serve.http_port=8000] [gateway.host=0.0.0.0] ...``."""
     serve(cfg)
 
 

@@ -88,7 +88,8 @@ def throughput(
             f"{window.errors} requests to {model!r} failed during the load run; "
             f"first: {window.first_error}"
         )
-    with TritonClient("grpc", server.grpc_address, model, float(tcfg.load.timeout_s)) as client:
+    timeout_s, admin = float(tcfg.load.timeout_s), server.admin_grpc_headers  # restricted API
+    with TritonClient("grpc", server.grpc_address, model, timeout_s, admin) as client:
         server_stats = client.batch_stats()
     return {
         "protocol": "grpc",
@@ -140,6 +141,37 @@ def tuning_checks(tcfg: DictConfig, runs: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def gateway_batch1(cfg: DictConfig, server: TritonServer, one: np.ndarray) -> dict[str, Any]:
+    """Batch-1 p50 through the nginx gateway next to the same server direct: what it adds."""
+    from mlpipe.serving.gateway import Upstream
+    from mlpipe.serving.gateway import from_config as gateway_from_config
+
+    upstream = Upstream(
+        server.host, server.ports["http"], server.ports["grpc"], server.admin.header
+    )
+    gateway = gateway_from_config(plain(cfg.gateway), server.specs, upstream)
+    if gateway is None:
+        return {"enabled": False}
+    tcfg, report = cfg.targets, {"enabled": True}
+    gateway.start()  # returns once nginx proxies /v2/health/live
+    try:
+        for protocol in PROTOCOLS:
+            address = gateway.http_address if protocol == "http" else gateway.grpc_address
+            model, timeout_s = str(tcfg.latency_model), float(tcfg.load.timeout_s)
+            with TritonClient(protocol, address, model, timeout_s) as client:
+                summary = latency_summary(
+                    time_calls(
+                        lambda c=client: c.infer(one),
+                        int(tcfg.latency_warmup),
+                        int(tcfg.latency_requests),
+                    )
+                )
+            report[protocol] = summary
+    finally:
+        gateway.stop()
+    return report
+
+
 def meets(report: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, bool]:
     """Each target met or not."""
     overhead = float(targets["batch1_overhead_ms"])
@@ -173,6 +205,12 @@ def measure_targets(cfg: DictConfig) -> dict[str, Any]:
             served["overhead_vs_ort_p50_ms"] = (
                 served["p50_ms"] - report["ort_in_process_batch1"]["p50_ms"]
             )
+        if tcfg.gateway_batch1:  # optional block: what the gateway adds to batch-1 p50
+            report["gateway_batch1"] = via = gateway_batch1(cfg, server, one)
+            for protocol in PROTOCOLS if via["enabled"] else ():
+                via[protocol]["overhead_vs_direct_p50_ms"] = (
+                    via[protocol]["p50_ms"] - report[f"{protocol}_batch1"]["p50_ms"]
+                )
         runs = {
             label: throughput(cfg, server, str(model), one)
             for label, model in tcfg.batching_models.items()
@@ -208,6 +246,13 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"{label:9s}: {r['throughput_rps']:.0f} req/s, p50 {r['latency']['p50_ms']:.2f} "
             f"ms, mean server batch {r['server']['mean_server_batch']:.2f} ({r['model']})"
+        )
+    via = report.get("gateway_batch1", {})
+    for protocol in PROTOCOLS if via.get("enabled") else ():
+        r = via[protocol]
+        lines.append(
+            f"  {protocol:4s} via gateway {r['p50_ms']:.3f} ms "
+            f"(+{r['overhead_vs_direct_p50_ms']:.3f} ms over direct)"
         )
     tuning = report["tuning"]
     ratios = ", ".join(f"{k} {v:.2f}x" for k, v in tuning["throughput_ratio_tuned_vs"].items())

@@ -152,6 +152,9 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     assert report["ready_seconds"] > 0
     for key in ("ort_in_process_batch1", "http_batch1", "grpc_batch1"):
         assert report[key]["n"] == 30
+    via = report["gateway_batch1"]  # the same batch-1 requests through the nginx gateway
+    assert via["enabled"] and via["http"]["n"] == via["grpc"]["n"] == 30
+    assert "overhead_vs_direct_p50_ms" in via["grpc"]
     db = report["dynamic_batching"]
     assert db["batched"]["server"]["inference_count"] >= db["batched"]["requests"]
     assert (
@@ -171,3 +174,22 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     assert db["batched"]["requests"] == 4 * 20
     assert json.loads(Path(cfg.targets.report_path).read_text()) == report
     assert OmegaConf.to_container(cfg.targets.goals) == report["targets"]
+
+
+@pytest.mark.slow
+def test_soak_through_the_gateway_has_no_unexpected_answer(exported_dir: Path) -> None:
+    """A short soak: bad requests all get a 4xx, good ones equal ONNX Runtime, nothing lost."""
+    from mlpipe.serving.soak import soak
+
+    cfg = compose_app(
+        "serve_soak",
+        exported_dir,
+        "soak.clients=4",
+        "soak.requests_per_client=20",
+        "soak.windows=1",
+    )
+    report = soak(cfg)
+    (window,) = report["windows"]
+    assert window["requests"] == 80 and window["unexpected"] == 0, window["first_unexpected"]
+    assert report["server_still_running"]
+    assert json.loads(Path(cfg.soak.report_path).read_text()) == report

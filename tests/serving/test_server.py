@@ -225,7 +225,9 @@ def test_bad_and_good_requests_in_one_dynamic_batch(
     expected = run_ort(
         ort_session(Path(cfg.export.onnx_path), ["CPUExecutionProvider"]), images[:48], 48
     )
-    with TritonClient("http", server.http_address, "digits", 30.0) as stats_client:
+    with TritonClient(
+        "http", server.http_address, "digits", 30.0, server.admin_headers
+    ) as stats_client:
         before = stats_client.batch_stats()
     client = tg.InferenceServerClient(server.grpc_address)
     results: dict[int, Any] = {}
@@ -250,7 +252,9 @@ def test_bad_and_good_requests_in_one_dynamic_batch(
             np.testing.assert_allclose(results[i], expected[i : i + 1], atol=1e-5, rtol=0)
         else:
             assert "contains NaN or Inf" in results[i].message()
-    with TritonClient("http", server.http_address, "digits", 30.0) as stats_client:
+    with TritonClient(
+        "http", server.http_address, "digits", 30.0, server.admin_headers
+    ) as stats_client:
         after = stats_client.batch_stats()
     executions = after["execution_count"] - before["execution_count"]
     assert (
@@ -269,14 +273,14 @@ def test_listens_on_loopback_only(served: tuple[DictConfig, TritonServer]) -> No
     assert all(is_loopback(c.laddr.ip) for c in listening), listening
 
 
-def test_non_loopback_host_is_refused_unless_allowed(tmp_path: Path) -> None:
+def test_non_loopback_host_is_refused_and_points_to_the_gateway(tmp_path: Path) -> None:
+    """tritonserver itself listens on loopback only; beyond loopback means through the gateway."""
     cfg = compose_app("serve", tmp_path, "serve.host=0.0.0.0")
     with pytest.raises(
-        ValueError, match=r"serve.host='0.0.0.0' is not a loopback.*serve.allow_non_loopback=true"
+        ValueError,
+        match=r"serve.host='0.0.0.0' is not a loopback.*gateway=nginx gateway.host=0.0.0.0",
     ):
         TritonServer.from_config(cfg.serve)
-    allowed = compose_app("serve", tmp_path, "serve.host=0.0.0.0", "serve.allow_non_loopback=true")
-    assert TritonServer.from_config(allowed.serve).host == "0.0.0.0"  # constructed, not started
 
 
 def test_port_in_use_is_named(served: tuple[DictConfig, TritonServer], tmp_path: Path) -> None:
@@ -327,7 +331,12 @@ def test_cli_stops_cleanly_on_signal(served: tuple[DictConfig, TritonServer], si
     cfg, _ = served
     root = Path(cfg.paths.artifacts_dir).parent
     ports = {which: free_port("127.0.0.1") for which in ("http", "grpc", "metrics")}
-    overrides = [*tmp_path_overrides(root), *(f"serve.{k}_port={v}" for k, v in ports.items())]
+    overrides = [
+        *tmp_path_overrides(root),
+        *(f"serve.{k}_port={v}" for k, v in ports.items()),
+        "gateway.http_port=0",
+        "gateway.grpc_port=0",
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlpipe.serving.server", *overrides],
         stdout=subprocess.PIPE,
@@ -349,7 +358,7 @@ def test_cli_stops_cleanly_on_signal(served: tuple[DictConfig, TritonServer], si
         assert "tritonserver ready" in text, text
         assert re.search(r"log\s+\S+tritonserver-\d+\.log", text), text
         children = [p for p in psutil.Process(proc.pid).children(recursive=True)]
-        assert any(p.name() == "tritonserver" for p in children)
+        assert {"tritonserver", "nginx"} <= {p.name() for p in children}
         client = th.InferenceServerClient(f"127.0.0.1:{ports['http']}")
         assert client.is_model_ready("digits")
         client.close()

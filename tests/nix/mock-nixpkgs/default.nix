@@ -180,6 +180,10 @@ let
       meta.mainProgram = "git";
     };
     coreutils = leaf "coreutils";
+    nginx = leaf "nginx" // {
+      override = args: drv "nginx" args;
+    };
+    nginxModules.njs = leaf "nginx-njs";
     bashInteractive = leaf "bash-interactive";
     nixfmt = leaf "nixfmt";
     nixfmt-tree = leaf "nixfmt-tree";

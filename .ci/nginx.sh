@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The serving gateway's tests run Debian's nginx with its JavaScript module (mlpipe.serving.gateway,
+# gateway_js); install nginx-light and libnginx-mod-http-js when missing (CI runs as root). Debian's package may try to start the system
+# service; policy-rc.d 101 keeps it from doing so, the tests start their own nginx.
+set -euo pipefail
+if { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } \
+  && [ -f /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
+  exit 0
+fi
+echo "nginx: installing Debian's nginx-light + libnginx-mod-http-js for the gateway tests" >&2
+export DEBIAN_FRONTEND=noninteractive
+policy=/usr/sbin/policy-rc.d
+created=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1
+fi
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-http-js >/dev/null
+if [ "$created" = 1 ]; then rm -f "$policy"; fi

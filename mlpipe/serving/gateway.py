@@ -1,0 +1,462 @@
+"""The gateway: Debian's nginx in front of tritonserver, configured from the model signature.
+
+Triton's deployment guide says to put the server "behind a secure proxy or gateway" for anything
+beyond loopback. mlpipe-serve writes an ``nginx.conf`` from each model's ``config.pbtxt``
+(``max_batch_size`` x one sample) and ``conf/gateway/``, starts nginx and supervises it like the
+server. What the gateway enforces, in front of every bug of Triton 2.51 it contains:
+
+* only inference, health and metadata routes are proxied (HTTP and gRPC); everything else is 404,
+  and the admin-key header is stripped from what is forwarded;
+* body limits per model: JSON (capped so no body can nest deep enough to crash Triton's JSON
+  parser) and binary tensors; gRPC messages; oversize bodies get 413 before Triton sees a byte;
+* a ``Content-Encoding`` (or a gRPC message encoding) is refused with 415: Triton 2.51 leaks the
+  inflated buffer of a compressed body it cannot parse;
+* header and body timeouts and a per-client connection limit stop slow-loris; bodies are
+  buffered whole by nginx, so Triton never holds a half-sent request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlpipe.common.config import as_float, positive_int, require
+from mlpipe.common.errors import ConfigError, ServerError
+from mlpipe.serving.admin import GRPC_HEADER_PREFIX
+from mlpipe.serving.gateway_js import check_script
+from mlpipe.serving.lifecycle import Reaper, describe_exit, die_with_parent
+from mlpipe.serving.network import bracketed, check_port_free, free_port, is_loopback
+from mlpipe.serving.repository import ModelSpec
+
+log = logging.getLogger(__name__)
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_GRPC_OPEN = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """Largest accepted request body per route kind, in bytes."""
+
+    json: dict[str, int]  # model -> limit
+    binary: dict[str, int]
+    grpc_infer: int
+    small: int
+
+
+def body_limits(specs: Mapping[str, ModelSpec], limits: Mapping[str, Any]) -> BodyLimits:
+    """max_batch_size x one sample, as JSON text and as binary tensors (+ headers/framing)."""
+    json_cap = int(limits["json_max_bytes"])
+    header_max = 10 ** int(limits["binary_header_max_digits"]) - 1
+    json, binary = {}, {}
+    for name, spec in specs.items():
+        wanted = int(
+            limits["json_overhead_bytes"]
+        ) + spec.max_batch_size * spec.sample_values * int(limits["json_value_bytes"])
+        json[name] = min(wanted, json_cap)
+        if wanted > json_cap:
+            per_sample = spec.sample_values * int(limits["json_value_bytes"])
+            log.info(
+                "gateway: JSON bodies for %s are capped at %d bytes (about %d samples, not "
+                "max_batch_size=%d): larger batches must use binary tensors",
+                name,
+                json_cap,
+                max(1, (json_cap - int(limits["json_overhead_bytes"])) // per_sample),
+                spec.max_batch_size,
+            )
+        binary[name] = header_max + spec.max_batch_size * spec.sample_bytes
+    grpc = int(limits["grpc_overhead_bytes"]) + max(
+        s.max_batch_size * s.sample_bytes for s in specs.values()
+    )
+    return BodyLimits(json, binary, grpc, int(limits["small_body_bytes"]))
+
+
+def _proxy_settings(cfg: Mapping[str, Any], admin_header: str) -> str:
+    t = cfg["timeouts"]
+    return f"""
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header {admin_header} "";
+    proxy_connect_timeout {t["upstream_connect_s"]}s;
+    proxy_read_timeout {t["upstream_read_s"]}s;
+    proxy_send_timeout {t["upstream_read_s"]}s;
+    proxy_request_buffering on;
+    grpc_set_header {GRPC_HEADER_PREFIX}{admin_header} "";
+    grpc_connect_timeout {t["upstream_connect_s"]}s;
+    grpc_read_timeout {t["upstream_read_s"]}s;
+    grpc_send_timeout {t["upstream_read_s"]}s;"""
+
+
+def _http_server(
+    listen: str, specs: Mapping[str, ModelSpec], limits: BodyLimits, connections: int, check: bool
+) -> str:
+    models = "|".join(re.escape(name) for name in specs)
+    forward = "js_content check.checkHttp;" if check else "proxy_pass http://triton_http;"
+    largest = max([*limits.json.values(), *limits.binary.values()])
+    infer = []
+    for name in specs:
+        for kind, size in (("json", limits.json[name]), ("binary", limits.binary[name])):
+            infer.append(f"""
+        location ~ ^/_mlpipe_{kind}/{re.escape(name)}((/versions/[0-9]+)?/infer)$ {{
+            internal;
+            limit_except POST {{ deny all; }}
+            client_max_body_size {size};
+            client_body_buffer_size {size};
+            client_body_in_single_buffer on;
+            set $mlpipe_model {name};
+            rewrite ^/_mlpipe_{kind}/([^/]+)(/.*)$ /v2/models/$1$2 break;
+            {forward}
+        }}""")
+    return f"""
+    server {{
+        listen {listen};
+        limit_conn per_client {connections};
+        client_max_body_size {limits.small};
+        if ($http_content_encoding) {{ return 415; }}
+        if ($mlpipe_body = bad) {{ return 400; }}
+        rewrite ^/v2/models/({models})((/versions/[0-9]+)?/infer)$ /_mlpipe_$mlpipe_body/$1$2 last;
+        location ~ ^/v2(/health/(live|ready)|/models/({models})(/versions/[0-9]+)?(/ready)?)?$ {{
+            limit_except GET {{ deny all; }}
+            proxy_pass http://triton_http;
+        }}{"".join(infer)}
+        location @triton_http {{
+            client_max_body_size {largest};
+            proxy_pass http://triton_http;
+        }}
+        location / {{ return 404; }}
+    }}"""
+
+
+def _grpc_server(
+    listen: str, limits: BodyLimits, streams: int, connections: int, check: bool
+) -> str:
+    unary = "|".join(_GRPC_OPEN)
+    forward = "js_content check.checkGrpc;" if check else "grpc_pass grpc://triton_grpc;"
+    return f"""
+    server {{
+        listen {listen} http2;
+        http2_max_concurrent_streams {streams};
+        limit_conn per_client {connections};
+        client_max_body_size {limits.small};
+        if ($http_content_encoding) {{ return 415; }}
+        if ($http_grpc_encoding !~ "^(identity)?$") {{ return 415; }}
+        location = /inference.GRPCInferenceService/ModelInfer {{
+            client_max_body_size {limits.grpc_infer};
+            client_body_buffer_size {limits.grpc_infer};
+            client_body_in_single_buffer on;
+            {forward}
+        }}
+        location @triton_grpc {{
+            client_max_body_size {limits.grpc_infer};
+            grpc_pass grpc://triton_grpc;
+        }}
+        location ~ ^/inference\\.GRPCInferenceService/({unary})$ {{
+            grpc_pass grpc://triton_grpc;
+        }}
+        location / {{ return 404; }}
+    }}"""
+
+
+@dataclass(frozen=True)
+class GatewayPaths:
+    """Resolved ports and the files of one gateway instance."""
+
+    http_port: int
+    grpc_port: int
+    runtime_dir: Path
+    config: Path
+    error_log: Path
+    access_log: Path
+    check_script: Path
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where tritonserver listens (loopback) and the header carrying its admin key."""
+
+    host: str
+    http_port: int
+    grpc_port: int
+    admin_header: str
+
+
+def _client_settings(cfg: Mapping[str, Any], paths: GatewayPaths) -> str:
+    """http-level settings: temp paths, header buffers, slow-loris timeouts, connection limit."""
+    lim, t, runtime = cfg["limits"], cfg["timeouts"], paths.runtime_dir
+    access = f"{paths.access_log} combined" if cfg["access_log"] else "off"
+    large_headers = f"{int(lim['large_header_buffers'])} {int(lim['large_header_buffer_bytes'])}"
+    return f"""
+    access_log {access};
+    server_tokens off;
+    client_body_temp_path {runtime}/client_body;
+    proxy_temp_path {runtime}/proxy;
+    fastcgi_temp_path {runtime}/fastcgi;
+    uwsgi_temp_path {runtime}/uwsgi;
+    scgi_temp_path {runtime}/scgi;
+    client_header_buffer_size {int(lim["client_header_buffer_bytes"])};
+    large_client_header_buffers {large_headers};
+    client_header_timeout {t["client_header_s"]}s;
+    client_body_timeout {t["client_body_s"]}s;
+    send_timeout {t["send_s"]}s;
+    keepalive_timeout {t["keepalive_s"]}s;
+    reset_timedout_connection on;
+    limit_conn_zone $binary_remote_addr zone=per_client:1m;
+    limit_conn_status 429;
+    map $http_inference_header_content_length $mlpipe_body {{
+        "" json;
+        "~^[0-9]{{1,{int(lim["binary_header_max_digits"])}}}$" binary;
+        default bad;
+    }}"""
+
+
+def _upstreams(cfg: Mapping[str, Any], upstream: Upstream) -> str:
+    keepalive, host = int(cfg["timeouts"]["upstream_keepalive"]), bracketed(upstream.host)
+    return f"""
+    upstream triton_http {{
+        server {host}:{upstream.http_port};
+        keepalive {keepalive};
+    }}
+    upstream triton_grpc {{
+        server {host}:{upstream.grpc_port};
+        keepalive {keepalive};
+    }}"""
+
+
+def render_config(
+    cfg: Mapping[str, Any], specs: Mapping[str, ModelSpec], upstream: Upstream, paths: GatewayPaths
+) -> str:
+    """The whole nginx.conf: one HTTP/1.1 server, one gRPC (h2c) server, both to tritonserver."""
+    limits, lim = body_limits(specs, cfg["limits"]), cfg["limits"]
+    host = bracketed(str(cfg["host"]))
+    user = f"user {cfg['worker_user']} {cfg['worker_group']};" if os.geteuid() == 0 else ""
+    conns = int(lim["connections_per_client"])
+    check = bool(cfg["check"]["enabled"])
+    streams = int(lim["http2_max_concurrent_streams"])
+    module = cfg["check"]["module"]  # null: njs is compiled into nginx (nixpkgs' nginxModules)
+    load = f"load_module {module};" if check and module else ""
+    js = f"js_import check from {paths.check_script};" if check else ""
+    settings = "".join(
+        [
+            _client_settings(cfg, paths),
+            _upstreams(cfg, upstream),
+            _proxy_settings(cfg, upstream.admin_header),
+        ]
+    )
+    return f"""# generated by mlpipe-serve (mlpipe.serving.gateway) -- do not edit
+{load}
+daemon off;
+worker_processes {int(cfg["worker_processes"])};
+{user}
+pid {paths.runtime_dir}/nginx.pid;
+error_log {paths.error_log} warn;
+events {{ worker_connections {int(cfg["worker_connections"])}; }}
+http {{
+    {js}{settings}
+{_http_server(f"{host}:{paths.http_port}", specs, limits, conns, check)}
+{_grpc_server(f"{host}:{paths.grpc_port}", limits, streams, conns, check)}
+}}
+"""
+
+
+def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
+    """Every count and limit a positive integer, every timeout a positive number (names the key)."""
+    for key in ("worker_processes", "worker_connections"):
+        positive_int(cfg[key], f"gateway.{key}")
+    for key, value in cfg["limits"].items():
+        positive_int(value, f"gateway.limits.{key}")
+    for key, value in cfg["timeouts"].items():
+        require(as_float(value, f"gateway.timeouts.{key}") > 0, f"gateway.timeouts.{key}", "> 0")
+    positive_int(cfg["check"]["max_json_depth"], "gateway.check.max_json_depth")
+
+
+def _prepare_runtime(runtime: Path, cfg: Mapping[str, Any]) -> None:
+    """Temp folders nginx's workers write request bodies to (theirs alone when run as root)."""
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        path = runtime / sub
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(path, str(cfg["worker_user"]), str(cfg["worker_group"]))
+            path.chmod(0o700)
+
+
+class Gateway:
+    """An nginx process in front of one TritonServer (start/stop/is_running, like the server)."""
+
+    def __init__(
+        self, cfg: Mapping[str, Any], specs: Mapping[str, ModelSpec], upstream: Upstream
+    ) -> None:
+        require(is_loopback(upstream.host), "serve.host", "the gateway's upstream must be loopback")
+        for name in specs:
+            require(bool(_MODEL_NAME.match(name)), "serve.models", f"{name!r}: use [A-Za-z0-9_.-]")
+        validate_gateway_cfg(cfg)
+        self.cfg, self.specs, self.upstream = dict(cfg), dict(specs), upstream
+        self.host = str(cfg["host"])
+        search = os.pathsep.join(str(p) for p in cfg["search_path"])
+        self.binary = shutil.which(str(cfg["binary"])) or shutil.which(
+            str(cfg["binary"]), path=search
+        )
+        self.ports = {"http": int(cfg["http_port"]), "grpc": int(cfg["grpc_port"])}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.paths: GatewayPaths | None = None
+        self.expected_stop = False
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{bracketed(self.host)}:{self.ports['http']}"
+
+    @property
+    def http_address(self) -> str:
+        return f"{bracketed(self.host)}:{self.ports['http']}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{bracketed(self.host)}:{self.ports['grpc']}"
+
+    def _resolve(self) -> GatewayPaths:
+        restart = self.paths is not None  # ports held before: their TIME_WAIT ends block bind()
+        for which, port in self.ports.items():
+            if port == 0:
+                self.ports[which] = free_port(self.host)
+            elif not restart:  # nginx binds with SO_REUSEADDR and fails loudly if really taken
+                check_port_free(self.host, port, f"{which}_port", "gateway")
+        runtime = Path(str(self.cfg["runtime_dir"])).resolve() / f"gateway-{self.ports['http']}"
+        logs = Path(str(self.cfg["log_dir"])).resolve()
+        logs.mkdir(parents=True, exist_ok=True)
+        _prepare_runtime(runtime, self.cfg)
+        stem = f"gateway-{self.ports['http']}"
+        return GatewayPaths(
+            self.ports["http"],
+            self.ports["grpc"],
+            runtime,
+            runtime / "nginx.conf",
+            logs / f"{stem}.error.log",
+            logs / f"{stem}.access.log",
+            runtime / "check.js",
+        )
+
+    def _nginx(self, *args: str) -> list[str]:
+        assert self.paths is not None and self.binary is not None
+        p = self.paths
+        return [
+            self.binary,
+            "-p",
+            f"{p.runtime_dir}/",
+            "-e",
+            str(p.error_log),
+            "-c",
+            str(p.config),
+            *args,
+        ]
+
+    def _write_check(self) -> None:
+        check = self.cfg["check"]
+        if not check["enabled"]:
+            return
+        if check["module"] and not Path(str(check["module"])).is_file():
+            raise ServerError(
+                f"the gateway's request check needs nginx's JavaScript module ({check['module']} "
+                "is missing); `apt-get install libnginx-mod-http-js`, or gateway.check.enabled="
+                "false (the batch dimension is then not checked: Triton 2.51 truncates it)"
+            )
+        self.paths.check_script.write_text(check_script(self.specs, int(check["max_json_depth"])))
+
+    def start(self) -> Gateway:
+        """Write nginx.conf, check it with ``nginx -t``, start nginx, wait until it proxies."""
+        if self.binary is None:
+            raise ServerError(
+                f"the gateway needs nginx ({self.cfg['binary']!r} not found on PATH); install "
+                "Debian's nginx-light (`apt-get install nginx-light`) or serve on loopback only "
+                "with gateway=off"
+            )
+        self.paths = self._resolve()
+        self._write_check()
+        self.paths.config.write_text(render_config(self.cfg, self.specs, self.upstream, self.paths))
+        check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
+        if check.returncode != 0:
+            raise ServerError(
+                f"nginx rejects the generated {self.paths.config}: {' '.join(check.stderr.split())}"
+            )
+        self.expected_stop = False
+        self.process = subprocess.Popen(
+            self._nginx(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # nginx logs to error_log
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
+        Reaper.shared().watch_group(self.process.pid)
+        self._wait_ready()
+        log.info("gateway ready: %s, grpc %s", self.http_url, self.grpc_address)
+        return self
+
+    def _live(self) -> bool:
+        try:
+            url = f"{self.http_url}/v2/health/live"
+            with urllib.request.urlopen(url, timeout=float(self.cfg["health_timeout_s"])) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + float(self.cfg["ready_timeout_s"])
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                code = self.process.returncode
+                self.stop()
+                raise ServerError(
+                    f"nginx exited ({describe_exit(code)}); see {self.paths.error_log}"
+                )
+            if self._live():
+                return
+            time.sleep(float(self.cfg["poll_interval_s"]))
+        self.stop()
+        raise ServerError(
+            f"the gateway did not answer within gateway.ready_timeout_s="
+            f"{self.cfg['ready_timeout_s']} s; see {self.paths.error_log}"
+        )
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> int | None:
+        """Graceful: SIGQUIT (stop accepting, finish in-flight requests), then SIGKILL the group."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        self.expected_stop = True
+        if process.poll() is None:
+            process.send_signal(signal.SIGQUIT)
+            try:
+                process.wait(timeout=float(self.cfg["stop_timeout_s"]))
+            except subprocess.TimeoutExpired:
+                log.warning("nginx did not finish within gateway.stop_timeout_s; killing it")
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        Reaper.shared().release_group(process.pid)
+        return process.returncode
+
+
+def from_config(
+    gateway_cfg: Mapping[str, Any], specs: Mapping[str, ModelSpec], upstream: Upstream
+) -> Gateway | None:
+    """The gateway, or None with ``gateway=off``."""
+    if not gateway_cfg.get("enabled", False):
+        return None
+    if not specs:
+        raise ConfigError("invalid config value serve.models: the gateway needs at least one model")
+    return Gateway(gateway_cfg, specs, upstream)

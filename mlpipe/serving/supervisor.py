@@ -1,0 +1,255 @@
+"""Supervision for mlpipe-serve: ready must mean "answers".
+
+``/v2/health/ready`` stays READY when a model's python stub has died (every request then fails
+after ~2 s), so the watchdog sends a **real inference** (one zero sample built from the model's
+signature) to every model every ``serve.watchdog.interval_s``, and checks between probes that
+tritonserver and the gateway still run. When a model stops answering or a process dies, the
+server (or the gateway) is restarted on the same ports, after a backoff that grows with each
+restart in a row; the reason is logged. After ``max_restarts`` restarts in a row mlpipe-serve
+exits non-zero with a one-line reason. ``healthy_reset_s`` of good probes resets the count.
+
+On SIGINT/SIGTERM the gateway stops first (nginx finishes in-flight requests and accepts no new
+ones), then tritonserver, so it is never torn down with requests in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from mlpipe.common.config import as_float, plain, positive_int, require
+from mlpipe.common.errors import PortInUseError, ServerError
+from mlpipe.serving.client import TritonClient
+from mlpipe.serving.gateway import Gateway, Upstream
+from mlpipe.serving.gateway import from_config as gateway_from_config
+from mlpipe.serving.lifecycle import describe_exit
+from mlpipe.serving.server import TritonServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchdogSettings:
+    """``serve.watchdog``: probe cadence, restart budget and backoff."""
+
+    interval_s: float
+    timeout_s: float
+    failures_before_restart: int
+    check_interval_s: float
+    restart_stop_timeout_s: float
+    max_restarts: int
+    backoff_s: float
+    backoff_factor: float
+    backoff_max_s: float
+    healthy_reset_s: float
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> WatchdogSettings:
+        ints = {"failures_before_restart": 1, "max_restarts": 0}
+        values = {
+            key: positive_int(node[key], f"serve.watchdog.{key}", minimum)
+            for key, minimum in ints.items()
+        }
+        for key in cls.__dataclass_fields__:
+            if key not in ints:
+                values[key] = as_float(node[key], f"serve.watchdog.{key}")
+                require(values[key] > 0, f"serve.watchdog.{key}", f"must be > 0, got {node[key]!r}")
+        return cls(**values)
+
+    def backoff(self, attempt: int) -> float:
+        """Wait before restart number ``attempt`` (1-based)."""
+        return min(self.backoff_s * self.backoff_factor ** (attempt - 1), self.backoff_max_s)
+
+
+class Supervisor:
+    """Probes the models, watches the processes, restarts with bounded retries and backoff."""
+
+    def __init__(
+        self, server: TritonServer, gateway: Gateway | None, settings: WatchdogSettings
+    ) -> None:
+        self.server, self.gateway, self.settings = server, gateway, settings
+        self.restarts = 0
+        self.failures = 0
+        self.last_restart = time.monotonic()
+        self._clients: dict[str, TritonClient] = {}
+
+    def _close_clients(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients = {}
+
+    def _probe_model(self, name: str) -> str | None:
+        spec = self.server.specs[name]
+        try:
+            if name not in self._clients:
+                self._clients[name] = TritonClient(
+                    "http", self.server.http_address, name, self.settings.timeout_s
+                )
+            logits = self._clients[name].infer(spec.probe_batch())
+        except Exception as err:  # timeout, 500 "Stub process is not healthy", refused, ...
+            self._clients.pop(name, None)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            return f"model {name!r} did not answer a probe inference ({first})"
+        if logits.shape[0] != 1 or not np.all(np.isfinite(logits)):
+            return f"model {name!r} answered a probe with {logits.shape} non-finite/odd logits"
+        return None
+
+    def probe(self) -> str | None:
+        """A real inference to every model; the first failure's reason, or None."""
+        for name in self.server.specs:
+            reason = self._probe_model(name)
+            if reason is not None:
+                return reason
+        return None
+
+    def process_problem(self) -> str | None:
+        """Why a process is down, or None."""
+        if not self.server.is_running():
+            code = self.server.process.returncode if self.server.process else None
+            return f"tritonserver exited ({describe_exit(code)}); log {self.server.log_path}"
+        if self.gateway is not None and not self.gateway.is_running():
+            code = self.gateway.process.returncode if self.gateway.process else None
+            return f"the gateway (nginx) exited ({describe_exit(code)})"
+        return None
+
+    def _restart(self) -> None:
+        """Restart what is broken: the gateway alone when only it died, else the server."""
+        if self.server.is_running() and self.gateway is not None and not self.gateway.is_running():
+            self.gateway.stop()
+            self.gateway.start()
+            return
+        self._close_clients()
+        if self.gateway is not None:
+            # nginx's keep-alive connections to the old server would keep its ports taken (the
+            # server's ends linger in FIN_WAIT until nginx closes them): close them first.
+            self.gateway.stop()
+        self.server.stop(timeout_s=self.settings.restart_stop_timeout_s)
+        self.server.start()
+        if self.gateway is not None:
+            self.gateway.start()
+
+    def recover(self, reason: str, stop_event: threading.Event) -> None:
+        """Restart with backoff until it works, the budget is spent (ServerError) or stop."""
+        while True:
+            self.restarts += 1
+            if self.restarts > self.settings.max_restarts:
+                raise ServerError(
+                    f"giving up after {self.settings.max_restarts} restarts in a row "
+                    f"(serve.watchdog.max_restarts): {reason}"
+                )
+            delay = self.settings.backoff(self.restarts)
+            log.warning(
+                "restart %d/%d in %.1f s: %s",
+                self.restarts,
+                self.settings.max_restarts,
+                delay,
+                reason,
+            )
+            if stop_event.wait(delay):
+                return
+            try:
+                self._restart()
+            except (ServerError, PortInUseError) as err:  # e.g. a port not yet released
+                reason = f"restart failed: {str(err).splitlines()[0]}"
+                continue
+            self.last_restart, self.failures = time.monotonic(), 0
+            log.warning("restarted after: %s", reason)
+            return
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Until ``stop_event``: check the processes often, probe the models every interval."""
+        next_probe = time.monotonic() + self.settings.interval_s
+        while not stop_event.wait(self.settings.check_interval_s):
+            reason = self.process_problem()
+            if reason is None and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + self.settings.interval_s
+                failed = self.probe()
+                self.failures = self.failures + 1 if failed else 0
+                if self.failures >= self.settings.failures_before_restart:
+                    reason = failed
+            if reason is not None and not stop_event.is_set():
+                self.recover(reason, stop_event)
+                next_probe = time.monotonic() + self.settings.interval_s
+            elif (
+                self.restarts
+                and time.monotonic() - self.last_restart > self.settings.healthy_reset_s
+            ):
+                self.restarts = 0
+        self._close_clients()
+
+
+def banner(server: TritonServer, gateway: Gateway | None) -> str:
+    """What mlpipe-serve prints once everything answers."""
+    lines = [
+        f"tritonserver ready in {server.ready_seconds:.2f} s; models {', '.join(server.models)}",
+        f"  HTTP    {server.http_url}",
+        f"  gRPC    {server.grpc_url}",
+        f"  metrics {server.metrics_url}",
+        f"  log     {server.log_path}",
+        f"  admin   key in {server.admin_key_file} (header {server.admin.header}; "
+        f"restricted: {', '.join(server.admin.restricted)})",
+    ]
+    if gateway is not None:
+        lines += [
+            f"  gateway HTTP {gateway.http_url}",
+            f"  gateway gRPC grpc://{gateway.grpc_address}",
+            f"  gateway log  {gateway.paths.error_log}",
+        ]
+    lines.append("Ctrl-C (SIGINT) or SIGTERM stops it.")
+    return "\n".join(lines)
+
+
+def start_stack(cfg: DictConfig, server: TritonServer) -> Gateway | None:
+    """Start tritonserver, then the gateway in front of it (None with gateway=off)."""
+    server.start()
+    gateway_cfg = plain(cfg.gateway) if "gateway" in cfg else {"enabled": False}
+    upstream = Upstream(
+        server.host, server.ports["http"], server.ports["grpc"], server.admin.header
+    )
+    gateway = gateway_from_config(gateway_cfg, server.specs, upstream)
+    if gateway is not None:
+        gateway.start()
+    return gateway
+
+
+def shutdown(server: TritonServer, gateway: Gateway | None) -> int | None:
+    """Drain: the gateway finishes in-flight requests first, then tritonserver stops."""
+    if gateway is not None:
+        gateway.stop()
+    return server.stop()
+
+
+def run_service(cfg: DictConfig) -> None:
+    """mlpipe-serve's work; an abnormal end raises ServerError (one line, exit 1)."""
+    settings = WatchdogSettings.from_config(cfg.serve.watchdog)
+    server = TritonServer.from_config(cfg.serve)
+    stop_event = threading.Event()
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s; draining and stopping", signal.Signals(signum).name)
+        stop_event.set()
+
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    gateway: Gateway | None = None
+    try:
+        gateway = start_stack(cfg, server)
+        print(banner(server, gateway), flush=True)
+        Supervisor(server, gateway, settings).run(stop_event)
+        code = shutdown(server, gateway)
+        if code not in (0, None):
+            raise ServerError(
+                f"tritonserver ended abnormally while stopping ({describe_exit(code)}); "
+                f"see {server.log_path}"
+            )
+    finally:
+        shutdown(server, gateway)  # idempotent; on every path
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,209 @@
+"""Supervision and process lifecycles of `mlpipe-serve` (a real subprocess, real signals).
+
+Cases 5-8 and 16 of the hardening issue: a killed python stub is noticed by the watchdog's real
+inference and the service is back within 15 s; restarts are bounded and a spent budget exits
+non-zero with a one-line reason; SIGKILL of mlpipe-serve leaves no process, port or /dev/shm
+region behind; SIGTERM under load drains through the gateway with no SIGSEGV; logs are appended.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from helpers.compose import EPHEMERAL, compose_app, tmp_path_overrides
+from helpers.serving import banner_address, descendants, drain_output, start_cli
+
+from mlpipe.data import load_split
+from mlpipe.serving.client import TritonClient
+from mlpipe.serving.lifecycle import process_tree, shm_regions
+from mlpipe.serving.network import check_port_free
+from mlpipe.serving.server import TritonServer
+
+CLI = (*EPHEMERAL, "gateway.http_port=0", "gateway.grpc_port=0")
+pytestmark = pytest.mark.slow
+
+
+def _images(root: Path) -> np.ndarray:
+    return load_split(compose_app("client", root).data, "test")[0][:8]
+
+
+def _triton(proc_pid: int) -> psutil.Process:
+    (server,) = [p for p in descendants(proc_pid) if p.name() == "tritonserver"]
+    return server
+
+
+def _stub_of(proc_pid: int, model: str) -> psutil.Process:
+    (stub,) = [
+        p
+        for p in descendants(proc_pid)
+        if p.name() == "triton_python_backend_stub"
+        and f"/{model}/1/model.py" in " ".join(p.cmdline())
+    ]
+    return stub
+
+
+def _nginx_masters(proc_pid: int) -> list[psutil.Process]:
+    return [p for p in descendants(proc_pid) if p.name() == "nginx" and p.ppid() == proc_pid]
+
+
+def _answer_within(address: str, images: np.ndarray, seconds: float) -> tuple[np.ndarray, float]:
+    """First successful answer through `address`, and how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        try:
+            with TritonClient("http", address, "digits", 2.0) as client:
+                return client.infer(images), time.monotonic() - start
+        except Exception:
+            time.sleep(0.2)
+    raise AssertionError(f"no answer through {address} within {seconds} s")
+
+
+def _wait_gone(pids: list[int], paths: set[Path], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = [
+            pid
+            for pid in pids
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
+        left = [p for p in paths if p.exists()]
+        if not alive and not left:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"still there after {seconds} s: processes {alive}, files {left}")
+
+
+def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_export: Path) -> None:
+    """Case 5, a dead gateway, and the restart budget: each back within 15 s; then exit 1."""
+    overrides = [
+        *tmp_path_overrides(hardening_export),
+        *CLI,
+        "serve.watchdog.max_restarts=2",
+        "serve.watchdog.healthy_reset_s=600",
+    ]
+    proc, banner = start_cli(overrides)
+    output = drain_output(proc)
+    gateway = banner_address(banner, "gateway HTTP")
+    images = _images(hardening_export)
+    try:
+        before, _ = _answer_within(gateway, images, 10)
+        _stub_of(proc.pid, "digits").kill()  # kill -9 of the model's python stub
+        after, took = _answer_within(gateway, images, 15)
+        np.testing.assert_allclose(after, before, atol=1e-6, rtol=0)
+        assert took < 15
+        (nginx,) = _nginx_masters(proc.pid)
+        nginx.kill()  # the gateway dies: restarted on the same ports
+        deadline = time.monotonic() + 15
+        while [p.pid for p in _nginx_masters(proc.pid)] in ([], [nginx.pid]):
+            assert time.monotonic() < deadline, (
+                "the gateway was not restarted: " + "".join(output)[-3000:]
+            )
+            time.sleep(0.1)
+        again, _ = _answer_within(gateway, images, 15)
+        np.testing.assert_allclose(again, before, atol=1e-6, rtol=0)
+        triton = _triton(proc.pid)
+        regions = shm_regions(process_tree(triton.pid))
+        triton.kill()  # a third failure in a row: the budget (2 restarts) is spent
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(0.5)  # the output thread reads the last lines
+    text = "".join(output)
+    assert "restart 1/2" in text and "did not answer a probe inference" in text, text
+    assert "restart 2/2" in text and "the gateway (nginx) exited (killed by SIGKILL)" in text
+    last = text.strip().splitlines()[-1]
+    assert "error: giving up after 2 restarts in a row" in last, text
+    assert "tritonserver exited (killed by SIGKILL)" in last
+    _wait_gone([], regions, 10)  # the second server's /dev/shm regions were removed
+
+
+def test_sigkill_of_mlpipe_serve_leaves_nothing(hardening_export: Path) -> None:
+    """Cases 7 and 8: no tritonserver, stub or nginx keeps running; regions and ports free."""
+    proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
+    children = descendants(proc.pid)
+    assert {"tritonserver", "triton_python_backend_stub", "nginx"} <= {p.name() for p in children}
+    regions = shm_regions(process_tree(_triton(proc.pid).pid))
+    assert len(regions) == 2  # one per model instance
+    addresses = [banner_address(banner, label) for label in ("HTTP", "gRPC", "gateway HTTP")]
+    proc.kill()
+    proc.wait()
+    _wait_gone([p.pid for p in children], regions, 15)
+    for address in addresses:
+        host, port = address.rsplit(":", 1)
+        check_port_free(host, int(port), "port")  # the next start will not hit PortInUseError
+
+
+def test_sigterm_under_load_drains_without_segfault(hardening_export: Path) -> None:
+    """Case 6: load through the gateway, SIGTERM: exit 0, every answer right, no SIGSEGV."""
+    proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
+    output = drain_output(proc)
+    gateway = banner_address(banner, "gateway HTTP")
+    console = Path(re.search(r"^\s*log\s+(\S+)\.log$", banner, re.M).group(1) + ".stdout")
+    console_start = console.stat().st_size
+    images = _images(hardening_export)
+    stop, results = threading.Event(), {"ok": 0, "wrong": 0, "server_errors": 0, "refused": 0}
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                with TritonClient("http", gateway, "digits", 30.0) as client:
+                    while not stop.is_set():
+                        got = client.infer(images)
+                        key = "ok" if np.allclose(got, expected, atol=1e-5, rtol=0) else "wrong"
+                        results[key] += 1
+            except Exception as err:  # refused/reset once the gateway stopped accepting
+                status = str(getattr(err, "status", lambda: "")() or "")
+                results["server_errors" if status.startswith("5") else "refused"] += 1
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        expected, _ = _answer_within(gateway, images, 10)
+        for thread in threads:
+            thread.start()
+        time.sleep(2.0)
+    except BaseException:
+        proc.kill()
+        raise
+    in_load = results["ok"]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=90) == 0, "".join(output)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+    assert in_load > 0 and results["wrong"] == 0 and results["server_errors"] == 0, results
+    with console.open("rb") as handle:
+        handle.seek(console_start)
+        tail = handle.read().decode(errors="replace")
+    assert "Signal (11)" not in tail and "Segmentation" not in tail, tail
+
+
+def test_logs_appended_and_shm_removed_on_stop(hardening_export: Path) -> None:
+    """Cases 7 and 16 on the library path: two runs on one port, one log holding both."""
+    cfg = compose_app("serve", hardening_export, *EPHEMERAL)
+    server = TritonServer.from_config(cfg.serve)
+    with server:
+        first = set(server.shm)
+        assert first and all(p.exists() for p in first)
+    assert not any(p.exists() for p in first)
+    port = server.ports["http"]
+    again = TritonServer.from_config(cfg.serve)
+    again.ports = dict(server.ports)  # the same ports, so the same log files
+    with again:
+        pass
+    assert again.log_path == server.log_path and port == again.ports["http"]
+    assert server.log_path.read_text().count("Started HTTPService") == 2
+    assert server.console_path.read_text().count("=== mlpipe-serve") == 2
