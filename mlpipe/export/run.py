@@ -36,7 +36,7 @@ from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import positive_int
 from mlpipe.common.errors import ConfigError, DataError, ParityError
-from mlpipe.common.provenance import data_version, git_revision, sha256_file
+from mlpipe.common.provenance import data_version, sha256_file, source_digest
 from mlpipe.export import triton_repo
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,14 @@ def dvc_data_hash(data_dvc: Path) -> str:
 
 
 def provenance(prov_cfg: Mapping[str, Any]) -> dict[str, str]:
-    """Strings for ONNX ``metadata_props``: git rev, data hash, training metrics, lock hashes."""
+    """Strings for ONNX ``metadata_props``: source hash, data hash, training metrics, lock hashes.
+
+    Content hashes only, never a commit id or a time: the ONNX file is a DVC output whose md5 is
+    committed in dvc.lock, so it must come out byte-identical from a later commit's clone.
+    """
     root = Path(prov_cfg["root_dir"])
     props = {
-        "mlpipe.git_rev": git_revision(root),
+        "mlpipe.source_sha256": source_digest(root, list(prov_cfg["source_paths"])),
         "mlpipe.data_md5": dvc_data_hash(Path(prov_cfg["data_dvc"])),
     }
     metrics = Path(prov_cfg["train_metrics"])
