@@ -92,7 +92,13 @@ def git_revision(root: Path) -> str:
     """
     try:
         rev = _git(root, "rev-parse", "HEAD")
-        changed = _git(root, "status", "--porcelain", "-z", "--untracked-files=no")
+        changed = subprocess.run(  # not _git: stripping would eat the status column's space
+            ["git", "status", "--porcelain", "-z", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         log.warning("git revision unavailable (%s); provenance records 'unknown'", err)
         return "unknown"
