@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +135,24 @@ def export_onnx(
                 )
 
 
-def add_metadata(onnx_path: Path, props: Mapping[str, str]) -> None:
-    """Replace the model-level ``metadata_props`` keys we own, keep the others."""
+def add_metadata(
+    onnx_path: Path, props: Mapping[str, str], drop_node_keys: Sequence[str] = ()
+) -> None:
+    """Replace the model-level ``metadata_props`` keys we own, keep the others; remove the
+    node-level ``drop_node_keys`` (the dynamo exporter's stack traces hold absolute paths of the
+    checkout and the venv, so the file would differ per clone)."""
     model = onnx.load(str(onnx_path))
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
+    drop = set(drop_node_keys)
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    for node in nodes:
+        node_kept = [p for p in node.metadata_props if p.key not in drop]
+        del node.metadata_props[:]
+        node.metadata_props.extend(node_kept)
     onnx.save(model, str(onnx_path))
 
 
@@ -224,7 +234,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
     sample = torch.from_numpy(images[: int(ecfg.onnx.trace_batch_size)])
     export_onnx(net, sample, onnx_path, ecfg.onnx)
-    add_metadata(onnx_path, provenance(ecfg.provenance))
+    add_metadata(
+        onnx_path, provenance(ecfg.provenance), list(ecfg.onnx.get("drop_node_metadata", []))
+    )
     onnx.checker.check_model(str(onnx_path), full_check=True)
 
     batch_size = int(ecfg.parity.batch_size)
