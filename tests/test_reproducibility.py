@@ -98,9 +98,31 @@ def _explain(path: str, a: Path, b: Path) -> str:
             else "weights differ: training diverged (float rounding of another CPU/library?)"
         )
         return f"{path}: {why}"
+    if path.endswith(".onnx"):
+        return f"{path}: {_onnx_difference(pa, pb)}"
     if path.endswith((".json", ".csv")):
         return f"{path}:\n--- {pa}\n{pa.read_text()}\n--- {pb}\n{pb.read_text()}"
     return f"{path}: bytes differ ({_md5(pa)} vs {_md5(pb)})"
+
+
+def _onnx_difference(pa: Path, pb: Path) -> str:
+    import onnx
+    from onnx import numpy_helper
+
+    ma, mb = onnx.load(str(pa)), onnx.load(str(pb))
+    wa = {t.name: numpy_helper.to_array(t).tobytes() for t in ma.graph.initializer}
+    wb = {t.name: numpy_helper.to_array(t).tobytes() for t in mb.graph.initializer}
+    if wa != wb:
+        return "weights differ (the checkpoints differ, or the exporter folded constants otherwise)"
+
+    def differing(a: list, b: list) -> list[str]:
+        da, db = {p.key: p.value for p in a}, {p.key: p.value for p in b}
+        return [k for k in sorted(da.keys() | db.keys()) if da.get(k) != db.get(k)]
+
+    meta = differing(list(ma.metadata_props), list(mb.metadata_props))
+    pairs = zip(ma.graph.node, mb.graph.node, strict=False)
+    nodes = sorted({k for na, nb in pairs for k in differing(na.metadata_props, nb.metadata_props)})
+    return f"weights equal; model metadata differs in {meta}, node metadata in {nodes}"
 
 
 @pytest.mark.slow
