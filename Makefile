@@ -9,27 +9,58 @@ PIP         := $(PY) -m pip
 STAMP       := $(VENV)/.setup-stamp
 # dvc stages call the console scripts (mlpipe-train, ...): the venv's bin comes first.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Reproducible builds (the relu_module wheel): every timestamp a build writes is the last commit's.
+export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
 RELU_SRC    := $(shell find relu_module -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -not -path '*/build/*' 2>/dev/null)
 
-.PHONY: help setup data run train export serve client serve-targets serve-soak tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
+.PHONY: help setup lock data run measure record-cpu check-repro train export serve client serve-targets serve-soak tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# Three steps: (1) every third-party package from constraints.txt in pip's hash-checking mode: a
+# file whose sha256 is not in the lock (tampered, substituted, another build) is refused; (2)
+# relu-module, built here from relu_module/ (a local build has no published hash to check); (3)
+# mlpipe itself, editable. --no-deps: the lock already holds the whole closure; `pip check` proves it.
 $(STAMP): constraints.txt pyproject.toml $(RELU_SRC)
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt pip setuptools pybind11
-	$(PIP) install -q -c constraints.txt --no-build-isolation ./relu_module -e '.[dev]'
+	$(PIP) install -q --require-hashes --no-deps -r constraints.txt
+	$(PIP) install -q --no-deps --no-build-isolation ./relu_module
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) check
 	touch $@
 
-setup: $(STAMP) ## create .venv and install relu_module + mlpipe[dev] under constraints.txt (idempotent)
+setup: $(STAMP) ## create .venv: hash-checked constraints.txt, then relu_module and mlpipe (idempotent)
+
+LOCK_WHEELS := build/lock-wheels
+lock: ## regenerate constraints.txt (exact pins + sha256 of every file) from pyproject.toml
+	rm -rf $(LOCK_WHEELS)
+	$(PY) -m build --no-isolation --wheel --outdir $(LOCK_WHEELS) relu_module
+	# relu-module resolves from the wheel just built (its deps enter the lock), but is left out of
+	# the lock itself (--unsafe-package): it is built locally, so it has no stable hash.
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --generate-hashes --extra dev \
+	  --unsafe-package relu-module --find-links $(LOCK_WHEELS) --no-emit-find-links \
+	  --no-emit-index-url --strip-extras --output-file constraints.txt pyproject.toml
 
 data: setup ## fetch the DVC-tracked data from the committed remote (no network needed)
 	test -f data/digits.csv.gz || dvc pull data.dvc
 
-run: data ## the main job: dvc repro (train -> export -> profile -> bench -> report), then a summary
+# The measurement stages, in order (they declare no outs, so DVC cannot order them; see
+# measurements/dvc.yaml). --force: a measurement is re-taken on every run.
+MEASURE := tune serve profile_cpu knee bench relu_bench report
+run: data ## the main job: dvc repro (train -> export, profile), then the measurements and a summary
 	dvc repro
+	$(MAKE) --no-print-directory measure
 	$(PY) -m mlpipe.report report.write=false
+
+measure: data ## re-take every measurement (tune, serve, measured CPU profile and knees, bench, relu bench, report)
+	dvc repro --force --single-item $(addprefix measurements/dvc.yaml:,$(MEASURE))
+
+record-cpu: setup ## after committing a new dvc.lock: record this CPU beside it (dvc.lock.cpu.json)
+	$(PY) -c "import json; from mlpipe.common.provenance import cpu_record; print(json.dumps(cpu_record(), indent=1))" > dvc.lock.cpu.json
+
+check-repro: setup ## rebuild train+export in two fresh clones; compare the bytes with each other and dvc.lock
+	$(PY) -m pytest -m slow tests/test_reproducibility.py -v
 
 train: data ## train with the default config (dvc repro train); prints the test accuracy
 	dvc repro train
@@ -48,7 +79,7 @@ serve-targets: tune ## the serving targets: readiness, batch-1 p50 vs ORT, tuned
 	mlpipe-serve-targets
 
 tune: export ## Triton config chosen by measurement: Pareto front + tuned repository (reports/tune/)
-	dvc repro tune
+	dvc repro --force --single-item measurements/dvc.yaml:tune
 
 serve-soak: export ## load through the gateway with 20 % bad requests, every answer checked: reports/serve/soak.json
 	$(PY) -m mlpipe.serving.soak
@@ -57,7 +88,7 @@ profile: setup ## FLOPs, bytes and roofline per layer (default and wide model)
 	dvc repro profile
 
 bench-serving: export ## latency/throughput per backend (torch, ORT, Triton HTTP/gRPC): reports/bench/
-	dvc repro bench
+	dvc repro --force --single-item measurements/dvc.yaml:bench
 
 report: data ## reports/REPORT.md from whatever stages have run
 	mlpipe-report
@@ -83,8 +114,8 @@ test-fast: data ## tests without the slow ones
 bench: setup ## relu_module benchmark: table on screen, JSON + PNG under reports/relu/
 	$(PY) benchmarks/relu_bench.py
 
-wheel: setup ## sdist + wheel of relu_module under relu_module/dist/
-	$(PY) -m build --no-isolation relu_module
+wheel: setup ## sdist + wheel of relu_module under relu_module/dist/ (reproducible: SOURCE_DATE_EPOCH)
+	umask 022 && $(PY) -m build --no-isolation relu_module   # umask: file modes in the wheel
 
 nix-check: setup ## parse every .nix file, then tests/test_nix.py (evaluates the flake where ../shared/nixpkgs-lib exists)
 	bash .ci/nix-parse.sh

@@ -423,8 +423,10 @@ def _flip_summary(p: Mapping[str, Any], name: str) -> str:
 
 
 def section_profile(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section:
-    pdir = reports / rc["inputs"]["profile_dir"]
-    files = sorted(pdir.glob("*.json")) if pdir.is_dir() else []
+    # The analytic profile (stored device presets) and this CPU's, measured at run time.
+    dirs = [reports / rc["inputs"]["profile_dir"], reports / rc["inputs"]["profile_cpu_dir"]]
+    files = [f for d in dirs if d.is_dir() for f in sorted(d.glob("*.json"))]
+    pdir = dirs[0]
     if not files:
         return Section(
             "Roofline per layer", f"not run: `{rc['how_to']['profile']}` writes {pdir}/<model>.json"
@@ -433,7 +435,7 @@ def section_profile(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sect
     for f in files:
         try:
             p = read_json(f, rc["how_to"]["profile"])
-            part, line = _profile_part(p, f.stem, pdir, out_dir), _flip_summary(p, f.stem)
+            part, line = _profile_part(p, f.stem, f.parent, out_dir), _flip_summary(p, f.stem)
         except (Missing, KeyError, TypeError) as err:
             parts.append(f"### {f.stem}\n\nunreadable: {f}: {err}")
             continue

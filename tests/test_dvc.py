@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -71,9 +74,24 @@ def _get(node: dict, dotted: str):
     return node
 
 
+def _stages(root: Path, dvc_yaml: str = "dvc.yaml") -> dict:
+    return yaml.safe_load((root / dvc_yaml).read_text())["stages"]
+
+
+def _paths(entries: list) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+def _git_tracked(root: Path, *paths: str) -> set[str]:
+    out = subprocess.run(
+        ["git", "ls-files", *paths], cwd=root, capture_output=True, text=True, check=True
+    )
+    return set(out.stdout.split())
+
+
 def test_train_stage_names_real_files_and_keys(repo_root: Path) -> None:
-    stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["train"]
-    assert stage["cmd"].split()[0] == "mlpipe-train"
+    stage = _stages(repo_root)["train"]
+    assert stage["cmd"].split()[:2] == ["mlpipe-train", "pipeline=true"]
     for dep in stage["deps"]:
         assert (repo_root / dep).exists(), dep
     for entry in stage["params"]:
@@ -81,28 +99,157 @@ def test_train_stage_names_real_files_and_keys(repo_root: Path) -> None:
             conf = OmegaConf.to_container(OmegaConf.load(repo_root / file))
             for key in keys:
                 _get(conf, key)  # KeyError names a param that no longer exists
-    outs = [next(iter(o)) for o in stage["outs"]]
-    metrics = [next(iter(m)) for m in stage["metrics"]]
-    assert "artifacts/checkpoints/best.ckpt" in outs and metrics == ["reports/train/metrics.json"]
+    outs, metrics, plots = (_paths(stage[k]) for k in ("outs", "metrics", "plots"))
+    assert outs == ["artifacts/checkpoints/best.ckpt"]
+    assert metrics == ["reports/train/metrics.json"] and plots == ["reports/train/curves.csv"]
     ignored = subprocess.run(
-        ["git", "check-ignore", *outs, *metrics], cwd=repo_root, capture_output=True, text=True
+        ["git", "check-ignore", *outs, *metrics, *plots],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
     )
-    assert len(ignored.stdout.split()) == len(outs) + len(metrics), (
-        "stage outputs must be git-ignored, never committed"
+    assert ignored.stdout.split() == outs, "binaries git-ignored; metrics and plots committed"
+
+
+def test_metrics_and_plots_of_the_root_pipeline_are_committed(repo_root: Path) -> None:
+    small = [
+        p
+        for stage in _stages(repo_root).values()
+        for p in _paths(stage.get("metrics")) + _paths(stage.get("plots"))
+    ]
+    assert small and set(small) <= _git_tracked(repo_root, *small), (
+        "commit the DVC metrics/plots files (`git add`), as example-get-started does"
     )
+    assert {"dvc.lock", "dvc.lock.cpu.json", "measurements/dvc.lock"} <= _git_tracked(
+        repo_root, "dvc.lock", "dvc.lock.cpu.json", "measurements/dvc.lock"
+    )
+
+
+def test_measurement_stages_record_no_measured_bytes(repo_root: Path) -> None:
+    """Timings vary run to run: a measurement stage that declared an output would rewrite the
+    committed measurements/dvc.lock on every run."""
+    stages = _stages(repo_root, "measurements/dvc.yaml")
+    assert {"serve", "bench", "relu_bench", "profile_cpu", "report"} <= set(stages)
+    for name, stage in stages.items():
+        assert stage.get("wdir") == "..", name
+        assert not any(stage.get(k) for k in ("outs", "metrics", "plots")), name
+        for dep in stage["deps"]:
+            assert not dep.startswith(("reports/bench", "reports/serve", "reports/relu")), (
+                f"{name} depends on a measurement ({dep}): its lock entry would vary"
+            )
+    makefile = (repo_root / "Makefile").read_text()
+    order = next(line for line in makefile.splitlines() if line.startswith("MEASURE :="))
+    assert order.split(":=")[1].split() == list(stages), "make measure runs every stage, in order"
+    for name, stage in _stages(repo_root).items():
+        assert "timing" not in " ".join(_paths(stage.get("outs"))), name
 
 
 def test_train_stage_outputs_match_the_config(repo_root: Path) -> None:
-    stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["train"]
+    stage = _stages(repo_root)["train"]
     with initialize_config_dir(
         version_base="1.3", config_dir=str(repo_root / "conf"), job_name="test"
     ):
         cfg = compose(config_name="train")  # the defaults the stage runs with, relative paths
-    outs = {str(Path(next(iter(o)))) for o in stage["outs"]} | {
-        str(Path(next(iter(m)))) for m in stage["metrics"]
+    declared = {str(Path(p)) for k in ("outs", "metrics", "plots") for p in _paths(stage[k])}
+    for key in ("best_checkpoint", "metrics", "curves"):
+        assert str(Path(cfg.outputs[key])) in declared, key
+    assert str(Path(cfg.outputs.timing)) not in declared, "timings vary: never a DVC output"
+
+
+def test_export_provenance_hashes_only_export_deps(repo_root: Path) -> None:
+    """The ONNX records a hash of these sources: each must be a dep of the export stage, or a
+    change to it would change model.onnx without DVC knowing."""
+    deps = set(_stages(repo_root)["export"]["deps"])
+    prov = OmegaConf.load(repo_root / "conf" / "export" / "onnx.yaml").provenance
+    assert set(prov.source_paths) <= deps
+    assert set(prov.lock_files) <= deps and "dvc.lock" not in prov.lock_files
+
+
+def test_every_train_param_file_accepts_dvc_set_param(repo_root: Path, tmp_path: Path) -> None:
+    """`dvc exp run -S <file>:<key>=<value>` for every key the train stage tracks: DVC's own
+    rewrite (dvc.utils.hydra.apply_overrides) on a copy, with a changed value read back."""
+    from dvc.utils.hydra import apply_overrides
+
+    for entry in _stages(repo_root)["train"]["params"]:
+        for file, keys in entry.items():
+            copy = tmp_path / file
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text((repo_root / file).read_text())
+            assert "${" not in copy.read_text(), f"{file}: DVC would resolve ${{...}} and fail"
+            for key in keys:
+                value = _get(OmegaConf.to_container(OmegaConf.load(copy)), key)
+                if isinstance(value, dict | list):
+                    continue  # a node: its leaves are set the same way
+                new = not value if isinstance(value, bool) else value
+                apply_overrides(copy, [f"{key}={json.dumps(new)}"])
+                assert _get(OmegaConf.to_container(OmegaConf.load(copy)), key) == new, key
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_set_param_reaches_training(repo_root: Path, tmp_path: Path) -> None:
+    """The real `dvc exp run -S` in a clone: the values land in the run (not silently ignored),
+    and `dvc exp show` / `dvc metrics diff` see the committed and the new metrics."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(repo_root), str(clone)], check=True, timeout=120)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(clone),  # the clone's mlpipe and conf/
     }
-    for key in ("best_checkpoint", "metrics", "timing"):
-        assert str(Path(cfg.outputs[key])) in outs, key
+
+    def dvc(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dvc", *args],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    dvc("pull", "-q", "data.dvc")
+    dvc(
+        "exp",
+        "run",
+        "train",
+        "-n",
+        "lr-probe",
+        "-S",
+        "conf/optimizer/adamw.yaml:lr=0.002",
+        "-S",
+        "conf/trainer/default.yaml:max_epochs=1",
+        "-S",
+        "conf/train.yaml:seed=7",
+        "-S",
+        "conf/data/digits.yaml:batch_size=256",
+    )
+    ckpt = torch.load(clone / "artifacts/checkpoints/best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["schedule"]["optimizer"]["lr"] == 0.002
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.002
+    metrics = json.loads((clone / "reports/train/metrics.json").read_text())
+    assert metrics["seed"] == 7 and metrics["epochs"] == 1
+    data_cfg = OmegaConf.load(repo_root / "conf" / "data" / "digits.yaml")
+    data_cfg.data_dir, data_cfg.dvc_file = str(clone / "data"), str(clone / "data.dvc")
+    n_train = len(load_split(data_cfg, "train")[1])
+    assert metrics["global_step"] == -(-n_train // 256), "data.batch_size=256 was not used"
+    shown = json.loads(dvc("exp", "show", "--json"))
+    assert "lr-probe" in json.dumps(shown) and "val_acc_best" in json.dumps(shown)
+    diff = json.loads(dvc("metrics", "diff", "HEAD", "--json"))
+    assert diff["reports/train/metrics.json"]["seed"]["old"] == 42
+
+
+def test_plots_and_metrics_render(repo_root: Path, tmp_path: Path, dvc_cli) -> None:
+    """`dvc plots show` renders the declared, committed training curves; `dvc metrics show` the
+    committed metrics."""
+    out = dvc_cli("plots", "show", "--json", "-o", str(tmp_path), cwd=repo_root).stdout
+    shown = json.loads(out)["data"]
+    assert shown["training loss per epoch"][0]["content"]["data"]["values"]
+    names = " ".join(shown)
+    assert "training loss per epoch" in names and "training accuracy per epoch" in names
+    metrics = dvc_cli("metrics", "show", "--json", cwd=repo_root).stdout
+    assert "val_acc_best" in metrics
 
 
 @pytest.mark.slow

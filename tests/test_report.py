@@ -122,10 +122,10 @@ def test_missing_sections_say_how_to_make_them(tmp_path: Path) -> None:
         "not run: `make export (mlpipe-export)` writes parity.json",
         "not run: `make bench-serving (mlpipe-bench)` writes results.json",
         "not run: `make profile (mlpipe-profile)`",
-        "not run: `dvc repro knee (mlpipe-knee -m model=cnn,mlp_wide)`",
+        "not run: `dvc repro -f -s measurements/dvc.yaml:knee (mlpipe-knee -m model=cnn,mlp_wide)`",
         "not run: `make tune (mlpipe-tune)` writes results.json",
-        "not run: `dvc repro relu_bench (quick sweep; make bench runs the full one into "
-        "reports/relu/)`",
+        "not run: `dvc repro -f -s measurements/dvc.yaml:relu_bench (quick sweep; make bench "
+        "runs the full one into reports/relu/)`",
         "data.dvc not found: it records the data version",
     ):
         assert line in text, line

@@ -85,14 +85,81 @@ def recorded_dir_hash(dvc_file: Path) -> str:
 
 
 def git_revision(root: Path) -> str:
-    """``HEAD`` commit, suffixed ``-dirty`` when tracked files differ; ``unknown`` outside git."""
+    """``HEAD`` commit, suffixed ``-dirty`` when tracked source files differ; ``unknown``
+    outside git.
+
+    The source tree's state, not the pipeline's: ``dvc.lock`` files and the committed outputs
+    that dvc.yaml files declare (metrics, plots) are rewritten by the very run that asks, so
+    changes to them never make the revision dirty.
+    """
     try:
         rev = _git(root, "rev-parse", "HEAD")
-        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+        changed = subprocess.run(  # not _git: stripping would eat the status column's space
+            ["git", "status", "--porcelain", "-z", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         log.warning("git revision unavailable (%s); provenance records 'unknown'", err)
         return "unknown"
+    managed = dvc_managed_paths(root)
+    dirty = [p for p in _porcelain_paths(changed) if p not in managed]
     return f"{rev}-dirty" if dirty else rev
+
+
+def _porcelain_paths(z_output: str) -> list[str]:
+    """Paths of `git status --porcelain -z` entries (a rename's source entry is skipped)."""
+    entries, paths, skip = z_output.split("\0"), [], False
+    for entry in entries:
+        if skip or len(entry) < 4:
+            skip = False
+            continue
+        paths.append(entry[3:])
+        skip = entry[0] in "RC"  # the next entry is the rename's original path
+    return paths
+
+
+def dvc_managed_paths(root: Path) -> set[str]:
+    """Repo-relative paths that DVC writes: every dvc.lock and every declared out, metric and
+    plot of every dvc.yaml (resolved through the stage's ``wdir``)."""
+    managed: set[str] = set()
+    for dvc_yaml in root.rglob("dvc.yaml"):
+        if any(part.startswith(".") for part in dvc_yaml.relative_to(root).parts):
+            continue
+        base = dvc_yaml.parent
+        managed.add((base / "dvc.lock").relative_to(root).as_posix())
+        try:
+            stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+        except yaml.YAMLError:
+            continue
+        for stage in stages.values():
+            wdir = (base / stage.get("wdir", ".")).resolve()
+            for key in ("outs", "metrics", "plots"):
+                for entry in stage.get(key) or []:
+                    name = next(iter(entry)) if isinstance(entry, dict) else str(entry)
+                    path = (wdir / name).resolve()
+                    if path.is_relative_to(root.resolve()):
+                        managed.add(path.relative_to(root.resolve()).as_posix())
+    return managed
+
+
+def source_digest(root: Path, paths: list[str]) -> str:
+    """sha256 over the files under ``paths`` (relative to ``root``): names and contents, sorted,
+    skipping what .dvcignore skips (bytecode, build metadata). A content hash, not a commit: it
+    stays the same across commits that do not touch those files, so an artifact that records it
+    is rebuilt byte for byte from any later commit."""
+    digest = hashlib.sha256()
+    for rel in sorted(paths):
+        base = root / rel
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in files:
+            if "__pycache__" in path.parts or path.suffix == ".pyc" or ".egg-info" in str(path):
+                continue
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(sha256_file(path).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def _git(root: Path, *args: str) -> str:
@@ -110,6 +177,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_record() -> dict[str, Any]:
+    """CPU model and feature flags: what decides torch's float rounding on this machine kind
+    (kernel choice by ISA). Committed beside dvc.lock as `dvc.lock.cpu.json` (`make record-cpu`)."""
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = sorted(set(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        pass
+    return {"model": cpu_model(), "machine": platform.machine(), "flags": flags}
 
 
 def gpu_name(timeout_s: float = NVIDIA_SMI_TIMEOUT_S) -> str | None:

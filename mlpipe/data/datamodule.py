@@ -10,10 +10,15 @@ from torch.utils.data import DataLoader
 
 from mlpipe.data.dataset import Augment, DigitsDataset
 from mlpipe.data.digits import SPLITS, load_digits, split_indices, validate_data_cfg
+from mlpipe.data.sampler import EpochSampler
 
 
 class DigitsDataModule(L.LightningDataModule):
-    """Verifies the data against data.dvc, splits it, and serves augmented/plain loaders."""
+    """Verifies the data against data.dvc, splits it, and serves augmented/plain loaders.
+
+    `seed` (the run's global seed, passed by `mlpipe.train.run`) fixes the training order and the
+    augmentation noise as functions of (seed, epoch, index): see `mlpipe.data.sampler`.
+    """
 
     def __init__(
         self,
@@ -30,6 +35,7 @@ class DigitsDataModule(L.LightningDataModule):
         num_workers: int,
         pin_memory: bool,
         persistent_workers: bool,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.cfg: dict[str, Any] = {
@@ -48,6 +54,7 @@ class DigitsDataModule(L.LightningDataModule):
             "persistent_workers": persistent_workers,
         }
         validate_data_cfg(self.cfg)
+        self.seed = int(seed)
         self.datasets: dict[str, DigitsDataset] = {}
         self.data_md5: str | None = None
 
@@ -62,6 +69,7 @@ class DigitsDataModule(L.LightningDataModule):
             self._labels[self._idx[split]],
             float(self.cfg["pixel_max"]),
             augment,
+            self.seed,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -74,10 +82,12 @@ class DigitsDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         workers = int(self.cfg["num_workers"])
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            # (epoch, index) keys: the order and the noise of an epoch do not depend on resume
+            sampler=EpochSampler(len(dataset), self.seed, shuffle=shuffle),
             num_workers=workers,
             pin_memory=bool(self.cfg["pin_memory"]),
             persistent_workers=bool(self.cfg["persistent_workers"]) and workers > 0,

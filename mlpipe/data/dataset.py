@@ -5,8 +5,10 @@ Augmentation (train only, from `data.augment`): additive Gaussian noise in raw p
 augmented or not, is finally scaled to [0, 1] by the same expression `load_split` uses, so eval
 batches equal `load_split` arrays bit for bit.
 
-Random numbers come from torch's generator: Lightning's `seed_everything(workers=True)` seeds it in
-the main process and in every DataLoader worker, so runs are reproducible with any `num_workers`.
+The noise is a pure function of (seed, epoch, index) (`mlpipe.data.sampler.sample_rng`): it does not
+depend on which process draws it, how many DataLoader workers there are, or whether the run was
+resumed from a checkpoint. The training sampler passes `(epoch, index)` keys; a plain integer index
+(evaluation loaders) means epoch 0.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from torch.utils.data import Dataset
 
 import relu_module
 from mlpipe.data.digits import scale
+from mlpipe.data.sampler import sample_rng
+
+#: What `DigitsDataset.__getitem__` accepts: an index, or `(epoch, index)` from `EpochSampler`.
+SampleKey = int | tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -28,12 +34,12 @@ class Augment:
     noise_std: float  # std of the additive noise, in raw pixel units
     scale_jitter: float  # intensity factor drawn uniformly from [1 - j, 1 + j]
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Return an augmented copy of `image` (1, H, W); the input is left unchanged."""
-        noise = torch.randn(image.shape, dtype=torch.float32).numpy()  # (1, H, W)
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """An augmented copy of `image` (1, H, W) drawn from `rng`; the input is left unchanged."""
+        noise = rng.standard_normal(image.shape, dtype=np.float32)  # (1, H, W)
         out = image + np.float32(self.noise_std) * noise
         relu_module.relu_(out)  # the C++ kernel, in place: clamps negative intensities to 0
-        factor = 1.0 + self.scale_jitter * (2.0 * torch.rand(()).item() - 1.0)
+        factor = 1.0 + self.scale_jitter * (2.0 * rng.random() - 1.0)
         out *= np.float32(factor)
         return out
 
@@ -42,7 +48,12 @@ class DigitsDataset(Dataset):
     """Raw images plus labels; `__getitem__` augments (optionally) and scales one sample."""
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, pixel_max: float, augment: Augment | None
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        pixel_max: float,
+        augment: Augment | None,
+        seed: int = 0,
     ) -> None:
         if images.ndim != 4 or images.dtype != np.float32:
             raise ValueError(
@@ -54,13 +65,15 @@ class DigitsDataset(Dataset):
         self.labels = labels  # (N,) int64
         self.pixel_max = pixel_max
         self.augment = augment
+        self.seed = seed  # with (epoch, index), decides each sample's augmentation
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         image = self.images[index]  # (1, H, W)
         if self.augment is not None:
-            image = self.augment(image)
+            image = self.augment(image, sample_rng(self.seed, epoch, int(index)))
         x = scale(image, self.pixel_max)
         return torch.from_numpy(x), torch.tensor(self.labels[index])

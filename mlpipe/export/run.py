@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import positive_int
 from mlpipe.common.errors import ConfigError, DataError, ParityError
-from mlpipe.common.provenance import data_version, git_revision, sha256_file
+from mlpipe.common.provenance import data_version, sha256_file, source_digest
 from mlpipe.export import triton_repo
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,14 @@ def dvc_data_hash(data_dvc: Path) -> str:
 
 
 def provenance(prov_cfg: Mapping[str, Any]) -> dict[str, str]:
-    """Strings for ONNX ``metadata_props``: git rev, data hash, training metrics, lock hashes."""
+    """Strings for ONNX ``metadata_props``: source hash, data hash, training metrics, lock hashes.
+
+    Content hashes only, never a commit id or a time: the ONNX file is a DVC output whose md5 is
+    committed in dvc.lock, so it must come out byte-identical from a later commit's clone.
+    """
     root = Path(prov_cfg["root_dir"])
     props = {
-        "mlpipe.git_rev": git_revision(root),
+        "mlpipe.source_sha256": source_digest(root, list(prov_cfg["source_paths"])),
         "mlpipe.data_md5": dvc_data_hash(Path(prov_cfg["data_dvc"])),
     }
     metrics = Path(prov_cfg["train_metrics"])
@@ -139,14 +143,24 @@ def _export_torchscript(
         )
 
 
-def add_metadata(onnx_path: Path, props: Mapping[str, str]) -> None:
-    """Replace the model-level ``metadata_props`` keys we own, keep the others."""
+def add_metadata(
+    onnx_path: Path, props: Mapping[str, str], drop_node_keys: Sequence[str] = ()
+) -> None:
+    """Replace the model-level ``metadata_props`` keys we own, keep the others; remove the
+    node-level ``drop_node_keys`` (the dynamo exporter's stack traces hold absolute paths of the
+    checkout and the venv, so the file would differ per clone)."""
     model = onnx.load(str(onnx_path))
     kept = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
+    drop = set(drop_node_keys)
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    for node in nodes:
+        node_kept = [p for p in node.metadata_props if p.key not in drop]
+        del node.metadata_props[:]
+        node.metadata_props.extend(node_kept)
     onnx.save(model, str(onnx_path))
 
 
@@ -213,7 +227,9 @@ def write_onnx(net: torch.nn.Module, images: np.ndarray, ecfg: DictConfig) -> Pa
     onnx_path = Path(ecfg.onnx_path)
     sample = torch.from_numpy(images[: int(ecfg.onnx.trace_batch_size)])
     export_onnx(net, sample, onnx_path, ecfg.onnx)
-    add_metadata(onnx_path, provenance(ecfg.provenance))
+    add_metadata(
+        onnx_path, provenance(ecfg.provenance), list(ecfg.onnx.get("drop_node_metadata", []))
+    )
     onnx.checker.check_model(str(onnx_path), full_check=True)
     return onnx_path
 

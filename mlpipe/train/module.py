@@ -41,9 +41,13 @@ class DigitsClassifier(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
+        schedule: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         net = plain(net)  # hparams must be plain containers (weights_only checkpoints)
+        # `schedule`: the resolved optimizer + scheduler config, stored so that a resume can refuse
+        # a config whose schedule differs from the one the checkpoint's optimizer state belongs to.
+        schedule = plain(schedule) if schedule is not None else None
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = build_network(net)
         self.optimizer_factory = optimizer
@@ -104,6 +108,21 @@ class DigitsClassifier(L.LightningModule):
         self.test_acc(logits, y)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Sampling and augmentation are pure functions of (seed, epoch, index); what still draws
+        # from torch's global generator (dropout, DataLoader worker seeds) resumes from here.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -3,11 +3,13 @@
     mlpipe-train                                  # defaults: CNN, AdamW + cosine, CPU, CSV logs
     mlpipe-train model=mlp optimizer.lr=1e-3      # overrides
     mlpipe-train -m optimizer.lr=1e-3,3e-3        # sweep (each job writes under its sweep dir)
-    mlpipe-train ckpt_path=last trainer.max_epochs=30   # resume
+    mlpipe-train hydra.run.dir=<dir of a run> ckpt_path=last   # resume that run
     mlpipe-train trainer=ddp                      # Lightning DDP, 2 CPU processes (gloo)
 
 Outputs: `outputs.best_checkpoint` / `outputs.last_checkpoint`, the deterministic metrics JSON
-(`outputs.metrics`, tracked as DVC metrics) and a separate timing JSON (`outputs.timing`).
+(`outputs.metrics`, DVC metrics), the per-epoch curves (`outputs.curves`, DVC plots) and a
+separate timing JSON (`outputs.timing`). Only `pipeline=true` (the DVC stage) writes them at the
+checkout's tracked paths; every other run writes them under its own Hydra run directory.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import as_float, is_int, require
-from mlpipe.common.errors import ArtifactMissingError
+from mlpipe.common.config import as_float, is_int, plain, require
+from mlpipe.common.errors import ArtifactMissingError, ConfigError
 from mlpipe.data import validate_data_cfg
+from mlpipe.train.callbacks import EpochHistory
 from mlpipe.train.nets import ACTIVATIONS
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,11 @@ def validate_config(cfg: DictConfig) -> None:
         f"must be null (torch's default) or an integer > 0, got {threads!r}",
     )
     require(
+        str(cfg.optimized_metric).startswith("val_"),
+        "optimized_metric",
+        f"must name a validation metric of metrics.json (val_...), got {cfg.optimized_metric!r}",
+    )
+    require(
         cfg.scheduler.interval in ("epoch", "step"),
         "scheduler.interval",
         f"must be 'epoch' or 'step', got {cfg.scheduler.interval!r}",
@@ -91,6 +99,39 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
             "drop the ckpt_path override"
         )
     return str(path)
+
+
+def schedule_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved optimizer and scheduler settings a checkpoint's optimizer state belongs to."""
+    return {"optimizer": plain(cfg.optimizer), "scheduler": plain(cfg.scheduler)}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            line
+            for key in sorted(set(old) | set(new), key=str)
+            for line in _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [f"{prefix.rstrip('.')}: checkpoint {old!r}, config {new!r}"]
+
+
+def check_resume_schedule(ckpt_path: str, cfg: DictConfig) -> None:
+    """Refuse to resume with an optimizer/scheduler config other than the checkpoint's.
+
+    Lightning restores the optimizer and scheduler state from the checkpoint, so a changed
+    setting (say T_max, which follows trainer.max_epochs) would be silently ignored and the
+    learning rate would rise again after the old schedule's end.
+    """
+    stored = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    old = (stored.get("hyper_parameters") or {}).get("schedule")
+    diffs = _differences(old, schedule_config(cfg)) if old is not None else []
+    if diffs:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path}: the learning-rate schedule differs from the checkpoint's "
+            f"({'; '.join(diffs)}); resume with the checkpoint's settings (cosine's T_max follows "
+            "trainer.max_epochs), or train afresh without ckpt_path"
+        )
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -118,11 +159,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     validate_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path is not None:
+        check_resume_schedule(ckpt_path, cfg)
     if cfg.torch_threads is not None:
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, seed=int(cfg.seed))
     scheduler_factory = (
         instantiate(cfg.scheduler.scheduler) if cfg.scheduler.scheduler is not None else None
     )
@@ -132,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler=scheduler_factory,
         scheduler_interval=cfg.scheduler.interval,
         scheduler_monitor=cfg.scheduler.monitor,
+        schedule=schedule_config(cfg),
     )
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
@@ -190,6 +234,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         write_json(cfg.outputs.metrics, metrics)
         write_json(cfg.outputs.timing, timing)
+        history = next((cb for cb in trainer.callbacks if isinstance(cb, EpochHistory)), None)
+        if history is not None:
+            history.write_csv(cfg.outputs.curves)
         log.info(
             "test_acc=%s test_loss=%s train_wall_s=%.1f best=%s",
             metrics["test_acc"],
@@ -200,25 +247,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {**metrics, **timing}
 
 
-def _isolate_sweep_job(cfg: DictConfig) -> None:
-    """In a `-m` sweep, send each job's checkpoints and reports to its own sweep directory,
-    so jobs do not overwrite each other or the DVC-tracked outputs."""
+def isolate_run(cfg: DictConfig) -> None:
+    """Unless `pipeline=true` (the DVC stage), send checkpoints and reports to the Hydra run (or
+    sweep job) directory: quick runs, fast_dev_run, experiments and sweeps never overwrite the
+    pipeline's tracked outputs, nor each other's. A `-m` sweep is never the pipeline."""
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if cfg.pipeline and not multirun:
         return
     job_dir = Path(hydra_cfg.runtime.output_dir)
     with open_dict(cfg):
         cfg.paths.checkpoint_dir = str(job_dir / "checkpoints")
         cfg.paths.reports_dir = str(job_dir / "reports")
-    log.info("multirun job %s: outputs under %s", hydra_cfg.job.num, job_dir)
+    log.info("outputs under %s (pipeline=true writes the DVC-tracked paths)", job_dir)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @entry_point
 def main(cfg: DictConfig) -> float | None:
-    """Hydra wrapper; returns test_acc (the objective for sweepers)."""
-    _isolate_sweep_job(cfg)
-    return train(cfg)["test_acc"]
+    """Hydra wrapper; returns `metrics[optimized_metric]` (best validation metric) for sweepers:
+    tuning on the test split would make the test score meaningless."""
+    isolate_run(cfg)
+    return train(cfg)[str(cfg.optimized_metric)]
 
 
 if __name__ == "__main__":

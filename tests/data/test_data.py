@@ -21,6 +21,7 @@ from mlpipe.data import (
 )
 from mlpipe.data.datamodule import DigitsDataModule
 from mlpipe.data.dataset import Augment, DigitsDataset
+from mlpipe.data.sampler import EpochSampler, sample_rng
 
 N_IMAGES = 1797
 
@@ -90,17 +91,21 @@ def test_getitem_goes_through_relu_module_and_matches_reference(
     rng = np.random.default_rng(0)
     images = rng.integers(0, 17, size=(6, 1, 8, 8)).astype(np.float32)
     augment = Augment(noise_std=3.0, scale_jitter=0.2)
-    ds = DigitsDataset(images, np.arange(6, dtype=np.int64), pixel_max=16.0, augment=augment)
+    ds = DigitsDataset(
+        images, np.arange(6, dtype=np.int64), pixel_max=16.0, augment=augment, seed=123
+    )
 
     before = images[4].copy()
-    torch.manual_seed(123)
-    x, y = ds[4]
-    torch.manual_seed(123)  # the same random draws, computed with numpy as the reference
-    noise = torch.randn((1, 8, 8), dtype=torch.float32).numpy()
-    factor = np.float32(1.0 + 0.2 * (2.0 * torch.rand(()).item() - 1.0))
+    torch.manual_seed(0)
+    x, y = ds[(2, 4)]  # epoch 2, index 4
+    torch.manual_seed(1)  # torch's global generator plays no part
+    assert torch.equal(ds[(2, 4)][0], x) and not torch.equal(ds[(3, 4)][0], x)
+    rng = sample_rng(123, 2, 4)  # the same draws, computed with numpy as the reference
+    noise = rng.standard_normal((1, 8, 8), dtype=np.float32)
+    factor = np.float32(1.0 + 0.2 * (2.0 * rng.random() - 1.0))
     ref = np.maximum(images[4] + np.float32(3.0) * noise, 0) * factor / np.float32(16.0)
 
-    assert len(calls) == 1 and (calls[0] < 0).any(), (
+    assert len(calls) == 3 and (calls[0] < 0).any(), (
         "the kernel saw the noisy (partly negative) image"
     )
     np.testing.assert_array_equal(x.numpy(), ref)
@@ -109,6 +114,19 @@ def test_getitem_goes_through_relu_module_and_matches_reference(
     np.testing.assert_array_equal(
         images[4], before, err_msg="the stored image must stay unaugmented"
     )
+
+
+def test_epoch_sampler_order_is_a_function_of_seed_and_epoch() -> None:
+    a, b = EpochSampler(50, seed=7), EpochSampler(50, seed=7)
+    a.set_epoch(3)
+    list(b)  # an earlier epoch drawn first changes nothing
+    b.set_epoch(3)
+    keys = list(a)
+    assert keys == list(b) and sorted(i for _, i in keys) == list(range(50))
+    assert all(epoch == 3 for epoch, _ in keys)
+    b.set_epoch(4)
+    assert [i for _, i in b] != [i for _, i in keys]
+    assert [i for _, i in EpochSampler(5, seed=7, shuffle=False)] == [0, 1, 2, 3, 4]
 
 
 def test_eval_datasets_equal_load_split(data_cfg: DictConfig) -> None:

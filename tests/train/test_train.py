@@ -44,26 +44,18 @@ def test_short_run_writes_checkpoints_metrics_and_logs(cfg_train: DictConfig) ->
     assert list(Path(cfg_train.paths.log_dir).rglob("metrics.csv")), "CSV logger wrote nothing"
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_same_seed_gives_identical_metrics_json(compose_cfg, tmp_path: Path, workers: int) -> None:
-    # augmentation on: the kernel-augmented loader (also in worker processes) must be reproducible
+def test_worker_count_does_not_change_the_metrics(compose_cfg, tmp_path: Path) -> None:
+    # augmentation on: noise is a function of (seed, epoch, index), not of the process drawing it
     files = []
-    for run in ("a", "b"):
+    for workers in (0, 2, 0):
+        run = tmp_path / f"w{workers}-{len(files)}"
         cfg = compose_cfg(
-            "trainer.limit_train_batches=5", f"data.num_workers={workers}", tmp_dir=tmp_path / run
+            "trainer.limit_train_batches=5", f"data.num_workers={workers}", tmp_dir=run
         )
         assert cfg.data.augment.train
         train(cfg)
         files.append(Path(cfg.outputs.metrics).read_bytes())
-    assert files[0] == files[1]
-
-
-def test_resume_from_last_checkpoint(compose_cfg) -> None:
-    first = train(compose_cfg())
-    assert first["epochs"] == 1 and first["global_step"] == 3
-    resumed = train(compose_cfg("ckpt_path=last", "trainer.max_epochs=2"))
-    # a fresh run would be at step 3 after one more epoch; resuming continues from step 3
-    assert resumed["epochs"] == 2 and resumed["global_step"] == 6
+    assert files[0] == files[1] == files[2]
 
 
 def test_resume_without_checkpoint_names_the_file(compose_cfg) -> None:
@@ -96,6 +88,7 @@ def test_nan_loss_stops_training_with_a_message(compose_cfg) -> None:
         ("model.net.activation=tanh", r"model\.net\.activation"),
         ("torch_threads=0", r"torch_threads"),
         ("seed=-1", r"seed"),
+        ("optimized_metric=test_acc", r"optimized_metric"),
     ],
 )
 def test_invalid_values_name_the_key(compose_cfg, override: str, key: str) -> None:
@@ -150,6 +143,36 @@ def test_multirun_sweep_keeps_jobs_apart(
 
 
 @pytest.mark.slow
+def test_only_pipeline_runs_write_the_tracked_outputs(
+    repo_root: Path, tmp_path: Path, dvc_data: Path, shrink_overrides
+) -> None:
+    quick = _cli(repo_root, tmp_path, f"hydra.run.dir={tmp_path}/run", *shrink_overrides)
+    assert quick.returncode == 0, quick.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert (tmp_path / "run" / "reports" / "train" / "metrics.json").is_file()
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "artifacts").exists(), (
+        "a quick run must not overwrite the pipeline's outputs"
+    )
+    stage = _cli(
+        repo_root, tmp_path, "pipeline=true", f"hydra.run.dir={tmp_path}/run2", *shrink_overrides
+    )
+    assert stage.returncode == 0, stage.stderr[-3000:]
+    for rel in (
+        "artifacts/checkpoints/best.ckpt",
+        "reports/train/metrics.json",
+        "reports/train/curves.csv",
+    ):
+        assert (tmp_path / rel).is_file(), rel
+
+
+def test_sweep_objective_is_the_best_validation_metric(compose_cfg) -> None:
+    cfg = compose_cfg()
+    assert cfg.optimized_metric == "val_acc_best"
+    metrics = train(cfg)
+    assert metrics[cfg.optimized_metric] == _read(cfg.outputs.metrics)["val_acc_best"]
+
+
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(
     repo_root: Path, tmp_path: Path, dvc_data: Path, shrink_overrides
 ) -> None:
@@ -158,9 +181,9 @@ def test_ddp_two_cpu_processes(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
-    timing = _read(tmp_path / "reports" / "train" / "timing.json")
+    timing = _read(tmp_path / "run" / "reports" / "train" / "timing.json")
     assert timing["world_size"] == 2
-    ckpt = torch.load(tmp_path / "artifacts" / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["global_step"] > 0
 
 
