@@ -2,15 +2,21 @@
 // and releases the GIL; the computation lives in relu_kernel.cpp.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
+#include <cstdlib>
+#include <numeric>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "buffer_cache.hpp"
 #include "relu_kernel.hpp"
+#include "settings.hpp"
 #include "thread_pool.hpp"
 
 namespace py = pybind11;
@@ -22,6 +28,44 @@ namespace {
 constexpr std::size_t kReleaseGilMinBytes = std::size_t(64) << 10;
 
 enum class Kind { f32, f64 };
+
+// Releases the GIL for its scope when the call is large enough to pay for it.
+//
+// Not pybind11's gil_scoped_release: a daemon thread that re-takes the GIL while the interpreter
+// finalises is ended by Python 3.11 with pthread_exit, whose forced unwind through that class's
+// noexcept destructor calls std::terminate (exit code 134; torch.relu aborts the same way). This
+// helper parks such a thread instead, as Python 3.14 does: it never touches Python again and
+// dies with the process, so exit is as clean as numpy's. If finalisation starts between the
+// check and the re-take, the destructor lets the forced unwind pass (noexcept(false)).
+class MaybeNoGil {
+public:
+    explicit MaybeNoGil(bool release) : saved_(release ? PyEval_SaveThread() : nullptr) {}
+    MaybeNoGil(const MaybeNoGil&) = delete;
+    MaybeNoGil& operator=(const MaybeNoGil&) = delete;
+    ~MaybeNoGil() noexcept(false) {
+        if (saved_ == nullptr) return;
+        while (finalizing()) std::this_thread::sleep_for(std::chrono::hours(1));
+        PyEval_RestoreThread(saved_);
+    }
+
+private:
+    static bool finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+        return Py_IsFinalizing() != 0;
+#else
+        return _Py_IsFinalizing() != 0;
+#endif
+    }
+    PyThreadState* saved_;
+};
+
+// Turns a degraded thread pool's message into a Python RuntimeWarning (GIL held).
+void warn_if_pool_degraded() {
+    const std::string w = relu_kernel::take_pool_warning();
+    if (!w.empty() && PyErr_WarnEx(PyExc_RuntimeWarning, w.c_str(), 1) != 0) {
+        throw py::error_already_set();  // warnings turned into errors
+    }
+}
 
 std::string to_text(const py::handle& h) { return py::str(h).cast<std::string>(); }
 
@@ -104,6 +148,33 @@ bool unsafe_overlap(const py::array& in, const py::array& out) {
     return !(in.data() == out.data() && std::equal(in.strides(), in.strides() + in.ndim(), out.strides()));
 }
 
+// False if two elements of `a` might share memory: a zero stride on a dimension of length > 1
+// (np.broadcast_to made writeable, torch's expand()), or strides that cannot be proved apart.
+// Writing such an array from several threads would give a result that depends on timing.
+bool elements_disjoint(const py::array& a) {
+    std::vector<std::pair<std::ptrdiff_t, std::ptrdiff_t>> dims;  // (|stride|, length)
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+        if (a.shape()[d] == 0) return true;
+        if (a.shape()[d] > 1) dims.emplace_back(std::abs(a.strides()[d]), a.shape()[d]);
+    }
+    std::sort(dims.begin(), dims.end());
+    std::ptrdiff_t extent = a.itemsize();  // bytes spanned by the inner dimensions
+    for (const auto& [stride, len] : dims) {
+        if (stride < extent) return false;
+        extent = stride * (len - 1) + extent;
+    }
+    return true;
+}
+
+void require_disjoint(const py::array& a, const char* fn, const char* arg) {
+    if (!elements_disjoint(a)) {
+        throw py::value_error(std::string(fn) + ": unsupported operation: more than one element "
+                              "of the written-to array " + arg + " refers to a single memory "
+                              "location (a zero or overlapping stride, e.g. np.broadcast_to or "
+                              "torch's expand()); write into a copy, e.g. np.array(" + arg + ")");
+    }
+}
+
 // A private, C-contiguous copy of an input that overlaps the output (numpy ufuncs do the same).
 py::array defensive_copy(const py::array& a) {
     PyObject* copy = py::detail::npy_api::get().PyArray_NewCopy_(a.ptr(), 0 /* NPY_CORDER */);
@@ -116,18 +187,42 @@ struct CachedBlock {
     std::size_t capacity;
 };
 
-// A new uninitialised array shaped like x: Fortran order if x is F- but not C-contiguous, else C
-// order. Large ones live in a huge-page block from the buffer cache, returned there when the
-// array (and every view of it) is gone; the rest come from numpy's allocator.
+// Order of x's dimensions from outermost to innermost if x is dense (its elements fill one
+// block with no gaps or overlaps, in some order of dimensions and stride signs, as a transpose
+// or channels_last is); the identity (C order) otherwise. torch's preserve_format rule.
+std::vector<std::size_t> dense_order(const py::array& x) {
+    const std::size_t nd = static_cast<std::size_t>(x.ndim());
+    std::vector<std::size_t> order(nd);
+    std::iota(order.begin(), order.end(), 0);
+    if (c_contiguous(x)) return order;
+    auto mag = [&](std::size_t d) { return std::abs(x.strides()[d]); };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return mag(a) > mag(b); });
+    std::ptrdiff_t expect = x.itemsize();
+    for (std::size_t i = nd; i-- > 0;) {
+        const std::size_t d = order[i];
+        if (x.shape()[d] == 1) continue;
+        if (mag(d) != expect) {  // a gap (slice) or an overlap: C order, as torch does
+            std::iota(order.begin(), order.end(), 0);
+            return order;
+        }
+        expect *= x.shape()[d];
+    }
+    return order;
+}
+
+// A new uninitialised array shaped like x, with x's memory layout when x is dense (C, Fortran,
+// channels_last, any transpose), else C order. Large ones live in a huge-page block from the
+// buffer cache, returned there when the array (and every view of it) is gone; the rest come
+// from numpy's allocator.
 py::array empty_like_layout(const py::array& x) {
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
     std::vector<py::ssize_t> strides(shape.size());
-    const bool fortran = !c_contiguous(x) && f_contiguous(x);
+    const std::vector<std::size_t> order = dense_order(x);
     py::ssize_t s = x.itemsize();
-    for (std::size_t i = 0; i < shape.size(); ++i) {
-        const std::size_t d = fortran ? i : shape.size() - 1 - i;
-        strides[d] = s;
-        s *= std::max<py::ssize_t>(shape[d], 1);
+    for (std::size_t i = order.size(); i-- > 0;) {
+        strides[order[i]] = s;
+        s *= std::max<py::ssize_t>(shape[order[i]], 1);
     }
     const std::size_t nbytes = size_of(x) * static_cast<std::size_t>(x.itemsize());
     if (nbytes >= relu_kernel::kCacheMinBytes) {
@@ -162,12 +257,11 @@ void relu_dispatch(const py::array& x, py::array& out) {
         if (flat) relu_kernel::relu(xp, yp, n);
         else relu_kernel::relu_strided<T>(ndim ? ndim : 1, shape, xv, yv);
     };
-    if (n * sizeof(T) >= kReleaseGilMinBytes) {
-        py::gil_scoped_release nogil;
-        work();
-    } else {
+    {
+        MaybeNoGil nogil(n * sizeof(T) >= kReleaseGilMinBytes);
         work();
     }
+    warn_if_pool_degraded();
 }
 
 template <class T>
@@ -191,12 +285,11 @@ void backward_dispatch(const py::array& g, const py::array& x, py::array& out) {
             relu_kernel::relu_backward_strided<T>(ndim ? ndim : 1, shape, gv, xv, yv);
         }
     };
-    if (n * sizeof(T) >= kReleaseGilMinBytes) {
-        py::gil_scoped_release nogil;
-        work();
-    } else {
+    {
+        MaybeNoGil nogil(n * sizeof(T) >= kReleaseGilMinBytes);
         work();
     }
+    warn_if_pool_degraded();
 }
 
 py::object relu_py(const py::handle& x_obj, const py::handle& out_obj) {
@@ -209,6 +302,7 @@ py::object relu_py(const py::handle& x_obj, const py::handle& out_obj) {
         out = as_array(out_obj, "relu", "out");
         require_same(out, x, "relu", "out", "x");
         require_writeable(out, "relu", "out");
+        require_disjoint(out, "relu", "out");
         if (unsafe_overlap(x, out)) x = defensive_copy(x);
     }
     if (kind == Kind::f32) relu_dispatch<float>(x, out);
@@ -220,6 +314,7 @@ py::object relu_inplace_py(const py::handle& x_obj) {
     py::array x = as_array(x_obj, "relu_", "x");
     const Kind kind = kind_of(x, "relu_", "x");
     require_writeable(x, "relu_", "x");
+    require_disjoint(x, "relu_", "x");
     // In place on the view itself, whatever its strides: never through a temporary.
     if (kind == Kind::f32) relu_dispatch<float>(x, x);
     else relu_dispatch<double>(x, x);
@@ -239,6 +334,7 @@ py::object relu_backward_py(const py::handle& g_obj, const py::handle& x_obj, co
         out = as_array(out_obj, "relu_backward", "out");
         require_same(out, x, "relu_backward", "out", "x");
         require_writeable(out, "relu_backward", "out");
+        require_disjoint(out, "relu_backward", "out");
         if (unsafe_overlap(g, out)) g = defensive_copy(g);
         if (unsafe_overlap(x, out)) x = defensive_copy(x);
     }
@@ -265,11 +361,18 @@ PYBIND11_MODULE(_ext, m) {
           "Threads used for large arrays (RELU_MODULE_NUM_THREADS, else the usable CPUs).");
     m.def(
         "set_num_threads",
-        [](int n) {
-            if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
-            relu_kernel::set_num_threads(n);
+        [](long long n) {
+            if (n < 1 || n > relu_kernel::kMaxThreads) {
+                throw py::value_error("set_num_threads: n must be in [1, " +
+                                      std::to_string(relu_kernel::kMaxThreads) + "], got " +
+                                      std::to_string(n));
+            }
+            relu_kernel::set_num_threads(static_cast<int>(n));
         },
-        py::arg("n"), "Sets the number of threads used for large arrays (n >= 1).");
+        py::arg("n"), "Sets the number of threads used for large arrays (1 <= n <= MAX_THREADS).");
+    m.def(
+        "settings_warnings", [] { return relu_kernel::settings().warnings; },
+        "One line per ignored RELU_MODULE_* environment value (parsed once, at import).");
     m.def("simd_level", &relu_kernel::simd_level,
           "Instruction set the runtime dispatcher picked: 'avx512f', 'avx2' or 'baseline'.");
     m.def("empty_cache", &relu_kernel::clear_buffer_cache,
@@ -282,4 +385,5 @@ PYBIND11_MODULE(_ext, m) {
     m.attr("PARALLEL_MIN_BYTES") = relu_kernel::kParallelMinBytes;
     m.attr("STREAM_MIN_BYTES") = relu_kernel::kStreamMinBytes;
     m.attr("RELEASE_GIL_MIN_BYTES") = kReleaseGilMinBytes;
+    m.attr("MAX_THREADS") = relu_kernel::kMaxThreads;
 }

@@ -1,8 +1,11 @@
 #include "thread_pool.hpp"
 
+#include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <string>
+#include <system_error>
+
+#include "settings.hpp"
 
 #if defined(__linux__)
 #include <pthread.h>
@@ -12,6 +15,7 @@
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
 #define RELU_CPU_RELAX() _mm_pause()
+#define RELU_HAVE_MXCSR 1
 #else
 #define RELU_CPU_RELAX() std::this_thread::yield()
 #endif
@@ -36,19 +40,50 @@ int current_pid() {
 }  // namespace
 
 ThreadPool::ThreadPool(int nthreads) : shares_(new Share[nthreads < 1 ? 1 : nthreads]) {
-    for (int i = 1; i < nthreads; ++i) workers_.emplace_back(&ThreadPool::worker_loop, this, i);
+    const int want = nthreads > 1 ? nthreads - 1 : 0;
+    const int started = start_workers(want);
+    if (started < want) {
+        // Out of threads (address-space or pid limits): whatever started used up the headroom
+        // the process needs for its data. Keep no more workers than there are usable CPUs.
+        stop_workers();
+        start_workers(std::min(started, usable_cpus() - 1));
+    }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+int ThreadPool::start_workers(int count) {
+    workers_.reserve(static_cast<std::size_t>(count));
+    // A thread that cannot start ends the loop; letting the exception escape instead would
+    // destroy the condition variable the started ones wait on (a hang) and their joinable
+    // std::threads (an abort).
+    try {
+        for (int i = 1; i <= count; ++i) workers_.emplace_back(&ThreadPool::worker_loop, this, i);
+    } catch (const std::system_error& err) {
+        start_error_ = err.what();
+    }
+    return static_cast<int>(workers_.size());
+}
+
+void ThreadPool::stop_workers() {
     {
         std::lock_guard<std::mutex> lk(mu_);
         stop_ = true;
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
+    workers_.clear();
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = false;
 }
 
 void ThreadPool::work(int index) {
+#if defined(RELU_HAVE_MXCSR)
+    // Compute under the caller's floating-point mode (flush-to-zero, denormals-are-zero), so a
+    // result never depends on which thread took which block.
+    const unsigned csr = csr_.load(std::memory_order_relaxed);
+    if (index != 0 && _mm_getcsr() != csr) _mm_setcsr(csr);
+#endif
     const Task task = task_.load(std::memory_order_relaxed);
     void* ctx = ctx_.load(std::memory_order_relaxed);
     const int n = size();
@@ -64,6 +99,9 @@ bool ThreadPool::try_run(Task task, void* ctx, std::size_t blocks) {
     task_.store(task, std::memory_order_relaxed);
     ctx_.store(ctx, std::memory_order_relaxed);
     blocks_.store(blocks, std::memory_order_relaxed);
+#if defined(RELU_HAVE_MXCSR)
+    csr_.store(_mm_getcsr(), std::memory_order_relaxed);
+#endif
     const std::size_t n = static_cast<std::size_t>(size());
     for (std::size_t i = 0; i < n; ++i) {
         shares_[i].next.store(blocks * i / n, std::memory_order_relaxed);
@@ -119,22 +157,7 @@ void ThreadPool::worker_loop(int index) {
     }
 }
 
-int default_num_threads() {
-    if (const char* env = std::getenv("RELU_MODULE_NUM_THREADS")) {
-        char* end = nullptr;
-        long v = std::strtol(env, &end, 10);
-        if (end != env && *end == '\0' && v >= 1 && v <= 1024) return static_cast<int>(v);
-    }
-#if defined(__linux__)
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-        int n = CPU_COUNT(&set);
-        if (n >= 1) return n;
-    }
-#endif
-    unsigned hw = std::thread::hardware_concurrency();
-    return hw >= 1 ? static_cast<int>(hw) : 1;
-}
+int default_num_threads() { return settings().num_threads; }
 
 int get_num_threads() {
     int n = g_num_threads.load(std::memory_order_relaxed);
@@ -145,10 +168,15 @@ int get_num_threads() {
     return n;
 }
 
-void set_num_threads(int n) { g_num_threads.store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+void set_num_threads(int n) {
+    g_num_threads.store(n < 1 ? 1 : (n > kMaxThreads ? kMaxThreads : n), std::memory_order_relaxed);
+}
 
 namespace {
 std::mutex g_pool_mu;
+std::mutex g_warning_mu;
+std::string g_warning;  // a degraded pool's message, until take_pool_warning() collects it
+std::atomic<bool> g_warning_pending{false};
 std::shared_ptr<ThreadPool>* g_pool = nullptr;  // leaked at exit on purpose: joining workers
 int g_pool_pid = 0;                             // during interpreter shutdown can deadlock
 }  // namespace
@@ -178,8 +206,29 @@ std::shared_ptr<ThreadPool> global_pool() {
     if (!*g_pool || (*g_pool)->size() != want) {
         *g_pool = std::make_shared<ThreadPool>(want);
         g_pool_pid = pid;
+        const int got = (*g_pool)->size();
+        if (got < want) {
+            // Run on the threads that started, and say so once; the thread count follows, so the
+            // next call does not try (and fail) again.
+            g_num_threads.store(got, std::memory_order_relaxed);
+            std::lock_guard<std::mutex> wl(g_warning_mu);
+            g_warning = "relu_module: could only start " + std::to_string(got) + " of " +
+                        std::to_string(want) + " threads (" + (*g_pool)->start_error() +
+                        "); running on " + std::to_string(got) +
+                        ". Lower RELU_MODULE_NUM_THREADS or call set_num_threads() to silence this";
+            g_warning_pending.store(true, std::memory_order_release);
+        }
     }
     return *g_pool;
+}
+
+std::string take_pool_warning() {
+    if (!g_warning_pending.load(std::memory_order_acquire)) return {};
+    std::lock_guard<std::mutex> wl(g_warning_mu);
+    g_warning_pending.store(false, std::memory_order_relaxed);
+    std::string w;
+    w.swap(g_warning);
+    return w;
 }
 
 }  // namespace relu_kernel
