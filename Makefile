@@ -11,7 +11,7 @@ STAMP       := $(VENV)/.setup-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 RELU_SRC    := $(shell find relu_module -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -not -path '*/build/*' 2>/dev/null)
 
-.PHONY: help setup data run train export serve client serve-measure profile bench-serving report test test-fast bench wheel nix-check clean
+.PHONY: help setup data run train export serve client serve-measure profile bench-serving report test test-fast bench wheel lint-cpp nix-check clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ bench: setup ## relu_module benchmark: table on screen, JSON + PNG under reports
 
 wheel: setup ## sdist + wheel of relu_module under relu_module/dist/
 	$(PY) -m build --no-isolation relu_module
+
+lint-cpp: setup ## clang-format check of relu_module's C++ (style: relu_module/.clang-format)
+	cd relu_module && ../$(VENV)/bin/clang-format --dry-run --Werror src/*.cpp src/*.hpp
 
 nix-check: ## parse every .nix file (installs Debian's nix-bin if needed)
 	bash .ci/nix-parse.sh

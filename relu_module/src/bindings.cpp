@@ -67,7 +67,9 @@ void warn_if_pool_degraded() {
     }
 }
 
-std::string to_text(const py::handle& h) { return py::str(h).cast<std::string>(); }
+std::string to_text(const py::handle& h) {
+    return py::str(h).cast<std::string>();
+}
 
 std::string shape_str(const py::array& a) {
     std::string s = "(";
@@ -81,8 +83,8 @@ std::string shape_str(const py::array& a) {
 py::array as_array(const py::handle& obj, const char* fn, const char* arg) {
     if (!py::isinstance<py::array>(obj)) {
         throw py::type_error(std::string(fn) + ": " + arg + " must be a numpy.ndarray here, got " +
-                             to_text(py::type::handle_of(obj)) +
-                             "; call relu_module." + fn + "() rather than relu_module._ext, which "
+                             to_text(py::type::handle_of(obj)) + "; call relu_module." + fn +
+                             "() rather than relu_module._ext, which "
                              "also accepts torch tensors and sequences");
     }
     return py::reinterpret_borrow<py::array>(obj);
@@ -102,28 +104,42 @@ Kind kind_of(const py::array& a, const char* fn, const char* arg) {
 
 void require_writeable(const py::array& a, const char* fn, const char* arg) {
     if (!a.writeable()) {
-        throw py::value_error(std::string(fn) + ": " + arg + " is read-only (flags.writeable is False); "
-                              "pass a writeable array, e.g. a copy made with np.array(" + arg + ")");
+        throw py::value_error(std::string(fn) + ": " + arg +
+                              " is read-only (flags.writeable is False); "
+                              "pass a writeable array, e.g. a copy made with np.array(" +
+                              arg + ")");
     }
 }
 
-void require_same(const py::array& a, const py::array& ref, const char* fn, const char* arg, const char* ref_name) {
-    bool same_shape = a.ndim() == ref.ndim() && std::equal(a.shape(), a.shape() + a.ndim(), ref.shape());
+void require_same(const py::array& a, const py::array& ref, const char* fn, const char* arg,
+                  const char* ref_name) {
+    bool same_shape =
+        a.ndim() == ref.ndim() && std::equal(a.shape(), a.shape() + a.ndim(), ref.shape());
     if (!same_shape) {
-        throw py::value_error(std::string(fn) + ": " + arg + " has shape " + shape_str(a) + " but " + ref_name +
-                              " has shape " + shape_str(ref) + "; shapes must match exactly (no broadcasting)");
+        throw py::value_error(std::string(fn) + ": " + arg + " has shape " + shape_str(a) +
+                              " but " + ref_name + " has shape " + shape_str(ref) +
+                              "; shapes must match exactly (no broadcasting)");
     }
     if (a.dtype().num() != ref.dtype().num() || a.dtype().byteorder() == '>') {
-        throw py::value_error(std::string(fn) + ": " + arg + " has dtype " + to_text(a.dtype()) + " but " + ref_name +
-                              " has dtype " + to_text(ref.dtype()) + "; pass an array of dtype " + to_text(ref.dtype()));
+        throw py::value_error(std::string(fn) + ": " + arg + " has dtype " + to_text(a.dtype()) +
+                              " but " + ref_name + " has dtype " + to_text(ref.dtype()) +
+                              "; pass an array of dtype " + to_text(ref.dtype()));
     }
 }
 
-bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
-bool f_contiguous(const py::array& a) { return (a.flags() & py::array::f_style) != 0; }
-bool aligned(const py::array& a) { return (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0; }
+bool c_contiguous(const py::array& a) {
+    return (a.flags() & py::array::c_style) != 0;
+}
+bool f_contiguous(const py::array& a) {
+    return (a.flags() & py::array::f_style) != 0;
+}
+bool aligned(const py::array& a) {
+    return (a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0;
+}
 
-std::size_t size_of(const py::array& a) { return static_cast<std::size_t>(a.size()); }
+std::size_t size_of(const py::array& a) {
+    return static_cast<std::size_t>(a.size());
+}
 
 // Byte range [lo, hi) that an array's elements occupy.
 void extent(const py::array& a, const char** lo, const char** hi) {
@@ -131,7 +147,10 @@ void extent(const py::array& a, const char** lo, const char** hi) {
     std::ptrdiff_t l = 0, h = static_cast<std::ptrdiff_t>(a.itemsize());
     for (py::ssize_t d = 0; d < a.ndim(); ++d) {
         const std::ptrdiff_t span = (a.shape()[d] - 1) * a.strides()[d];
-        if (span < 0) l += span; else h += span;
+        if (span < 0)
+            l += span;
+        else
+            h += span;
     }
     *lo = p + l;
     *hi = p + h;
@@ -145,7 +164,8 @@ bool unsafe_overlap(const py::array& in, const py::array& out) {
     extent(in, &a0, &a1);
     extent(out, &b0, &b1);
     if (!(a0 < b1 && b0 < a1)) return false;
-    return !(in.data() == out.data() && std::equal(in.strides(), in.strides() + in.ndim(), out.strides()));
+    return !(in.data() == out.data() &&
+             std::equal(in.strides(), in.strides() + in.ndim(), out.strides()));
 }
 
 // False if two elements of `a` might share memory: a zero stride on a dimension of length > 1
@@ -168,10 +188,14 @@ bool elements_disjoint(const py::array& a) {
 
 void require_disjoint(const py::array& a, const char* fn, const char* arg) {
     if (!elements_disjoint(a)) {
-        throw py::value_error(std::string(fn) + ": unsupported operation: more than one element "
-                              "of the written-to array " + arg + " refers to a single memory "
+        throw py::value_error(std::string(fn) +
+                              ": unsupported operation: more than one element "
+                              "of the written-to array " +
+                              arg +
+                              " refers to a single memory "
                               "location (a zero or overlapping stride, e.g. np.broadcast_to or "
-                              "torch's expand()); write into a copy, e.g. np.array(" + arg + ")");
+                              "torch's expand()); write into a copy, e.g. np.array(" +
+                              arg + ")");
     }
 }
 
@@ -244,18 +268,23 @@ template <class T>
 void relu_dispatch(const py::array& x, py::array& out) {
     const std::size_t n = size_of(x);
     if (n == 0) return;
-    const bool flat = aligned(x) && aligned(out) &&
-                      ((c_contiguous(x) && c_contiguous(out)) || (f_contiguous(x) && f_contiguous(out)));
+    const bool flat =
+        aligned(x) && aligned(out) &&
+        ((c_contiguous(x) && c_contiguous(out)) || (f_contiguous(x) && f_contiguous(out)));
     const T* xp = static_cast<const T*>(x.data());
     T* yp = static_cast<T*>(out.mutable_data());
     const int ndim = static_cast<int>(x.ndim());
     const std::ptrdiff_t one = 1, zero_stride = 0;
     const std::ptrdiff_t* shape = ndim ? x.shape() : &one;
-    relu_kernel::View xv{const_cast<char*>(static_cast<const char*>(x.data())), ndim ? x.strides() : &zero_stride};
-    relu_kernel::View yv{static_cast<char*>(out.mutable_data()), ndim ? out.strides() : &zero_stride};
+    relu_kernel::View xv{const_cast<char*>(static_cast<const char*>(x.data())),
+                         ndim ? x.strides() : &zero_stride};
+    relu_kernel::View yv{static_cast<char*>(out.mutable_data()),
+                         ndim ? out.strides() : &zero_stride};
     auto work = [&] {
-        if (flat) relu_kernel::relu(xp, yp, n);
-        else relu_kernel::relu_strided<T>(ndim ? ndim : 1, shape, xv, yv);
+        if (flat)
+            relu_kernel::relu(xp, yp, n);
+        else
+            relu_kernel::relu_strided<T>(ndim ? ndim : 1, shape, xv, yv);
     };
     {
         MaybeNoGil nogil(n * sizeof(T) >= kReleaseGilMinBytes);
@@ -274,12 +303,16 @@ void backward_dispatch(const py::array& g, const py::array& x, py::array& out) {
     const int ndim = static_cast<int>(x.ndim());
     const std::ptrdiff_t one = 1, zero_stride = 0;
     const std::ptrdiff_t* shape = ndim ? x.shape() : &one;
-    relu_kernel::View gv{const_cast<char*>(static_cast<const char*>(g.data())), ndim ? g.strides() : &zero_stride};
-    relu_kernel::View xv{const_cast<char*>(static_cast<const char*>(x.data())), ndim ? x.strides() : &zero_stride};
-    relu_kernel::View yv{static_cast<char*>(out.mutable_data()), ndim ? out.strides() : &zero_stride};
+    relu_kernel::View gv{const_cast<char*>(static_cast<const char*>(g.data())),
+                         ndim ? g.strides() : &zero_stride};
+    relu_kernel::View xv{const_cast<char*>(static_cast<const char*>(x.data())),
+                         ndim ? x.strides() : &zero_stride};
+    relu_kernel::View yv{static_cast<char*>(out.mutable_data()),
+                         ndim ? out.strides() : &zero_stride};
     auto work = [&] {
         if (flat) {
-            relu_kernel::relu_backward(reinterpret_cast<const T*>(gv.data), reinterpret_cast<const T*>(xv.data),
+            relu_kernel::relu_backward(reinterpret_cast<const T*>(gv.data),
+                                       reinterpret_cast<const T*>(xv.data),
                                        reinterpret_cast<T*>(yv.data), n);
         } else {
             relu_kernel::relu_backward_strided<T>(ndim ? ndim : 1, shape, gv, xv, yv);
@@ -305,9 +338,12 @@ py::object relu_py(const py::handle& x_obj, const py::handle& out_obj) {
         require_disjoint(out, "relu", "out");
         if (unsafe_overlap(x, out)) x = defensive_copy(x);
     }
-    if (kind == Kind::f32) relu_dispatch<float>(x, out);
-    else relu_dispatch<double>(x, out);
-    return out_obj.is_none() ? py::object(std::move(out)) : py::reinterpret_borrow<py::object>(out_obj);
+    if (kind == Kind::f32)
+        relu_dispatch<float>(x, out);
+    else
+        relu_dispatch<double>(x, out);
+    return out_obj.is_none() ? py::object(std::move(out))
+                             : py::reinterpret_borrow<py::object>(out_obj);
 }
 
 py::object relu_inplace_py(const py::handle& x_obj) {
@@ -316,12 +352,15 @@ py::object relu_inplace_py(const py::handle& x_obj) {
     require_writeable(x, "relu_", "x");
     require_disjoint(x, "relu_", "x");
     // In place on the view itself, whatever its strides: never through a temporary.
-    if (kind == Kind::f32) relu_dispatch<float>(x, x);
-    else relu_dispatch<double>(x, x);
+    if (kind == Kind::f32)
+        relu_dispatch<float>(x, x);
+    else
+        relu_dispatch<double>(x, x);
     return py::reinterpret_borrow<py::object>(x_obj);
 }
 
-py::object relu_backward_py(const py::handle& g_obj, const py::handle& x_obj, const py::handle& out_obj) {
+py::object relu_backward_py(const py::handle& g_obj, const py::handle& x_obj,
+                            const py::handle& out_obj) {
     py::array g = as_array(g_obj, "relu_backward", "grad");
     py::array x = as_array(x_obj, "relu_backward", "x");
     const Kind kind = kind_of(x, "relu_backward", "x");
@@ -338,41 +377,49 @@ py::object relu_backward_py(const py::handle& g_obj, const py::handle& x_obj, co
         if (unsafe_overlap(g, out)) g = defensive_copy(g);
         if (unsafe_overlap(x, out)) x = defensive_copy(x);
     }
-    if (kind == Kind::f32) backward_dispatch<float>(g, x, out);
-    else backward_dispatch<double>(g, x, out);
-    return out_obj.is_none() ? py::object(std::move(out)) : py::reinterpret_borrow<py::object>(out_obj);
+    if (kind == Kind::f32)
+        backward_dispatch<float>(g, x, out);
+    else
+        backward_dispatch<double>(g, x, out);
+    return out_obj.is_none() ? py::object(std::move(out))
+                             : py::reinterpret_borrow<py::object>(out_obj);
+}
+
+void set_num_threads_py(long long n) {
+    if (n < 1 || n > relu_kernel::kMaxThreads) {
+        throw py::value_error("set_num_threads: n must be in [1, " +
+                              std::to_string(relu_kernel::kMaxThreads) + "], got " +
+                              std::to_string(n));
+    }
+    relu_kernel::set_num_threads(static_cast<int>(n));
+}
+
+std::vector<std::string> settings_warnings() {
+    return relu_kernel::settings().warnings;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_ext, m) {
-    m.doc() = "Compiled ReLU kernels (private; use the relu_module package, which also takes torch "
-              "tensors and sequences).";
+    m.doc() =
+        "Compiled ReLU kernels (private; use the relu_module package, which also takes torch "
+        "tensors and sequences).";
     m.def("relu", &relu_py, py::arg("x"), py::arg("out") = py::none(),
           "ReLU of a float32/float64 ndarray, bit-identical to torch.relu (keeps -0.0 and NaN "
           "payloads). Writes into `out` when given (same shape and dtype, writeable) and returns "
           "it; otherwise returns a new array with x's memory layout.");
     m.def("relu_", &relu_inplace_py, py::arg("x"),
           "In-place ReLU of a writeable float32/float64 ndarray of any strides; returns x.");
-    m.def("relu_backward", &relu_backward_py, py::arg("grad"), py::arg("x"), py::arg("out") = py::none(),
+    m.def("relu_backward", &relu_backward_py, py::arg("grad"), py::arg("x"),
+          py::arg("out") = py::none(),
           "Gradient of ReLU: where(x <= 0, +0, grad), bit-identical to torch's threshold_backward "
           "(a NaN x passes its gradient). grad, x and out share one shape and dtype.");
     m.def("get_num_threads", &relu_kernel::get_num_threads,
           "Threads used for large arrays (RELU_MODULE_NUM_THREADS, else the usable CPUs).");
-    m.def(
-        "set_num_threads",
-        [](long long n) {
-            if (n < 1 || n > relu_kernel::kMaxThreads) {
-                throw py::value_error("set_num_threads: n must be in [1, " +
-                                      std::to_string(relu_kernel::kMaxThreads) + "], got " +
-                                      std::to_string(n));
-            }
-            relu_kernel::set_num_threads(static_cast<int>(n));
-        },
-        py::arg("n"), "Sets the number of threads used for large arrays (1 <= n <= MAX_THREADS).");
-    m.def(
-        "settings_warnings", [] { return relu_kernel::settings().warnings; },
-        "One line per ignored RELU_MODULE_* environment value (parsed once, at import).");
+    m.def("set_num_threads", &set_num_threads_py, py::arg("n"),
+          "Sets the number of threads used for large arrays (1 <= n <= MAX_THREADS).");
+    m.def("settings_warnings", &settings_warnings,
+          "One line per ignored RELU_MODULE_* environment value (parsed once, at import).");
     m.def("simd_level", &relu_kernel::simd_level,
           "Instruction set the runtime dispatcher picked: 'avx512f', 'avx2' or 'baseline'.");
     m.def("empty_cache", &relu_kernel::clear_buffer_cache,

@@ -43,7 +43,9 @@ void unmap(void* ptr, std::size_t capacity) noexcept {
 
 }  // namespace
 
-std::size_t cache_limit_bytes() noexcept { return settings().cache_limit_bytes; }
+std::size_t cache_limit_bytes() noexcept {
+    return settings().cache_limit_bytes;
+}
 
 void* acquire_buffer(std::size_t bytes, std::size_t* capacity) {
     const std::size_t want = (bytes + kHugePage - 1) / kHugePage * kHugePage;
@@ -98,8 +100,8 @@ void release_buffer(void* ptr, std::size_t capacity) noexcept {
             evicted.reserve(kMaxCachedBlocks);
             // Least recently released first out: a loop over one size keeps its block even after
             // other sizes came and went.
-            while (!g_blocks->empty() &&
-                   (g_blocks->size() >= kMaxCachedBlocks || g_cached + capacity > cache_limit_bytes())) {
+            while (!g_blocks->empty() && (g_blocks->size() >= kMaxCachedBlocks ||
+                                          g_cached + capacity > cache_limit_bytes())) {
                 evicted.push_back(g_blocks->front());
                 g_cached -= g_blocks->front().capacity;
                 g_blocks->erase(g_blocks->begin());

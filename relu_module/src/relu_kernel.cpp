@@ -165,9 +165,12 @@ constexpr bool kHaveStream = false;
 
 template <class T>
 inline void bwd_leaf(const T* g, const T* x, T* y, std::size_t n) {
-    if (y == g) bwd_leaf_into_g(y, x, n);
-    else if (y == x) bwd_leaf_into_x(g, y, n);
-    else bwd_leaf_copy(g, x, y, n);
+    if (y == g)
+        bwd_leaf_into_g(y, x, n);
+    else if (y == x)
+        bwd_leaf_into_x(g, y, n);
+    else
+        bwd_leaf_copy(g, x, y, n);
 }
 
 template <class T>
@@ -175,9 +178,12 @@ inline void relu_serial(const T* x, T* y, std::size_t n, bool stream) {
     const bool daz = denormals_are_zero();
     if (stream && (reinterpret_cast<std::uintptr_t>(y) % sizeof(T)) == 0)
         relu_leaf_stream(x, y, n, daz);
-    else if (daz) relu_leaf_daz(x, y, n);
-    else if (x == y) relu_leaf_inplace(y, n);
-    else relu_leaf_copy(x, y, n);
+    else if (daz)
+        relu_leaf_daz(x, y, n);
+    else if (x == y)
+        relu_leaf_inplace(y, n);
+    else
+        relu_leaf_copy(x, y, n);
 }
 
 // Blocks that threads claim dynamically: small enough to balance two threads when one of them
@@ -307,9 +313,13 @@ struct StridedUnary {
 
 template <class T>
 void unary_inner(char* xp, char* yp, std::ptrdiff_t n, std::ptrdiff_t sx, std::ptrdiff_t sy) {
-    const bool aligned = ((reinterpret_cast<std::uintptr_t>(xp) | reinterpret_cast<std::uintptr_t>(yp)) % sizeof(T)) == 0;
-    if (aligned && sx == static_cast<std::ptrdiff_t>(sizeof(T)) && sy == static_cast<std::ptrdiff_t>(sizeof(T))) {
-        relu_serial(reinterpret_cast<const T*>(xp), reinterpret_cast<T*>(yp), static_cast<std::size_t>(n), false);
+    const bool aligned =
+        ((reinterpret_cast<std::uintptr_t>(xp) | reinterpret_cast<std::uintptr_t>(yp)) %
+         sizeof(T)) == 0;
+    if (aligned && sx == static_cast<std::ptrdiff_t>(sizeof(T)) &&
+        sy == static_cast<std::ptrdiff_t>(sizeof(T))) {
+        relu_serial(reinterpret_cast<const T*>(xp), reinterpret_cast<T*>(yp),
+                    static_cast<std::size_t>(n), false);
         return;
     }
     const bool daz = denormals_are_zero();
@@ -356,14 +366,16 @@ struct StridedBinary {
 };
 
 template <class T>
-void binary_inner(char* gp, char* xp, char* yp, std::ptrdiff_t n, std::ptrdiff_t sg, std::ptrdiff_t sx,
-                  std::ptrdiff_t sy) {
+void binary_inner(char* gp, char* xp, char* yp, std::ptrdiff_t n, std::ptrdiff_t sg,
+                  std::ptrdiff_t sx, std::ptrdiff_t sy) {
     const auto es = static_cast<std::ptrdiff_t>(sizeof(T));
-    const bool aligned = ((reinterpret_cast<std::uintptr_t>(gp) | reinterpret_cast<std::uintptr_t>(xp) |
-                           reinterpret_cast<std::uintptr_t>(yp)) % sizeof(T)) == 0;
+    const bool aligned =
+        ((reinterpret_cast<std::uintptr_t>(gp) | reinterpret_cast<std::uintptr_t>(xp) |
+          reinterpret_cast<std::uintptr_t>(yp)) %
+         sizeof(T)) == 0;
     if (aligned && sg == es && sx == es && sy == es) {
-        bwd_leaf(reinterpret_cast<const T*>(gp), reinterpret_cast<const T*>(xp), reinterpret_cast<T*>(yp),
-                 static_cast<std::size_t>(n));
+        bwd_leaf(reinterpret_cast<const T*>(gp), reinterpret_cast<const T*>(xp),
+                 reinterpret_cast<T*>(yp), static_cast<std::size_t>(n));
         return;
     }
     for (std::ptrdiff_t i = 0; i < n; ++i, gp += sg, xp += sx, yp += sy) {
@@ -381,7 +393,8 @@ void binary_rec(const StridedBinary<T>& j, int d, char* gp, char* xp, char* yp) 
         binary_inner<T>(gp, xp, yp, j.shape[d], j.st[0][d], j.st[1][d], j.st[2][d]);
         return;
     }
-    for (std::ptrdiff_t i = 0; i < j.shape[d]; ++i, gp += j.st[0][d], xp += j.st[1][d], yp += j.st[2][d])
+    for (std::ptrdiff_t i = 0; i < j.shape[d];
+         ++i, gp += j.st[0][d], xp += j.st[1][d], yp += j.st[2][d])
         binary_rec(j, d + 1, gp, xp, yp);
 }
 
@@ -396,7 +409,8 @@ void strided_binary_task(void* ctx, std::size_t blk) {
     char* xp = j.base[1] + off * j.st[1][0];
     char* yp = j.base[2] + off * j.st[2][0];
     if (j.ndim == 1) {
-        binary_inner<T>(gp, xp, yp, static_cast<std::ptrdiff_t>(e - b), j.st[0][0], j.st[1][0], j.st[2][0]);
+        binary_inner<T>(gp, xp, yp, static_cast<std::ptrdiff_t>(e - b), j.st[0][0], j.st[1][0],
+                        j.st[2][0]);
         return;
     }
     for (std::size_t i = b; i < e; ++i, gp += j.st[0][0], xp += j.st[1][0], yp += j.st[2][0])
@@ -415,14 +429,19 @@ void run_rows(ThreadPool::Task task, Job& j, std::size_t elem) {
     const std::size_t n = element_count(j.ndim, j.shape);
     const std::size_t rows = static_cast<std::size_t>(j.shape[0]);
     const std::size_t row_elems = std::max<std::size_t>(1, n / rows);
-    j.rows_per_block = std::max<std::size_t>(1, block_elems(n, elem, get_num_threads()) / row_elems);
+    j.rows_per_block =
+        std::max<std::size_t>(1, block_elems(n, elem, get_num_threads()) / row_elems);
     run(task, &j, (rows + j.rows_per_block - 1) / j.rows_per_block, n * elem);
 }
 
 }  // namespace
 
-void relu(const float* x, float* out, std::size_t n) { relu_contiguous(x, out, n); }
-void relu(const double* x, double* out, std::size_t n) { relu_contiguous(x, out, n); }
+void relu(const float* x, float* out, std::size_t n) {
+    relu_contiguous(x, out, n);
+}
+void relu(const double* x, double* out, std::size_t n) {
+    relu_contiguous(x, out, n);
+}
 void relu_backward(const float* g, const float* x, float* out, std::size_t n) {
     relu_backward_contiguous(g, x, out, n);
 }
@@ -461,8 +480,9 @@ void relu_backward_strided(int ndim, const std::ptrdiff_t* shape, View grad, Vie
                          (reinterpret_cast<std::uintptr_t>(x.data) % sizeof(T)) == 0 &&
                          (reinterpret_cast<std::uintptr_t>(out.data) % sizeof(T)) == 0;
     if (j.ndim == 1 && j.st[0][0] == es && j.st[1][0] == es && j.st[2][0] == es && aligned) {
-        relu_backward_contiguous(reinterpret_cast<const T*>(grad.data), reinterpret_cast<const T*>(x.data),
-                                 reinterpret_cast<T*>(out.data), static_cast<std::size_t>(j.shape[0]));
+        relu_backward_contiguous(reinterpret_cast<const T*>(grad.data),
+                                 reinterpret_cast<const T*>(x.data), reinterpret_cast<T*>(out.data),
+                                 static_cast<std::size_t>(j.shape[0]));
         return;
     }
     run_rows(&strided_binary_task<T>, j, sizeof(T));

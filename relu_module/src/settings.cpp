@@ -12,7 +12,9 @@
 namespace relu_kernel {
 namespace {
 
-bool is_blank(char c) { return c == ' ' || c == '\t'; }
+bool is_blank(char c) {
+    return c == ' ' || c == '\t';
+}
 
 // "NAME='text' is not ...; ignoring it and using <what>".
 std::string ignored(const char* name, const char* text, const std::string& why,
@@ -24,15 +26,15 @@ Settings read_settings() {
     Settings s{usable_cpus(), kDefaultCacheMb << 20, {}};
     unsigned long long v = 0;
     if (const char* env = std::getenv("RELU_MODULE_NUM_THREADS")) {
-        const std::string used = "the default of " + std::to_string(s.num_threads) +
-                                 " thread(s), one per usable CPU";
+        const std::string used =
+            "the default of " + std::to_string(s.num_threads) + " thread(s), one per usable CPU";
         if (parse_count(env, 1, kMaxThreads, &v)) {
             s.num_threads = static_cast<int>(v);
         } else {
-            s.warnings.push_back(ignored("RELU_MODULE_NUM_THREADS", env,
-                                         "is not a plain decimal integer in [1, " +
-                                             std::to_string(kMaxThreads) + "]",
-                                         used));
+            s.warnings.push_back(ignored(
+                "RELU_MODULE_NUM_THREADS", env,
+                "is not a plain decimal integer in [1, " + std::to_string(kMaxThreads) + "]",
+                used));
         }
     }
     if (const char* env = std::getenv("RELU_MODULE_CACHE_MB")) {
@@ -40,11 +42,10 @@ Settings read_settings() {
         if (parse_count(env, 0, max_mb, &v)) {
             s.cache_limit_bytes = static_cast<std::size_t>(v) << 20;
         } else {
-            s.warnings.push_back(ignored("RELU_MODULE_CACHE_MB", env,
-                                         "is not a plain decimal integer in [0, " +
-                                             std::to_string(max_mb) + "]",
-                                         "the default of " + std::to_string(kDefaultCacheMb) +
-                                             " MiB"));
+            s.warnings.push_back(
+                ignored("RELU_MODULE_CACHE_MB", env,
+                        "is not a plain decimal integer in [0, " + std::to_string(max_mb) + "]",
+                        "the default of " + std::to_string(kDefaultCacheMb) + " MiB"));
         }
     }
     return s;

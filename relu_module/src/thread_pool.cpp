@@ -50,7 +50,9 @@ ThreadPool::ThreadPool(int nthreads) : shares_(new Share[nthreads < 1 ? 1 : nthr
     }
 }
 
-ThreadPool::~ThreadPool() { stop_workers(); }
+ThreadPool::~ThreadPool() {
+    stop_workers();
+}
 
 int ThreadPool::start_workers(int count) {
     workers_.reserve(static_cast<std::size_t>(count));
@@ -89,7 +91,8 @@ void ThreadPool::work(int index) {
     const int n = size();
     for (int k = 0; k < n; ++k) {  // own share first, then help the others
         Share& s = shares_[(index + k) % n];
-        for (std::size_t b; (b = s.next.fetch_add(1, std::memory_order_relaxed)) < s.end;) task(ctx, b);
+        for (std::size_t b; (b = s.next.fetch_add(1, std::memory_order_relaxed)) < s.end;)
+            task(ctx, b);
     }
 }
 
@@ -141,7 +144,8 @@ void ThreadPool::worker_loop(int index) {
         }
         if (gen == seen) {
             std::unique_lock<std::mutex> lk(mu_);
-            cv_.wait(lk, [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });
+            cv_.wait(lk,
+                     [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });
             if (stop_) return;
             gen = generation_.load(std::memory_order_acquire);
         }
@@ -149,7 +153,8 @@ void ThreadPool::worker_loop(int index) {
         // Join the current job unless the caller has already closed it.
         std::uint32_t s = joined_.load(std::memory_order_acquire);
         while ((s & kClosed) == 0 &&
-               !joined_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+               !joined_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
+                                              std::memory_order_acquire)) {
         }
         if (s & kClosed) continue;
         work(index);
@@ -157,7 +162,9 @@ void ThreadPool::worker_loop(int index) {
     }
 }
 
-int default_num_threads() { return settings().num_threads; }
+int default_num_threads() {
+    return settings().num_threads;
+}
 
 int get_num_threads() {
     int n = g_num_threads.load(std::memory_order_relaxed);
@@ -185,9 +192,14 @@ int g_pool_pid = 0;                             // during interpreter shutdown c
 namespace {
 // fork() while another thread holds g_pool_mu would leave it locked forever in the child: take it
 // around fork so the child starts with it free.
-void fork_prepare() { g_pool_mu.lock(); }
-void fork_release() { g_pool_mu.unlock(); }
-[[maybe_unused]] const bool g_atfork_registered = pthread_atfork(fork_prepare, fork_release, fork_release) == 0;
+void fork_prepare() {
+    g_pool_mu.lock();
+}
+void fork_release() {
+    g_pool_mu.unlock();
+}
+[[maybe_unused]] const bool g_atfork_registered =
+    pthread_atfork(fork_prepare, fork_release, fork_release) == 0;
 }  // namespace
 #endif
 

@@ -9,9 +9,9 @@
 // state thread i touches the same memory every call and finds it in its own L2; a thread that
 // runs out then claims blocks of the other shares. On a busy machine a worker may be
 // descheduled when a job arrives: the caller then claims every block itself and closes the job,
-// so a late worker never delays a call (a plain static split would wait for its share). Idle workers spin briefly,
-// so back-to-back calls start in well under a microsecond, and then sleep on a condition
-// variable so an idle pool costs no CPU.
+// so a late worker never delays a call (a plain static split would wait for its share). Idle
+// workers spin briefly, so back-to-back calls start in well under a microsecond, and then sleep on
+// a condition variable so an idle pool costs no CPU.
 #pragma once
 
 #include <atomic>

@@ -92,3 +92,24 @@ def test_build_sdist_and_wheel_then_install_in_fresh_venv(tmp_path: Path) -> Non
     )
     assert check.returncode == 0, check.stderr
     assert check.stdout.split()[0] == relu_module.__version__
+
+
+def test_cpp_sources_are_clang_formatted() -> None:
+    """The C++ follows relu_module/.clang-format (the same check as `make lint-cpp`)."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    sources = sorted((root / "src").glob("*.[ch]pp"))
+    exe = shutil.which("clang-format", path=str(Path(sys.executable).parent)) or shutil.which(
+        "clang-format"
+    )
+    if exe is None or not sources:
+        pytest.skip("needs clang-format (dev extra) and the C++ sources (a source checkout)")
+    proc = subprocess.run(
+        [exe, "--dry-run", "--Werror", *map(str, sources)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
