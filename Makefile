@@ -62,8 +62,8 @@ test: data ## the full test suite (slow tests included, as in CI)
 test-fast: data ## tests without the slow ones
 	$(PY) -m pytest -m "not slow"
 
-bench: setup ## relu_module benchmark: table on screen, JSON + PNG under reports/relu/
-	$(PY) benchmarks/relu_bench.py
+bench: setup ## relu_module benchmark (full): reports/relu/; Hydra overrides in RELU_BENCH_ARGS
+	$(PY) -m mlpipe.measure.relu_bench $(RELU_BENCH_ARGS)
 
 wheel: setup ## sdist + wheel of relu_module under relu_module/dist/
 	$(PY) -m build --no-isolation relu_module
