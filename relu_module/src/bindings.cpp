@@ -398,6 +398,10 @@ std::vector<std::string> settings_warnings() {
     return relu_kernel::settings().warnings;
 }
 
+long long spin_us() {
+    return relu_kernel::settings().spin_us;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_ext, m) {
@@ -420,6 +424,8 @@ PYBIND11_MODULE(_ext, m) {
           "Sets the number of threads used for large arrays (1 <= n <= MAX_THREADS).");
     m.def("settings_warnings", &settings_warnings,
           "One line per ignored RELU_MODULE_* environment value (parsed once, at import).");
+    m.def("spin_us", &spin_us,
+          "How long pool workers spin after a job while calls keep coming (RELU_MODULE_SPIN_US).");
     m.def("simd_level", &relu_kernel::simd_level,
           "Instruction set the runtime dispatcher picked: 'avx512f', 'avx2' or 'baseline'.");
     m.def("empty_cache", &relu_kernel::clear_buffer_cache,

@@ -23,7 +23,7 @@ std::string ignored(const char* name, const char* text, const std::string& why,
 }
 
 Settings read_settings() {
-    Settings s{usable_cpus(), kDefaultCacheMb << 20, {}};
+    Settings s{usable_cpus(), kDefaultCacheMb << 20, kDefaultSpinUs, {}};
     unsigned long long v = 0;
     if (const char* env = std::getenv("RELU_MODULE_NUM_THREADS")) {
         const std::string used =
@@ -46,6 +46,16 @@ Settings read_settings() {
                 ignored("RELU_MODULE_CACHE_MB", env,
                         "is not a plain decimal integer in [0, " + std::to_string(max_mb) + "]",
                         "the default of " + std::to_string(kDefaultCacheMb) + " MiB"));
+        }
+    }
+    if (const char* env = std::getenv("RELU_MODULE_SPIN_US")) {
+        if (parse_count(env, 0, kMaxSpinUs, &v)) {
+            s.spin_us = static_cast<long long>(v);
+        } else {
+            s.warnings.push_back(
+                ignored("RELU_MODULE_SPIN_US", env,
+                        "is not a plain decimal integer in [0, " + std::to_string(kMaxSpinUs) + "]",
+                        "the default of " + std::to_string(kDefaultSpinUs) + " us"));
         }
     }
     return s;

@@ -2,7 +2,9 @@
 //
 // RELU_MODULE_NUM_THREADS: threads for large arrays, 1..kMaxThreads (default: the CPUs in the
 // process's affinity mask). RELU_MODULE_CACHE_MB: limit of the output-block cache in MiB
-// (default kDefaultCacheMb; 0 disables it). A value is a plain decimal integer, optionally
+// (default kDefaultCacheMb; 0 disables it). RELU_MODULE_SPIN_US: how long pool workers keep
+// spinning after a job while calls arrive at least that often, 0..kMaxSpinUs (default
+// kDefaultSpinUs; 0 never spins). A value is a plain decimal integer, optionally
 // surrounded by blanks; anything else (signs, other digits, overflow, out of range) is ignored
 // with a warning that says so and names the value used instead.
 #pragma once
@@ -15,10 +17,13 @@ namespace relu_kernel {
 
 constexpr int kMaxThreads = 1024;
 constexpr std::size_t kDefaultCacheMb = 1024;
+constexpr long long kDefaultSpinUs = 2000;
+constexpr long long kMaxSpinUs = 1000000;
 
 struct Settings {
     int num_threads;                    // what get_num_threads() starts with
     std::size_t cache_limit_bytes;      // the output-block cache limit
+    long long spin_us;                  // the pool workers' spin after a job, at most
     std::vector<std::string> warnings;  // one line per ignored value, for the Python side to log
 };
 

@@ -69,7 +69,10 @@ private:
     std::atomic<Task> task_{nullptr};
     std::atomic<void*> ctx_{nullptr};
     std::atomic<std::size_t> blocks_{0};
-    std::atomic<unsigned> csr_{0};  // the caller's MXCSR (x86), which workers adopt for the job
+    std::atomic<unsigned> csr_{0};
+    std::atomic<std::int64_t> last_start_ns_{0};  // when the previous job started (steady clock)
+    std::atomic<std::int64_t> spin_ns_{0};  // how long workers spin after the current job  // the
+                                            // caller's MXCSR (x86), which workers adopt for the job
     bool stop_ = false;
     std::string start_error_;
 };

@@ -167,3 +167,42 @@ def test_settings_parsed_in_one_place_with_truthful_warnings(case: str) -> None:
             assert f"default of {default} thread(s)" in line
         else:
             assert "default of 1024 MiB" in line
+
+
+@pytest.mark.parametrize(
+    ("value", "spin", "warned"),
+    [("0", 0, False), ("500", 500, False), ("-1", 2000, True), ("1000001", 2000, True)],
+)
+def test_spin_setting(value: str, spin: int, warned: bool) -> None:
+    code = """
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="WARN %(message)s")
+    import numpy as np, relu_module as rm
+    x = np.random.default_rng(0).standard_normal(10**6)
+    assert all(np.array_equal(rm.relu(x), np.maximum(x, 0)) for _ in range(20))
+    print(rm._ext.spin_us())
+    """
+    proc = run_python(code, env={"RELU_MODULE_SPIN_US": value}, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout) == spin
+    assert ("WARN RELU_MODULE_SPIN_US=" in proc.stderr) == warned, proc.stderr
+    if warned:
+        assert "using the default of 2000 us" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_idle_process_pays_almost_no_cpu_after_one_call() -> None:
+    """After an isolated call the workers spin only briefly (50 us), then sleep: a process that
+    made one call and then sleeps 1 s uses well under 20 ms of CPU (torch: OpenMP spins)."""
+    code = """
+    import resource, time, numpy as np, relu_module as rm
+    x = np.random.default_rng(0).standard_normal(10**6).astype(np.float32)
+    rm.relu(x)  # parallel: the pool starts
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(1.0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+    """
+    proc = run_python(code, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout) < 0.02, proc.stdout
