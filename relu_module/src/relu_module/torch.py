@@ -33,7 +33,8 @@ from . import relu_ as _relu_inplace_tracked
 __all__ = ["ReLUFunction", "ReLUInplaceFunction", "relu", "ReLU"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # BatchedTensor, GradTrackingTensor
+# BatchedTensor, GradTrackingTensor, ...: torch.func's wrappers, which have no numpy view.
+_is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
 
 
@@ -58,9 +59,11 @@ def _relu_out_of_place(x: Tensor) -> Tensor:
 
 def _mask(grad: Tensor, y: Tensor) -> Tensor:
     """torch's threshold_backward(grad, y, 0): grad where y > 0 (or NaN), else +0."""
-    if _kernel_ok(grad, y) and grad.dtype == y.dtype and not torch.is_grad_enabled():
+    # A graph to record (backward with create_graph=True, or a jvp under grad mode on tensors
+    # that require grad) needs the differentiable aten op; it computes the same bits.
+    recording = torch.is_grad_enabled() and (grad.requires_grad or y.requires_grad)
+    if _kernel_ok(grad, y) and grad.dtype == y.dtype and not recording:
         return torch.from_numpy(_ext.relu_backward(grad.detach().numpy(), y.detach().numpy()))
-    # Grad mode on inside backward means create_graph=True: record a differentiable op.
     return torch.ops.aten.threshold_backward(grad, y, 0)
 
 
