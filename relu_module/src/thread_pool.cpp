@@ -78,6 +78,7 @@ int ThreadPool::start_workers(int count) {
 }
 
 void ThreadPool::stop_workers() {
+    stopping_.store(true, std::memory_order_relaxed);  // ends a spin at once, not after spin_us
     {
         std::lock_guard<std::mutex> lk(mu_);
         stop_ = true;
@@ -87,6 +88,7 @@ void ThreadPool::stop_workers() {
     workers_.clear();
     std::lock_guard<std::mutex> lk(mu_);
     stop_ = false;
+    stopping_.store(false, std::memory_order_relaxed);
 }
 
 void ThreadPool::work(int index) {
@@ -154,7 +156,7 @@ void ThreadPool::worker_loop(int index) {
                 RELU_CPU_RELAX();
                 gen = generation_.load(std::memory_order_acquire);
                 if ((k & 63u) != 0) continue;
-                if (now_ns() > deadline) break;
+                if (now_ns() > deadline || stopping_.load(std::memory_order_relaxed)) break;
                 // Polite: a thread of another library waiting for this core gets it.
                 if ((k & 1023u) == 0) std::this_thread::yield();
             }

@@ -73,7 +73,8 @@ private:
     std::atomic<std::int64_t> last_start_ns_{0};  // when the previous job started (steady clock)
     std::atomic<std::int64_t> spin_ns_{0};  // how long workers spin after the current job  // the
                                             // caller's MXCSR (x86), which workers adopt for the job
-    bool stop_ = false;
+    bool stop_ = false;                     // guarded by mu_
+    std::atomic<bool> stopping_{false};     // the same, read by spinning workers
     std::string start_error_;
 };
 

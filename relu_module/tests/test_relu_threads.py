@@ -206,3 +206,21 @@ def test_idle_process_pays_almost_no_cpu_after_one_call() -> None:
     proc = run_python(code, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout) < 0.02, proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_resizing_the_pool_does_not_wait_for_spinning_workers() -> None:
+    """A pool replaced by set_num_threads joins its workers at once, even with a 1 s spin."""
+    code = """
+    import time, numpy as np, relu_module as rm
+    x = np.random.default_rng(0).standard_normal(10**6)
+    t0 = time.perf_counter()
+    for i in range(20):
+        rm.set_num_threads(2 + i % 2)
+        assert np.array_equal(rm.relu(x), np.maximum(x, 0))
+        rm.relu(x)
+    print(time.perf_counter() - t0)
+    """
+    proc = run_python(code, env={"RELU_MODULE_SPIN_US": "1000000"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout) < 10.0  # 20 resizes; waiting out the spin would take >= 20 s
