@@ -172,6 +172,7 @@ bool unsafe_overlap(const py::array& in, const py::array& out) {
 // (np.broadcast_to made writeable, torch's expand()), or strides that cannot be proved apart.
 // Writing such an array from several threads would give a result that depends on timing.
 bool elements_disjoint(const py::array& a) {
+    if (c_contiguous(a) || f_contiguous(a)) return true;  // the common case, without sorting
     std::vector<std::pair<std::ptrdiff_t, std::ptrdiff_t>> dims;  // (|stride|, length)
     for (py::ssize_t d = 0; d < a.ndim(); ++d) {
         if (a.shape()[d] == 0) return true;
