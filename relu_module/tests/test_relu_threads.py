@@ -224,3 +224,23 @@ def test_resizing_the_pool_does_not_wait_for_spinning_workers() -> None:
     proc = run_python(code, env={"RELU_MODULE_SPIN_US": "1000000"}, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout) < 10.0  # 20 resizes; waiting out the spin would take >= 20 s
+
+
+@pytest.mark.timeout(120)
+def test_workers_started_in_flush_denormal_mode_follow_the_caller_later() -> None:
+    """Threads inherit MXCSR when they start: a pool made while torch.set_flush_denormal(True)
+    was on must still compute without it once the caller turned it off (and the reverse)."""
+    code = """
+    import numpy as np, torch, relu_module as rm
+    x = np.full(4_000_000, -1e-40, np.float32)
+    torch.set_flush_denormal(True)
+    assert set(np.unique(rm.relu(x).view(np.uint32))) == {0x80000000}  # pool starts under DAZ
+    torch.set_flush_denormal(False)
+    for _ in range(5):
+        assert set(np.unique(rm.relu(x).view(np.uint32))) == {0}  # -1e-40 < 0: +0.0
+        assert set(np.unique(rm.relu_backward(np.ones_like(x), -x).view(np.uint32))) == {0x3F800000}
+    print("ok")
+    """
+    proc = run_python(code, env={"RELU_MODULE_NUM_THREADS": "2"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
