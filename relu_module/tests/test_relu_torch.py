@@ -324,6 +324,16 @@ def test_jit_script_and_trace_then_save_and_load(inplace: bool, tmp_path: Path) 
             assert "relu" in loaded.graph.str() or "relu" in str(loaded.code), kind
 
 
+def test_jit_script_of_the_function() -> None:
+    from relu_module.torch import relu as krelu
+
+    scripted = torch.jit.script(krelu)
+    x = torch.randn(7)
+    torch.testing.assert_close(scripted(x), torch.relu(x), rtol=0, atol=0)
+    y = x.clone()
+    assert scripted(y, True) is y and torch.equal(y, torch.relu(x))
+
+
 @pytest.mark.parametrize("inplace", [False, True], ids=["relu", "relu-inplace"])
 def test_fx_symbolic_trace_keeps_the_kernel_call(inplace: bool) -> None:
     model, x = _model(inplace), torch.randn(5, 8)

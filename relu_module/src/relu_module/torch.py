@@ -152,6 +152,8 @@ def relu(x: Tensor, inplace: bool = False) -> Tensor:
     See the module docstring for when it defers to torch (tracing, functorch in place,
     non-CPU, other dtypes).
     """
+    if torch.jit.is_scripting():  # TorchScript compiles only this branch: torch.relu instead
+        return torch.relu_(x) if inplace else torch.relu(x)
     if _tracing() or not x.is_cpu or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided:
         if torch.jit.is_tracing():
             with warnings.catch_warnings():  # the tracer's note about Python values: none here
@@ -181,8 +183,6 @@ class ReLU(nn.Module):
         self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:  # (*) -> (*)
-        if torch.jit.is_scripting():  # TorchScript cannot call the kernel: torch.relu instead
-            return torch.relu_(x) if self.inplace else torch.relu(x)
         return relu(x, self.inplace)
 
     def extra_repr(self) -> str:
