@@ -47,7 +47,7 @@ data: setup ## fetch the DVC-tracked data from the committed remote (no network 
 
 # The measurement stages, in order (they declare no outs, so DVC cannot order them; see
 # measurements/dvc.yaml). --force: a measurement is re-taken on every run.
-MEASURE := tune serve profile_cpu knee bench relu_bench report
+MEASURE := tune serve knee profile_cpu bench relu_bench report
 run: data ## the main job: dvc repro (train -> export, profile), then the measurements and a summary
 	dvc repro
 	$(MAKE) --no-print-directory measure
@@ -111,8 +111,8 @@ test: data ## the full test suite (slow tests included, as in CI)
 test-fast: data ## tests without the slow ones
 	$(PY) -m pytest -m "not slow"
 
-bench: setup ## relu_module benchmark: table on screen, JSON + PNG under reports/relu/
-	$(PY) benchmarks/relu_bench.py
+bench: setup ## relu_module benchmark (full): reports/relu/; Hydra overrides in RELU_BENCH_ARGS
+	mlpipe-relu-bench $(RELU_BENCH_ARGS)
 
 wheel: setup ## sdist + wheel of relu_module under relu_module/dist/ (reproducible: SOURCE_DATE_EPOCH)
 	umask 022 && $(PY) -m build --no-isolation relu_module   # umask: file modes in the wheel

@@ -44,7 +44,8 @@ buildPythonPackage {
 
   dependencies = [ numpy ];
 
-  # The kernel's tests live in the checkout's tests/ and run in checks.<system>.pytest against
+  # The kernel's tests live in relu_module/tests/ (the wheel's `test` extra) and run in
+  # checks.<system>.pytest against
   # the installed package; here, check that the compiled extension imports.
   pythonImportsCheck = [
     "relu_module"

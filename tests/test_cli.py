@@ -38,6 +38,8 @@ CASES: list[tuple[str, str, str]] = [
     ("mlpipe-knee", "profile.knee.peak_fraction=2", "profile.knee.peak_fraction"),
     ("mlpipe-tune", "tune.p99_budget_ms=-1", "tune.p99_budget_ms: must be > 0"),
     ("mlpipe-tune", "tune.select_concurrency=3", "must be one of tune.concurrency [1, 16]"),
+    ("mlpipe-relu-bench", "relu_bench.sizes=[0]", "relu_bench.sizes must be positive integers"),
+    ("mlpipe-relu-bench", "relu_bench.dtypes=[int8]", "must be float32 and/or float64"),
     ("mlpipe-report", "report.output=/proc/no/REPORT.md", "set report.output to a writable path"),
     ("mlpipe-report", "report.lock_files=3", "report.lock_files: must be a list"),
 ]

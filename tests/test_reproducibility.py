@@ -185,6 +185,7 @@ def _build_wheel(src: Path, out: Path, tz: str) -> Path:
     return wheel
 
 
+@pytest.mark.needs_compiler
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_relu_module_wheel_is_reproducible(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 #include "buffer_cache.hpp"
 
+#include "settings.hpp"
+
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
@@ -14,7 +16,6 @@ namespace relu_kernel {
 namespace {
 
 constexpr std::size_t kHugePage = std::size_t(2) << 20;
-constexpr std::size_t kDefaultCacheMb = 1024;
 constexpr std::size_t kMaxCachedBlocks = 4;
 
 struct Block {
@@ -32,16 +33,6 @@ std::size_t g_cached = 0;
     pthread_atfork([] { g_mu.lock(); }, [] { g_mu.unlock(); }, [] { g_mu.unlock(); }) == 0;
 #endif
 
-std::size_t read_limit() {
-    std::size_t mb = kDefaultCacheMb;
-    if (const char* env = std::getenv("RELU_MODULE_CACHE_MB")) {
-        char* end = nullptr;
-        long long v = std::strtoll(env, &end, 10);
-        if (end != env && *end == '\0' && v >= 0) mb = static_cast<std::size_t>(v);
-    }
-    return mb << 20;
-}
-
 void unmap(void* ptr, std::size_t capacity) noexcept {
 #if defined(__linux__)
     ::munmap(ptr, capacity);
@@ -53,8 +44,7 @@ void unmap(void* ptr, std::size_t capacity) noexcept {
 }  // namespace
 
 std::size_t cache_limit_bytes() noexcept {
-    static const std::size_t limit = read_limit();
-    return limit;
+    return settings().cache_limit_bytes;
 }
 
 void* acquire_buffer(std::size_t bytes, std::size_t* capacity) {
@@ -110,8 +100,8 @@ void release_buffer(void* ptr, std::size_t capacity) noexcept {
             evicted.reserve(kMaxCachedBlocks);
             // Least recently released first out: a loop over one size keeps its block even after
             // other sizes came and went.
-            while (!g_blocks->empty() &&
-                   (g_blocks->size() >= kMaxCachedBlocks || g_cached + capacity > cache_limit_bytes())) {
+            while (!g_blocks->empty() && (g_blocks->size() >= kMaxCachedBlocks ||
+                                          g_cached + capacity > cache_limit_bytes())) {
                 evicted.push_back(g_blocks->front());
                 g_cached -= g_blocks->front().capacity;
                 g_blocks->erase(g_blocks->begin());

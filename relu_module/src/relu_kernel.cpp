@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 
 #include "thread_pool.hpp"
 
@@ -25,101 +26,164 @@ namespace {
 constexpr std::size_t kCacheLine = 64;
 
 // ---- serial leaf loops: branchless, vectorised (check with -fopt-info-vec) ----------------
-// `x < 0 ? 0 : x` is exactly MAXPS(0, x): NaN and -0.0 take the x branch and pass unchanged.
+//
+// One semantic, torch's: y = MAXPS(+0, x), which is what torch's vectorised clamp_min runs. It
+// returns x unless 0 > x, so NaN (any payload) and -0.0 pass unchanged. Under
+// denormals-are-zero (torch.set_flush_denormal(True) sets DAZ in MXCSR) MAXPS reads a denormal
+// as a zero of its sign and returns that zero; a compare-and-mask loop would return the
+// denormal's bits instead. GCC compiles `x < 0 ? 0 : x` to compare-and-mask, so when the
+// calling thread has DAZ set (the pool gives every worker the caller's MXCSR) the forward leaves
+// switch to an integer loop with MAXPS's DAZ result.
 
 // Unrolled 4x after vectorisation: in L1/L2 the loop-control uops otherwise cap throughput.
 #define RELU_UNROLL _Pragma("GCC unroll 4")
 
-#define RELU_DEFINE_LEAVES(T, S)                                                                \
-    RELU_CLONES void relu_leaf_##S(const T* __restrict x, T* __restrict y, std::size_t n) {     \
-        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];       \
-    }                                                                                           \
-    RELU_CLONES void relu_leaf_inplace_##S(T* y, std::size_t n) {                               \
-        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];       \
-    }                                                                                           \
-    RELU_CLONES void bwd_leaf_##S(const T* __restrict g, const T* __restrict x, T* __restrict y, \
-                                  std::size_t n) {                                              \
-        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = x[i] <= T(0) ? T(0) : g[i];      \
-    }                                                                                           \
-    RELU_CLONES void bwd_leaf_into_g_##S(T* g, const T* __restrict x, std::size_t n) {          \
-        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) g[i] = x[i] <= T(0) ? T(0) : g[i];      \
-    }                                                                                           \
-    RELU_CLONES void bwd_leaf_into_x_##S(const T* __restrict g, T* x, std::size_t n) {          \
-        RELU_UNROLL for (std::size_t i = 0; i < n; ++i) x[i] = x[i] <= T(0) ? T(0) : g[i];      \
-    }
+// Same-width unsigned integer, allowed to alias the float it reinterprets.
+template <class T>
+struct Bits;
+template <>
+struct Bits<float> {
+    typedef std::uint32_t __attribute__((may_alias)) U;
+};
+template <>
+struct Bits<double> {
+    typedef std::uint64_t __attribute__((may_alias)) U;
+};
 
-RELU_DEFINE_LEAVES(float, f32)
-RELU_DEFINE_LEAVES(double, f64)
-#undef RELU_DEFINE_LEAVES
+inline bool denormals_are_zero() {
+#if defined(__SSE2__)
+    return (_mm_getcsr() & 0x0040u) != 0;  // MXCSR.DAZ
+#else
+    return false;
+#endif
+}
 
-inline void relu_leaf(const float* x, float* y, std::size_t n) { relu_leaf_f32(x, y, n); }
-inline void relu_leaf(const double* x, double* y, std::size_t n) { relu_leaf_f64(x, y, n); }
-inline void relu_leaf_inplace(float* y, std::size_t n) { relu_leaf_inplace_f32(y, n); }
-inline void relu_leaf_inplace(double* y, std::size_t n) { relu_leaf_inplace_f64(y, n); }
+// MAXPS(+0, x) under DAZ, on the bits: a zero or denormal becomes the zero of its sign, a NaN
+// passes unchanged, any other negative (-inf included) becomes +0.
+template <class U>
+inline U relu_daz_bits(U u) {
+    constexpr int kBits = 8 * sizeof(U);
+    constexpr U kSign = U(1) << (kBits - 1);
+    constexpr U kExp = kBits == 32 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
+    const U zero_or_denormal = (u & kExp) == 0 ? ~U(0) : U(0);
+    const U nan = (u & ~kSign) > kExp ? ~U(0) : U(0);
+    const U keep = (u & kSign) == 0 ? ~U(0) : nan;
+    return (zero_or_denormal & (u & kSign)) | (~zero_or_denormal & keep & u);
+}
+
+template <class T>
+RELU_CLONES void relu_leaf_copy(const T* __restrict x, T* __restrict y, std::size_t n) {
+    RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = x[i] < T(0) ? T(0) : x[i];
+}
+template <class T>
+RELU_CLONES void relu_leaf_inplace(T* y, std::size_t n) {
+    RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = y[i] < T(0) ? T(0) : y[i];
+}
+template <class T>
+RELU_CLONES void relu_leaf_daz(const T* x, T* y, std::size_t n) {  // x == y allowed
+    using U = typename Bits<T>::U;
+    const U* xu = reinterpret_cast<const U*>(x);
+    U* yu = reinterpret_cast<U*>(y);
+    RELU_UNROLL for (std::size_t i = 0; i < n; ++i) yu[i] = relu_daz_bits<U>(xu[i]);
+}
+
+// torch's threshold_backward: dx = (x <= 0) ? +0 : g. The compare honours DAZ as torch's does.
+template <class T>
+RELU_CLONES void bwd_leaf_copy(const T* __restrict g, const T* __restrict x, T* __restrict y,
+                               std::size_t n) {
+    RELU_UNROLL for (std::size_t i = 0; i < n; ++i) y[i] = x[i] <= T(0) ? T(0) : g[i];
+}
+template <class T>
+RELU_CLONES void bwd_leaf_into_g(T* g, const T* __restrict x, std::size_t n) {
+    RELU_UNROLL for (std::size_t i = 0; i < n; ++i) g[i] = x[i] <= T(0) ? T(0) : g[i];
+}
+template <class T>
+RELU_CLONES void bwd_leaf_into_x(const T* __restrict g, T* x, std::size_t n) {
+    RELU_UNROLL for (std::size_t i = 0; i < n; ++i) x[i] = x[i] <= T(0) ? T(0) : g[i];
+}
+
+// One element, for the strided loops: the same semantic as the leaves.
+template <class T>
+inline T relu_one(T v, bool daz) {
+    if (!daz) return v < T(0) ? T(0) : v;
+    using U = typename Bits<T>::U;
+    U u;
+    std::memcpy(&u, &v, sizeof(T));
+    u = relu_daz_bits<U>(u);
+    std::memcpy(&v, &u, sizeof(T));
+    return v;
+}
 
 // Non-temporal variant for outputs far larger than the cache: skips the read-for-ownership of
 // the destination lines and does not evict the input. SSE2 is baseline x86-64, and 16-byte
-// streaming stores saturate memory bandwidth as well as wider ones.
+// streaming stores saturate memory bandwidth as well as wider ones. MAXPS/MAXPD is the
+// semantic itself, DAZ included.
 #if defined(__SSE2__)
-void relu_leaf_stream(const float* x, float* y, std::size_t n) {
+template <class T>
+struct Sse;
+template <>
+struct Sse<float> {
+    using V = __m128;
+    static V zero() { return _mm_setzero_ps(); }
+    static V load(const float* p) { return _mm_loadu_ps(p); }
+    static V max(V a, V b) { return _mm_max_ps(a, b); }
+    static void stream(float* p, V v) { _mm_stream_ps(p, v); }
+};
+template <>
+struct Sse<double> {
+    using V = __m128d;
+    static V zero() { return _mm_setzero_pd(); }
+    static V load(const double* p) { return _mm_loadu_pd(p); }
+    static V max(V a, V b) { return _mm_max_pd(a, b); }
+    static void stream(double* p, V v) { _mm_stream_pd(p, v); }
+};
+
+template <class T>
+void relu_leaf_stream(const T* x, T* y, std::size_t n, bool daz) {
+    using S = Sse<T>;
+    constexpr std::size_t kLanes = 16 / sizeof(T);
     std::size_t i = 0;
-    while (i < n && (reinterpret_cast<std::uintptr_t>(y + i) & 15u) != 0) {
-        y[i] = x[i] < 0.0f ? 0.0f : x[i];
-        ++i;
+    for (; i < n && (reinterpret_cast<std::uintptr_t>(y + i) & 15u) != 0; ++i)
+        y[i] = relu_one(x[i], daz);
+    const typename S::V zero = S::zero();
+    for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
+        for (std::size_t k = 0; k < 4; ++k) {  // MAXPS returns its 2nd operand on NaN/zeros
+            S::stream(y + i + k * kLanes, S::max(zero, S::load(x + i + k * kLanes)));
+        }
     }
-    const __m128 zero = _mm_setzero_ps();
-    for (; i + 16 <= n; i += 16) {
-        __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
-        __m128 c = _mm_loadu_ps(x + i + 8), d = _mm_loadu_ps(x + i + 12);
-        _mm_stream_ps(y + i, _mm_max_ps(zero, a));  // MAXPS returns its 2nd operand on NaN/zeros
-        _mm_stream_ps(y + i + 4, _mm_max_ps(zero, b));
-        _mm_stream_ps(y + i + 8, _mm_max_ps(zero, c));
-        _mm_stream_ps(y + i + 12, _mm_max_ps(zero, d));
-    }
-    for (; i < n; ++i) y[i] = x[i] < 0.0f ? 0.0f : x[i];
+    for (; i < n; ++i) y[i] = relu_one(x[i], daz);
     _mm_sfence();  // order the weakly-ordered streaming stores before the pool's completion flag
-}
-void relu_leaf_stream(const double* x, double* y, std::size_t n) {
-    std::size_t i = 0;
-    while (i < n && (reinterpret_cast<std::uintptr_t>(y + i) & 15u) != 0) {
-        y[i] = x[i] < 0.0 ? 0.0 : x[i];
-        ++i;
-    }
-    const __m128d zero = _mm_setzero_pd();
-    for (; i + 8 <= n; i += 8) {
-        __m128d a = _mm_loadu_pd(x + i), b = _mm_loadu_pd(x + i + 2);
-        __m128d c = _mm_loadu_pd(x + i + 4), d = _mm_loadu_pd(x + i + 6);
-        _mm_stream_pd(y + i, _mm_max_pd(zero, a));
-        _mm_stream_pd(y + i + 2, _mm_max_pd(zero, b));
-        _mm_stream_pd(y + i + 4, _mm_max_pd(zero, c));
-        _mm_stream_pd(y + i + 6, _mm_max_pd(zero, d));
-    }
-    for (; i < n; ++i) y[i] = x[i] < 0.0 ? 0.0 : x[i];
-    _mm_sfence();
 }
 constexpr bool kHaveStream = true;
 #else
 template <class T>
-void relu_leaf_stream(const T* x, T* y, std::size_t n) { relu_leaf(x, y, n); }
+void relu_leaf_stream(const T* x, T* y, std::size_t n, bool daz) {
+    for (std::size_t i = 0; i < n; ++i) y[i] = relu_one(x[i], daz);
+}
 constexpr bool kHaveStream = false;
 #endif
 
-inline void bwd_leaf(const float* g, const float* x, float* y, std::size_t n) {
-    if (y == g) bwd_leaf_into_g_f32(y, x, n);
-    else if (y == x) bwd_leaf_into_x_f32(g, y, n);
-    else bwd_leaf_f32(g, x, y, n);
-}
-inline void bwd_leaf(const double* g, const double* x, double* y, std::size_t n) {
-    if (y == g) bwd_leaf_into_g_f64(y, x, n);
-    else if (y == x) bwd_leaf_into_x_f64(g, y, n);
-    else bwd_leaf_f64(g, x, y, n);
+template <class T>
+inline void bwd_leaf(const T* g, const T* x, T* y, std::size_t n) {
+    if (y == g)
+        bwd_leaf_into_g(y, x, n);
+    else if (y == x)
+        bwd_leaf_into_x(g, y, n);
+    else
+        bwd_leaf_copy(g, x, y, n);
 }
 
 template <class T>
 inline void relu_serial(const T* x, T* y, std::size_t n, bool stream) {
-    if (x == y) relu_leaf_inplace(y, n);
-    else if (stream && (reinterpret_cast<std::uintptr_t>(y) % sizeof(T)) == 0) relu_leaf_stream(x, y, n);
-    else relu_leaf(x, y, n);
+    const bool daz = denormals_are_zero();
+    if (stream && (reinterpret_cast<std::uintptr_t>(y) % sizeof(T)) == 0)
+        relu_leaf_stream(x, y, n, daz);
+    else if (daz)
+        relu_leaf_daz(x, y, n);
+    else if (x == y)
+        relu_leaf_inplace(y, n);
+    else
+        relu_leaf_copy(x, y, n);
 }
 
 // Blocks that threads claim dynamically: small enough to balance two threads when one of them
@@ -249,15 +313,20 @@ struct StridedUnary {
 
 template <class T>
 void unary_inner(char* xp, char* yp, std::ptrdiff_t n, std::ptrdiff_t sx, std::ptrdiff_t sy) {
-    const bool aligned = ((reinterpret_cast<std::uintptr_t>(xp) | reinterpret_cast<std::uintptr_t>(yp)) % sizeof(T)) == 0;
-    if (aligned && sx == static_cast<std::ptrdiff_t>(sizeof(T)) && sy == static_cast<std::ptrdiff_t>(sizeof(T))) {
-        relu_serial(reinterpret_cast<const T*>(xp), reinterpret_cast<T*>(yp), static_cast<std::size_t>(n), false);
+    const bool aligned =
+        ((reinterpret_cast<std::uintptr_t>(xp) | reinterpret_cast<std::uintptr_t>(yp)) %
+         sizeof(T)) == 0;
+    if (aligned && sx == static_cast<std::ptrdiff_t>(sizeof(T)) &&
+        sy == static_cast<std::ptrdiff_t>(sizeof(T))) {
+        relu_serial(reinterpret_cast<const T*>(xp), reinterpret_cast<T*>(yp),
+                    static_cast<std::size_t>(n), false);
         return;
     }
+    const bool daz = denormals_are_zero();
     for (std::ptrdiff_t i = 0; i < n; ++i, xp += sx, yp += sy) {
         T v;
         std::memcpy(&v, xp, sizeof(T));  // strided views may be unaligned (e.g. np.frombuffer)
-        v = v < T(0) ? T(0) : v;
+        v = relu_one(v, daz);
         std::memcpy(yp, &v, sizeof(T));
     }
 }
@@ -297,14 +366,16 @@ struct StridedBinary {
 };
 
 template <class T>
-void binary_inner(char* gp, char* xp, char* yp, std::ptrdiff_t n, std::ptrdiff_t sg, std::ptrdiff_t sx,
-                  std::ptrdiff_t sy) {
+void binary_inner(char* gp, char* xp, char* yp, std::ptrdiff_t n, std::ptrdiff_t sg,
+                  std::ptrdiff_t sx, std::ptrdiff_t sy) {
     const auto es = static_cast<std::ptrdiff_t>(sizeof(T));
-    const bool aligned = ((reinterpret_cast<std::uintptr_t>(gp) | reinterpret_cast<std::uintptr_t>(xp) |
-                           reinterpret_cast<std::uintptr_t>(yp)) % sizeof(T)) == 0;
+    const bool aligned =
+        ((reinterpret_cast<std::uintptr_t>(gp) | reinterpret_cast<std::uintptr_t>(xp) |
+          reinterpret_cast<std::uintptr_t>(yp)) %
+         sizeof(T)) == 0;
     if (aligned && sg == es && sx == es && sy == es) {
-        bwd_leaf(reinterpret_cast<const T*>(gp), reinterpret_cast<const T*>(xp), reinterpret_cast<T*>(yp),
-                 static_cast<std::size_t>(n));
+        bwd_leaf(reinterpret_cast<const T*>(gp), reinterpret_cast<const T*>(xp),
+                 reinterpret_cast<T*>(yp), static_cast<std::size_t>(n));
         return;
     }
     for (std::ptrdiff_t i = 0; i < n; ++i, gp += sg, xp += sx, yp += sy) {
@@ -322,7 +393,8 @@ void binary_rec(const StridedBinary<T>& j, int d, char* gp, char* xp, char* yp) 
         binary_inner<T>(gp, xp, yp, j.shape[d], j.st[0][d], j.st[1][d], j.st[2][d]);
         return;
     }
-    for (std::ptrdiff_t i = 0; i < j.shape[d]; ++i, gp += j.st[0][d], xp += j.st[1][d], yp += j.st[2][d])
+    for (std::ptrdiff_t i = 0; i < j.shape[d];
+         ++i, gp += j.st[0][d], xp += j.st[1][d], yp += j.st[2][d])
         binary_rec(j, d + 1, gp, xp, yp);
 }
 
@@ -337,7 +409,8 @@ void strided_binary_task(void* ctx, std::size_t blk) {
     char* xp = j.base[1] + off * j.st[1][0];
     char* yp = j.base[2] + off * j.st[2][0];
     if (j.ndim == 1) {
-        binary_inner<T>(gp, xp, yp, static_cast<std::ptrdiff_t>(e - b), j.st[0][0], j.st[1][0], j.st[2][0]);
+        binary_inner<T>(gp, xp, yp, static_cast<std::ptrdiff_t>(e - b), j.st[0][0], j.st[1][0],
+                        j.st[2][0]);
         return;
     }
     for (std::size_t i = b; i < e; ++i, gp += j.st[0][0], xp += j.st[1][0], yp += j.st[2][0])
@@ -356,14 +429,19 @@ void run_rows(ThreadPool::Task task, Job& j, std::size_t elem) {
     const std::size_t n = element_count(j.ndim, j.shape);
     const std::size_t rows = static_cast<std::size_t>(j.shape[0]);
     const std::size_t row_elems = std::max<std::size_t>(1, n / rows);
-    j.rows_per_block = std::max<std::size_t>(1, block_elems(n, elem, get_num_threads()) / row_elems);
+    j.rows_per_block =
+        std::max<std::size_t>(1, block_elems(n, elem, get_num_threads()) / row_elems);
     run(task, &j, (rows + j.rows_per_block - 1) / j.rows_per_block, n * elem);
 }
 
 }  // namespace
 
-void relu(const float* x, float* out, std::size_t n) { relu_contiguous(x, out, n); }
-void relu(const double* x, double* out, std::size_t n) { relu_contiguous(x, out, n); }
+void relu(const float* x, float* out, std::size_t n) {
+    relu_contiguous(x, out, n);
+}
+void relu(const double* x, double* out, std::size_t n) {
+    relu_contiguous(x, out, n);
+}
 void relu_backward(const float* g, const float* x, float* out, std::size_t n) {
     relu_backward_contiguous(g, x, out, n);
 }
@@ -402,8 +480,9 @@ void relu_backward_strided(int ndim, const std::ptrdiff_t* shape, View grad, Vie
                          (reinterpret_cast<std::uintptr_t>(x.data) % sizeof(T)) == 0 &&
                          (reinterpret_cast<std::uintptr_t>(out.data) % sizeof(T)) == 0;
     if (j.ndim == 1 && j.st[0][0] == es && j.st[1][0] == es && j.st[2][0] == es && aligned) {
-        relu_backward_contiguous(reinterpret_cast<const T*>(grad.data), reinterpret_cast<const T*>(x.data),
-                                 reinterpret_cast<T*>(out.data), static_cast<std::size_t>(j.shape[0]));
+        relu_backward_contiguous(reinterpret_cast<const T*>(grad.data),
+                                 reinterpret_cast<const T*>(x.data), reinterpret_cast<T*>(out.data),
+                                 static_cast<std::size_t>(j.shape[0]));
         return;
     }
     run_rows(&strided_binary_task<T>, j, sizeof(T));

@@ -9,7 +9,7 @@ into zero-copy ndarray views, so the fast path for ndarrays adds two ``type()`` 
 from __future__ import annotations
 
 import logging
-import os
+import operator
 import sys
 from array import array as array_type
 from importlib.metadata import PackageNotFoundError
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _ext
-from ._ext import cached_bytes, empty_cache, get_num_threads, set_num_threads, simd_level
+from ._ext import cached_bytes, empty_cache, get_num_threads, simd_level
 
 try:
     __version__ = _dist_version("relu-module")
@@ -29,15 +29,22 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 _log = logging.getLogger(__name__)
 
 
-def _check_env() -> None:
-    """Warn about settings the C++ side ignores, rather than silently using defaults."""
-    for var, low in (("RELU_MODULE_NUM_THREADS", 1), ("RELU_MODULE_CACHE_MB", 0)):
-        value = os.environ.get(var)
-        if value is not None and not (value.strip().isdigit() and int(value) >= low and value == value.strip()):
-            _log.warning("%s=%r is not an integer >= %d; ignoring it and using the default", var, value, low)
+# The C++ side parses RELU_MODULE_NUM_THREADS and RELU_MODULE_CACHE_MB once (settings.cpp); each
+# value it ignores comes back as one line saying so and naming the value used instead.
+for _line in _ext.settings_warnings():
+    _log.warning("%s", _line)
+MAX_THREADS: int = _ext.MAX_THREADS
 
 
-_check_env()
+def set_num_threads(n: int) -> None:
+    """Threads used for large arrays, ``1 <= n <= MAX_THREADS`` (1024)."""
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"set_num_threads: n must be an integer, got {type(n).__name__}")
+    n = operator.index(n)
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be in [1, {MAX_THREADS}], got {n}")
+    _ext.set_num_threads(n)
+
 
 __all__ = [
     "relu",
@@ -45,6 +52,7 @@ __all__ = [
     "relu_backward",
     "get_num_threads",
     "set_num_threads",
+    "MAX_THREADS",
     "simd_level",
     "empty_cache",
     "cached_bytes",
@@ -63,8 +71,18 @@ def _torch_tensor_type() -> Any:
     return getattr(torch, "Tensor", None)
 
 
-def _tensor_to_array(t: Any, fn: str, arg: str) -> np.ndarray:
-    """Zero-copy ndarray view of a CPU float tensor, or a clear error saying what to change."""
+_INFERENCE_INPLACE = (
+    "Inplace update to inference tensor outside InferenceMode is not allowed.You can make a clone "
+    "to get a normal tensor before doing inplace update.See "
+    "https://github.com/pytorch/rfcs/pull/17 for more details."
+)
+
+
+def _tensor_to_array(t: Any, fn: str, arg: str, written: bool = False) -> np.ndarray:
+    """Zero-copy ndarray view of a CPU float tensor, or a clear error saying what to change.
+
+    ``written``: the call writes into ``t``, so torch's in-place rules apply first.
+    """
     import torch
 
     if t.device.type != "cpu":
@@ -73,7 +91,10 @@ def _tensor_to_array(t: Any, fn: str, arg: str) -> np.ndarray:
             f"CPU only. Move it first with {arg}.cpu() (or use torch.relu on that device)"
         )
     if t.layout != torch.strided:
-        raise TypeError(f"{fn}: {arg} has layout {t.layout}; only dense (strided) tensors are supported, call {arg}.to_dense()")
+        raise TypeError(
+            f"{fn}: {arg} has layout {t.layout}; only dense (strided) tensors are supported, "
+            f"call {arg}.to_dense()"
+        )
     if t.dtype not in (torch.float32, torch.float64):
         raise TypeError(
             f"{fn}: {arg} has unsupported dtype {t.dtype}; accepted dtypes are {_ACCEPTED}. "
@@ -82,12 +103,17 @@ def _tensor_to_array(t: Any, fn: str, arg: str) -> np.ndarray:
     if t.requires_grad and torch.is_grad_enabled():
         raise ValueError(
             f"{fn}: {arg} requires grad; relu_module.{fn} does not record autograd history. Use "
-            f"relu_module.torch.relu / relu_module.torch.ReLU for autograd, or call inside torch.no_grad()"
+            "relu_module.torch.relu / relu_module.torch.ReLU for autograd, or call inside "
+            "torch.no_grad()"
         )
+    if written and t.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{fn}: {_INFERENCE_INPLACE}")  # torch's own words for torch.relu_
     try:
         return t.detach().numpy()
     except (RuntimeError, TypeError) as err:  # e.g. a tensor with the negative/conjugate bit set
-        raise ValueError(f"{fn}: cannot view {arg} as a numpy array without a copy ({err})") from err
+        raise ValueError(
+            f"{fn}: cannot view {arg} as a numpy array without a copy ({err})"
+        ) from err
 
 
 def _as_array(x: Any, fn: str, arg: str, writeable: bool) -> tuple[np.ndarray, bool]:
@@ -96,13 +122,18 @@ def _as_array(x: Any, fn: str, arg: str, writeable: bool) -> tuple[np.ndarray, b
         return x, False
     tensor_type = _torch_tensor_type()
     if tensor_type is not None and isinstance(x, tensor_type):
-        return _tensor_to_array(x, fn, arg), True
+        return _tensor_to_array(x, fn, arg, written=writeable), True
     if writeable:
         raise TypeError(
             f"{fn}: {arg} must be a writeable numpy.ndarray or CPU torch tensor, got "
-            f"{type(x).__name__}; there is nothing to write into. Use relu_module.relu(x), which returns a new array"
+            f"{type(x).__name__}; there is nothing to write into. Use relu_module.relu(x), which "
+            "returns a new array"
         )
-    array_like = isinstance(x, _PY_SEQUENCES + _BUFFERS) or hasattr(x, "__array__") or hasattr(x, "__array_interface__")
+    array_like = (
+        isinstance(x, _PY_SEQUENCES + _BUFFERS)
+        or hasattr(x, "__array__")
+        or hasattr(x, "__array_interface__")
+    )
     if isinstance(x, bool) or not array_like:
         raise TypeError(
             f"{fn}: {arg} must be a numpy array, a CPU torch tensor, a buffer or a sequence of "
@@ -111,15 +142,30 @@ def _as_array(x: Any, fn: str, arg: str, writeable: bool) -> tuple[np.ndarray, b
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as err:
-        raise TypeError(f"{fn}: {arg} of type {type(x).__name__} is not array-like ({err})") from err
+        raise TypeError(
+            f"{fn}: {arg} of type {type(x).__name__} is not array-like ({err})"
+        ) from err
     if isinstance(x, _PY_SEQUENCES) and arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)  # the original project's list of Python ints/floats
     if arr.dtype.kind not in "f":
         raise TypeError(
-            f"{fn}: {arg} of type {type(x).__name__} converts to dtype {arr.dtype}; accepted dtypes are "
+            f"{fn}: {arg} of type {type(x).__name__} converts to dtype {arr.dtype}; "
+            "accepted dtypes are "
             f"{_ACCEPTED} (a sequence must hold only real numbers)"
         )
     return arr, False
+
+
+def _bump_version(t: Any) -> None:
+    """Tell autograd that ``t`` was written (its version counter), as every torch in-place op does.
+
+    The write went through a numpy view that torch cannot see; without this, a tensor saved for
+    backward and then rectified in place would give a silently wrong gradient instead of torch's
+    "modified by an inplace operation" error.
+    """
+    import torch
+
+    torch.autograd.graph.increment_version(t)
 
 
 def relu(x: Any, out: Any = None) -> Any:
@@ -140,8 +186,10 @@ def relu(x: Any, out: Any = None) -> Any:
 
             return torch.from_numpy(result)
         return result
-    out_arr, _ = _as_array(out, "relu", "out", writeable=True)
+    out_arr, out_tensor = _as_array(out, "relu", "out", writeable=True)
     _ext.relu(arr, out_arr)
+    if out_tensor:
+        _bump_version(out)
     return out
 
 
@@ -153,8 +201,10 @@ def relu_(x: Any) -> Any:
     """
     if type(x) is _ndarray:
         return _ext.relu_(x)
-    arr, _ = _as_array(x, "relu_", "x", writeable=True)
+    arr, is_tensor = _as_array(x, "relu_", "x", writeable=True)
     _ext.relu_(arr)
+    if is_tensor:
+        _bump_version(x)
     return x
 
 
@@ -177,6 +227,8 @@ def relu_backward(grad: Any, x: Any, out: Any = None) -> Any:
 
             return torch.from_numpy(result)
         return result
-    out_arr, _ = _as_array(out, "relu_backward", "out", writeable=True)
+    out_arr, out_tensor = _as_array(out, "relu_backward", "out", writeable=True)
     _ext.relu_backward(g_arr, x_arr, out_arr)
+    if out_tensor:
+        _bump_version(out)
     return out

@@ -1,0 +1,74 @@
+"""The relu_module benchmark app (mlpipe.measure.relu_bench): the real config, a tiny sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.compose import ROOT, compose_app
+
+from mlpipe.measure import relu_bench
+
+TINY = (
+    "relu_bench=quick",
+    "relu_bench.sizes=[10,300000]",
+    "relu_bench.dtypes=[float32]",
+    "relu_bench.references=false",
+    "relu_bench.warm.rounds=2",
+    "relu_bench.warm.calls=3",
+    "relu_bench.idle.sleep_s=0.2",
+    "relu_bench.repeats=[{min_bytes: 0, repeats: 3}]",
+)
+
+
+@pytest.mark.parametrize("group", ["quick", "full"])
+def test_config_groups_compose(group: str, tmp_path: Path) -> None:
+    cfg = compose_app("relu_bench", tmp_path, f"relu_bench={group}").relu_bench
+    assert cfg.mode == group and cfg.out_dir.startswith(str(tmp_path))
+    relu_bench.check_config(cfg)
+
+
+@pytest.mark.timeout(300)
+def test_tiny_run_writes_every_column(tmp_path: Path) -> None:
+    cfg = compose_app("relu_bench", tmp_path, *TINY).relu_bench
+    result = relu_bench.run(cfg)
+    on_disk = json.loads((Path(cfg.out_dir) / "results.json").read_text())
+    assert on_disk["mode"] == "quick" and (Path(cfg.out_dir) / "bench.png").stat().st_size > 0
+    assert len(result["ratios"]) == 2 * 3  # sizes x forms
+    for cell in result["ratios"]:
+        for key in ("ratio_min", "ratio_median", "warm_ratio_min", "warm_ratio_median"):
+            assert cell[key] > 0, key
+    names = [t["name"] for t in result["summary"]["targets"]]
+    assert any("(min)" in n for n in names) and any("(median)" in n for n in names)
+    idle = result["idle_cpu_s"]
+    assert set(idle["by_library"]) == {"relu_module", "torch", "numpy"}
+    assert all(0 <= v < 10 * idle["sleep_s"] for v in idle["by_library"].values())
+    summary = (Path(cfg.out_dir) / "summary.md").read_text()
+    assert "warm med" in summary and "CPU time of an idle process" in summary
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("relu_bench.sizes=[0]", "relu_bench.sizes must be positive integers"),
+        ("relu_bench.sizes=[abc]", "relu_bench.sizes must be positive integers"),
+        ("relu_bench.dtypes=[int8]", "relu_bench.dtypes must be float32"),
+        ("relu_bench.warm.calls=0", "relu_bench.warm.calls must be a positive number"),
+    ],
+)
+def test_bad_values_are_one_line_errors(override: str, message: str, tmp_path: Path) -> None:
+    cfg = compose_app("relu_bench", tmp_path, override).relu_bench
+    with pytest.raises(relu_bench.ReluBenchConfigError, match=message):
+        relu_bench.run(cfg)
+
+
+def test_cli_bad_value_exits_with_one_line(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "mlpipe.measure.relu_bench", "relu_bench.dtypes=[int8]",
+           f"relu_bench.out_dir={tmp_path}/out", f"hydra.run.dir={tmp_path}/hydra"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "relu_bench: relu_bench.dtypes must be float32" in proc.stderr
+    assert "Traceback" not in proc.stderr
