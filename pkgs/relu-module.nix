@@ -45,8 +45,7 @@ buildPythonPackage {
   dependencies = [ numpy ];
 
   # The kernel's tests live in relu_module/tests/ (the wheel's `test` extra) and run in
-  # checks.<system>.pytest against
-  # the installed package; here, check that the compiled extension imports.
+  # checks.<system>.pytest against the installed package; here, check that the extension imports.
   pythonImportsCheck = [
     "relu_module"
     "relu_module._ext"
