@@ -151,6 +151,94 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """The data module, model and trainer the config describes (objects from `instantiate`)."""
+    datamodule: L.LightningDataModule = instantiate(cfg.data, seed=int(cfg.seed))
+    scheduler = cfg.scheduler.scheduler
+    model: L.LightningModule = instantiate(
+        cfg.model,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(scheduler) if scheduler is not None else None,
+        scheduler_interval=cfg.scheduler.interval,
+        scheduler_monitor=cfg.scheduler.monitor,
+        schedule=schedule_config(cfg),
+    )
+    callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
+    loggers: list[Logger] = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return datamodule, model, trainer
+
+
+def keep_best(trainer: L.Trainer, cfg: DictConfig) -> str:
+    """Copy the best checkpoint to `outputs.best_checkpoint`; its path ('' if none was written)."""
+    checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    target = Path(cfg.outputs.best_checkpoint)
+    if not best_path:
+        log.warning(
+            "no best checkpoint was written (fast_dev_run or no ModelCheckpoint "
+            "callback); testing the final weights"
+        )
+    elif trainer.is_global_zero and Path(best_path).resolve() != target.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(best_path, target)
+    return best_path
+
+
+def run_metrics(
+    trainer: L.Trainer, results: dict[str, float], cfg: DictConfig, data_md5: str
+) -> dict[str, Any]:
+    """The deterministic metrics (DVC metrics): no wall time in here."""
+    val_acc_best = trainer.callback_metrics.get("val/acc_best")
+    return {
+        "test_acc": float(results["test/acc"]) if results else None,
+        "test_loss": float(results["test/loss"]) if results else None,
+        "val_acc_best": float(val_acc_best) if val_acc_best is not None else None,
+        "epochs": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "seed": int(cfg.seed),
+        "data_md5": data_md5,
+    }
+
+
+def run_timing(
+    trainer: L.Trainer, train_wall_s: float, test_wall_s: float, n_train: int
+) -> dict[str, Any]:
+    """Wall times and rates, kept apart from the metrics (they vary run to run)."""
+    epochs = int(trainer.current_epoch)
+    return {
+        "train_wall_s": round(train_wall_s, 3),
+        "test_wall_s": round(test_wall_s, 3),
+        "train_samples_per_s": round(n_train * epochs / train_wall_s, 1)
+        if train_wall_s > 0
+        else None,
+        "world_size": int(trainer.world_size),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write_outputs(
+    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any], timing: dict[str, Any]
+) -> None:
+    """Metrics, timing and the per-epoch curves, from rank 0 only."""
+    if not trainer.is_global_zero:
+        return
+    write_json(cfg.outputs.metrics, metrics)
+    write_json(cfg.outputs.timing, timing)
+    history = next((cb for cb in trainer.callbacks if isinstance(cb, EpochHistory)), None)
+    if history is not None:
+        history.write_csv(cfg.outputs.curves)
+    log.info(
+        "test_acc=%s test_loss=%s train_wall_s=%.1f best=%s",
+        metrics["test_acc"],
+        metrics["test_loss"],
+        timing["train_wall_s"],
+        cfg.outputs.best_checkpoint,
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test on the best checkpoint, write checkpoints and metrics; return the metrics.
 
@@ -164,45 +252,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.torch_threads is not None:
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
-
-    datamodule: L.LightningDataModule = instantiate(cfg.data, seed=int(cfg.seed))
-    scheduler_factory = (
-        instantiate(cfg.scheduler.scheduler) if cfg.scheduler.scheduler is not None else None
-    )
-    model: L.LightningModule = instantiate(
-        cfg.model,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=scheduler_factory,
-        scheduler_interval=cfg.scheduler.interval,
-        scheduler_monitor=cfg.scheduler.monitor,
-        schedule=schedule_config(cfg),
-    )
-    callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
-    loggers: list[Logger] = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    datamodule, model, trainer = build(cfg)
 
     start = time.perf_counter()
-    trainer.fit(
-        model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True
-    )  # no pickled code runs
+    # weights_only=True: no pickled code from a checkpoint runs
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_wall_s = time.perf_counter() - start
-    val_acc_best = trainer.callback_metrics.get("val/acc_best")
-
-    checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
-    best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    if not best_path:
-        log.warning(
-            "no best checkpoint was written (fast_dev_run or no ModelCheckpoint callback); "
-            "testing the final weights"
-        )
-    elif (
-        trainer.is_global_zero
-        and Path(best_path).resolve() != Path(cfg.outputs.best_checkpoint).resolve()
-    ):
-        Path(cfg.outputs.best_checkpoint).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(best_path, cfg.outputs.best_checkpoint)
+    best_path = keep_best(trainer, cfg)
 
     results: dict[str, float] = {}
     start = time.perf_counter()
@@ -212,38 +268,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )[0]
     test_wall_s = time.perf_counter() - start
 
-    n_train = len(datamodule.datasets["train"])
-    metrics: dict[str, Any] = {
-        "test_acc": float(results["test/acc"]) if results else None,
-        "test_loss": float(results["test/loss"]) if results else None,
-        "val_acc_best": float(val_acc_best) if val_acc_best is not None else None,
-        "epochs": int(trainer.current_epoch),
-        "global_step": int(trainer.global_step),
-        "seed": int(cfg.seed),
-        "data_md5": datamodule.data_md5,
-    }
-    timing: dict[str, Any] = {
-        "train_wall_s": round(train_wall_s, 3),
-        "test_wall_s": round(test_wall_s, 3),
-        "train_samples_per_s": round(n_train * int(trainer.current_epoch) / train_wall_s, 1)
-        if train_wall_s > 0
-        else None,
-        "world_size": int(trainer.world_size),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if trainer.is_global_zero:
-        write_json(cfg.outputs.metrics, metrics)
-        write_json(cfg.outputs.timing, timing)
-        history = next((cb for cb in trainer.callbacks if isinstance(cb, EpochHistory)), None)
-        if history is not None:
-            history.write_csv(cfg.outputs.curves)
-        log.info(
-            "test_acc=%s test_loss=%s train_wall_s=%.1f best=%s",
-            metrics["test_acc"],
-            metrics["test_loss"],
-            train_wall_s,
-            cfg.outputs.best_checkpoint,
-        )
+    metrics = run_metrics(trainer, results, cfg, datamodule.data_md5)
+    timing = run_timing(trainer, train_wall_s, test_wall_s, len(datamodule.datasets["train"]))
+    write_outputs(trainer, cfg, metrics, timing)
     return {**metrics, **timing}
 
 

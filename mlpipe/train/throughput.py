@@ -71,8 +71,8 @@ def step_rate(
     return n / (time.perf_counter() - start)
 
 
-def measure(cfg: DictConfig) -> dict[str, Any]:
-    """Loader vs training-step throughput for the configured data, model and batch size."""
+def check_bench_cfg(cfg: DictConfig) -> None:
+    """The training config, then the loader variants and pass counts this measurement adds."""
     validate_config(cfg)
     workers = list(cfg.bench.num_workers)
     require(
@@ -82,35 +82,31 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     )
     positive_int(cfg.bench.passes, "bench.passes")
     positive_int(cfg.bench.warmup_batches, "bench.warmup_batches", minimum=0)
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(int(cfg.torch_threads))
-    L.seed_everything(cfg.seed, workers=True)
-    bench = cfg.bench
-    rows: list[dict[str, Any]] = []
-    dm: DigitsDataModule = instantiate(cfg.data)
-    dm.setup()
+
+
+def loader_rows(dm: DigitsDataModule, bench: DictConfig) -> list[dict[str, Any]]:
+    """Samples/s of the train loader with the kernel augmentation per worker count, then off."""
+    rows = []
     for workers in bench.num_workers:
         dm.cfg["num_workers"] = int(workers)
+        rate = loader_rate(dm.train_dataloader(), int(bench.passes))
         rows.append(
             {
                 "what": "loader, augmented (relu_module)",
                 "num_workers": int(workers),
-                "samples_per_s": loader_rate(dm.train_dataloader(), int(bench.passes)),
+                "samples_per_s": rate,
             }
         )
-    plain = dm.datasets["train"]
-    dm.datasets["train"] = replace_augment(plain)
-    dm.cfg["num_workers"] = 0
-    rows.append(
-        {
-            "what": "loader, augmentation off",
-            "num_workers": 0,
-            "samples_per_s": loader_rate(dm.train_dataloader(), int(bench.passes)),
-        }
-    )
-    dm.datasets["train"] = plain
+    augmented = dm.datasets["train"]
+    dm.datasets["train"], dm.cfg["num_workers"] = replace_augment(augmented), 0
+    rate = loader_rate(dm.train_dataloader(), int(bench.passes))
+    rows.append({"what": "loader, augmentation off", "num_workers": 0, "samples_per_s": rate})
+    dm.datasets["train"] = augmented
+    return rows
 
-    batches = list(dm.train_dataloader())
+
+def step_row(cfg: DictConfig, dm: DigitsDataModule) -> dict[str, Any]:
+    """Samples/s of the training step alone, on batches already in memory."""
     module = instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
@@ -118,28 +114,35 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
         scheduler_interval=cfg.scheduler.interval,
         scheduler_monitor=cfg.scheduler.monitor,
     )
-    train_rate = step_rate(module, batches, int(bench.warmup_batches), int(bench.passes))
-    rows.append(
-        {
-            "what": f"training step ({cfg.model.net._target_.rsplit('.', 1)[-1]}, "
-            f"{cfg.model.net.activation} ReLU)",
-            "num_workers": None,
-            "samples_per_s": train_rate,
-        }
+    rate = step_rate(
+        module, list(dm.train_dataloader()), int(cfg.bench.warmup_batches), int(cfg.bench.passes)
     )
+    net = f"{cfg.model.net._target_.rsplit('.', 1)[-1]}, {cfg.model.net.activation} ReLU"
+    return {"what": f"training step ({net})", "num_workers": None, "samples_per_s": rate}
+
+
+def measure(cfg: DictConfig) -> dict[str, Any]:
+    """Loader vs training-step throughput for the configured data, model and batch size."""
+    check_bench_cfg(cfg)
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(int(cfg.torch_threads))
+    L.seed_everything(cfg.seed, workers=True)
+    dm: DigitsDataModule = instantiate(cfg.data, seed=int(cfg.seed))
+    dm.setup()
+    rows = loader_rows(dm, cfg.bench)
+    rows.append(step_row(cfg, dm))
+    train_rate = rows[-1]["samples_per_s"]
     for row in rows:
         row["samples_per_s"] = round(row["samples_per_s"], 1)
         row["vs_step"] = round(row["samples_per_s"] / train_rate, 2)
+    augmented = [r["samples_per_s"] for r in rows[:-1] if "augmented" in r["what"]]
     result = {
         "batch_size": int(cfg.data.batch_size),
         "torch_threads": torch.get_num_threads(),
         "rows": rows,
-        "loader_is_bottleneck": min(
-            r["samples_per_s"] for r in rows[:-1] if "augmented" in r["what"]
-        )
-        < train_rate,
+        "loader_is_bottleneck": min(augmented) < train_rate,
     }
-    out = Path(bench.out)
+    out = Path(cfg.bench.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
