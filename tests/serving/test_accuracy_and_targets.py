@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
@@ -15,7 +14,6 @@ from helpers.compose import EPHEMERAL, compose_app
 from omegaconf import OmegaConf
 
 from mlpipe.common.errors import ArtifactMissingError, ConfigError, ServerError
-from mlpipe.export.run import export
 from mlpipe.measure.loadgen import LoadSettings, run_window
 from mlpipe.measure.tune import tune
 from mlpipe.serving.accuracy import run_client
@@ -25,18 +23,9 @@ from mlpipe.serving.targets import measure_targets
 
 
 @pytest.fixture(scope="module")
-def exported_dir(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Any) -> Path:
-    tmp = tmp_path_factory.mktemp("client")
-    export(
-        compose_app(
-            "export",
-            tmp,
-            f"export.checkpoint_path={trained_checkpoint.ckpt_path}",
-            f"export.provenance.train_metrics={trained_checkpoint.metrics_path}",
-            "export.onnx.dynamo=false",
-        )
-    )
-    return tmp
+def exported_dir(hardening_export: Path) -> Path:
+    """The session's export of the trained checkpoint (tests/serving/conftest.py)."""
+    return hardening_export
 
 
 @pytest.fixture(scope="module")

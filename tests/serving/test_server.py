@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +27,7 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from helpers.compose import EPHEMERAL, compose_app, tmp_path_overrides
+from helpers.serving import start_cli
 from omegaconf import DictConfig, OmegaConf
 from tritonclient.utils import InferenceServerException
 
@@ -337,24 +334,8 @@ def test_cli_stops_cleanly_on_signal(served: tuple[DictConfig, TritonServer], si
         "gateway.http_port=0",
         "gateway.grpc_port=0",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlpipe.serving.server", *overrides],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    banner = []
+    proc, text = start_cli(overrides)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            banner.append(line)
-            if "stops it" in line:
-                break
-        text = "".join(banner)
         assert "tritonserver ready" in text, text
         assert re.search(r"log\s+\S+tritonserver-\d+\.log", text), text
         children = [p for p in psutil.Process(proc.pid).children(recursive=True)]
