@@ -240,7 +240,7 @@ def parity_report(
     """What parity.json records: the files, the exporter, the comparison and its limits."""
     metadata = onnx.load(str(onnx_path)).metadata_props
     return {
-        "checkpoint": str(ecfg.checkpoint_path),
+        "checkpoint": str(Path(ecfg.checkpoint_path)),  # normalised, as the stage's dep path
         "onnx_path": str(onnx_path),
         "onnx_sha256": sha256_file(onnx_path),
         "opset": int(ecfg.onnx.opset),

@@ -188,10 +188,14 @@ def keep_best(trainer: L.Trainer, cfg: DictConfig) -> str:
 
 
 def run_metrics(
-    trainer: L.Trainer, results: dict[str, float], cfg: DictConfig, data_md5: str
+    trainer: L.Trainer,
+    results: dict[str, float],
+    cfg: DictConfig,
+    data_md5: str,
+    val_acc_best: Any,
 ) -> dict[str, Any]:
-    """The deterministic metrics (DVC metrics): no wall time in here."""
-    val_acc_best = trainer.callback_metrics.get("val/acc_best")
+    """The deterministic metrics (DVC metrics): no wall time in here. `val_acc_best` is read
+    right after fit: `trainer.test` replaces the callback metrics."""
     return {
         "test_acc": float(results["test/acc"]) if results else None,
         "test_loss": float(results["test/loss"]) if results else None,
@@ -258,6 +262,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # weights_only=True: no pickled code from a checkpoint runs
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     train_wall_s = time.perf_counter() - start
+    val_acc_best = trainer.callback_metrics.get("val/acc_best")  # before test() replaces them
     best_path = keep_best(trainer, cfg)
 
     results: dict[str, float] = {}
@@ -268,7 +273,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )[0]
     test_wall_s = time.perf_counter() - start
 
-    metrics = run_metrics(trainer, results, cfg, datamodule.data_md5)
+    metrics = run_metrics(trainer, results, cfg, datamodule.data_md5, val_acc_best)
     timing = run_timing(trainer, train_wall_s, test_wall_s, len(datamodule.datasets["train"]))
     write_outputs(trainer, cfg, metrics, timing)
     return {**metrics, **timing}

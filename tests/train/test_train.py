@@ -170,6 +170,7 @@ def test_sweep_objective_is_the_best_validation_metric(compose_cfg) -> None:
     assert cfg.optimized_metric == "val_acc_best"
     metrics = train(cfg)
     assert metrics[cfg.optimized_metric] == _read(cfg.outputs.metrics)["val_acc_best"]
+    assert 0 < metrics["val_acc_best"] <= 1  # read after fit: test() replaces callback metrics
 
 
 @pytest.mark.slow
