@@ -13,7 +13,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
 RELU_SRC    := $(shell find relu_module -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -not -path '*/build/*' 2>/dev/null)
 
-.PHONY: help setup lock data run measure record-cpu check-repro train export serve client serve-targets serve-soak tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
+.PHONY: help setup gateway-deps lock data run measure record-cpu check-repro train export serve client serve-targets serve-soak tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ $(STAMP): constraints.txt pyproject.toml $(RELU_SRC)
 
 setup: $(STAMP) ## create .venv: hash-checked constraints.txt, then relu_module and mlpipe (idempotent)
 
+gateway-deps: ## Debian's nginx + njs for the serving gateway (apt-get as root; else says what to run)
+	@bash .ci/nginx.sh
+
 LOCK_WHEELS := build/lock-wheels
 lock: ## regenerate constraints.txt (exact pins + sha256 of every file) from pyproject.toml
 	rm -rf $(LOCK_WHEELS)
@@ -48,7 +51,7 @@ data: setup ## fetch the DVC-tracked data from the committed remote (no network 
 # The measurement stages, in order (they declare no outs, so DVC cannot order them; see
 # measurements/dvc.yaml). --force: a measurement is re-taken on every run.
 MEASURE := tune serve knee profile_cpu bench relu_bench report
-run: data ## the main job: dvc repro (train -> export, profile), then the measurements and a summary
+run: data gateway-deps ## the main job: dvc repro (train -> export, profile), then the measurements and a summary
 	dvc repro
 	$(MAKE) --no-print-directory measure
 	$(PY) -m mlpipe.report report.write=false
@@ -105,7 +108,7 @@ format: setup ## apply ruff's fixes and formatting, and clang-format, in place
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/clang-format -i $(CXX_SRC)
 
-test: data ## the full test suite (slow tests included, as in CI)
+test: data gateway-deps ## the full test suite (slow tests included, as in CI)
 	$(PY) -m pytest
 
 test-fast: data ## tests without the slow ones

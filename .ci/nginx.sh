@@ -7,7 +7,12 @@ if { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } \
   && [ -f /usr/lib/nginx/modules/ngx_http_js_module.so ]; then
   exit 0
 fi
-echo "nginx: installing Debian's nginx-light + libnginx-mod-http-js for the gateway tests" >&2
+if [ "$(id -u)" != 0 ]; then
+  echo "nginx: the serving gateway needs Debian's nginx-light and libnginx-mod-http-js; run" \
+    "'sudo apt-get install -y nginx-light libnginx-mod-http-js' (or serve with gateway=off)" >&2
+  exit 1
+fi
+echo "nginx: installing Debian's nginx-light + libnginx-mod-http-js for the gateway" >&2
 export DEBIAN_FRONTEND=noninteractive
 policy=/usr/sbin/policy-rc.d
 created=0
