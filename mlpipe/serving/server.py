@@ -404,7 +404,6 @@ class TritonServer:
         except ProcessLookupError:
             pass
         process.wait()
-        self._wait_group_gone(process.pid)
         reaper = Reaper.shared()
         reaper.release_group(process.pid)
         reaper.forget_files(remove_files(self.shm))
@@ -414,39 +413,11 @@ class TritonServer:
         )
         return process.returncode
 
-    def _wait_group_gone(self, pgid: int) -> None:
-        """Until every process of the server's group has exited (bounded by stop_timeout_s): a
-        python stub that outlives the server for a moment still holds the server's listening
-        sockets, and a restart on the same ports would find them taken."""
-        deadline = time.monotonic() + self.stop_timeout_s
-        while time.monotonic() < deadline:
-            if not _group_alive(pgid):
-                return
-            time.sleep(self.poll_interval_s)
-        log.warning(
-            "processes of tritonserver's group %d outlived SIGKILL by %.0f s",
-            pgid,
-            self.stop_timeout_s,
-        )
-
     def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group `pgid` still runs (zombies hold no sockets: they don't count)."""
-    import psutil
-
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return False
 
 
 def _size(path: Path | None) -> int:

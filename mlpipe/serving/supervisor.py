@@ -26,7 +26,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mlpipe.common.config import as_float, plain, positive_int, require
-from mlpipe.common.errors import PortInUseError, ServerError
+from mlpipe.common.errors import ServerError
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway, Upstream
 from mlpipe.serving.gateway import from_config as gateway_from_config
@@ -157,7 +157,7 @@ class Supervisor:
                 return
             try:
                 self._restart()
-            except (ServerError, PortInUseError) as err:  # e.g. a port not yet released
+            except ServerError as err:
                 reason = f"restart failed: {str(err).splitlines()[0]}"
                 continue
             self.last_restart, self.failures = time.monotonic(), 0
