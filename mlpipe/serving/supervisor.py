@@ -110,11 +110,19 @@ class Supervisor:
                 return reason
         return None
 
+    def _server_exit(self) -> str:
+        code = self.server.process.returncode if self.server.process else None
+        return f"tritonserver exited ({describe_exit(code)}); log {self.server.log_path}"
+
+    def _server_died(self) -> str | None:
+        """Why a started server is gone (None while it runs, or when it was stopped on purpose)."""
+        process = self.server.process
+        return None if process is None or process.poll() is None else self._server_exit()
+
     def process_problem(self) -> str | None:
         """Why a process is down, or None."""
         if not self.server.is_running():
-            code = self.server.process.returncode if self.server.process else None
-            return f"tritonserver exited ({describe_exit(code)}); log {self.server.log_path}"
+            return self._server_exit()
         if self.gateway is not None and not self.gateway.is_running():
             code = self.gateway.process.returncode if self.gateway.process else None
             return f"the gateway (nginx) exited ({describe_exit(code)})"
@@ -158,7 +166,9 @@ class Supervisor:
             try:
                 self._restart()
             except ServerError as err:
-                reason = f"restart failed: {str(err).splitlines()[0]}"
+                # A server that died meanwhile is the cause to name: the gateway's readiness wait
+                # then only times out against a dead upstream.
+                reason = self._server_died() or f"restart failed: {str(err).splitlines()[0]}"
                 continue
             self.last_restart, self.failures = time.monotonic(), 0
             log.warning("restarted after: %s", reason)

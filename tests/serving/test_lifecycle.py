@@ -65,6 +65,13 @@ def _answer_within(address: str, images: np.ndarray, seconds: float) -> tuple[np
     raise AssertionError(f"no answer through {address} within {seconds} s")
 
 
+def _wait_for_output(output: list[str], text: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not any(text in line for line in output):
+        assert time.monotonic() < deadline, f"no {text!r} within {seconds} s: " + "".join(output)
+        time.sleep(0.1)
+
+
 def _wait_gone(pids: list[int], paths: set[Path], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -108,6 +115,9 @@ def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_expo
             time.sleep(0.1)
         again, _ = _answer_within(gateway, images, 15)
         np.testing.assert_allclose(again, before, atol=1e-6, rtol=0)
+        # The new nginx can answer before the watchdog's own readiness check has: killing the
+        # server then would fail restart 2 instead of being the third failure in a row.
+        _wait_for_output(output, "restarted after: the gateway (nginx) exited", 15)
         triton = _triton(proc.pid)
         regions = shm_regions(process_tree(triton.pid))
         triton.kill()  # a third failure in a row: the budget (2 restarts) is spent
