@@ -250,7 +250,7 @@ def _tuning_rows(
         ],
         [
             f"throughput tuned / untuned at {tuning.get('concurrency', '?')} clients "
-            f"({', '.join(ratios)})",
+            f"({', '.join(ratios)}; median of {tuning.get('rounds', '?')} interleaved rounds)",
             " / ".join(f"{v:.2f}" for v in ratios.values()) or "n/a",
             f"≥ {targets.get('tuned_vs_untuned_throughput')} each",
             meets.get("tuned_beats_untuned"),

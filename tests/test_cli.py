@@ -30,6 +30,7 @@ CASES: list[tuple[str, str, str]] = [
     ("mlpipe-client", "client.protocol=udp", "client.protocol: must be one of ['http', 'grpc']"),
     ("mlpipe-serve-targets", "targets.concurrency=0", "targets.concurrency"),
     ("mlpipe-serve-targets", "targets.load.processes=0", "targets.load.processes"),
+    ("mlpipe-serve-targets", "targets.rounds=0", "targets.rounds: must be an integer >= 1"),
     ("mlpipe-bench", "bench.backends=[warp_drive]", "valid choices"),
     ("mlpipe-bench", "bench.batch_sizes=[0]", "bench.batch_sizes: must be a non-empty list"),
     ("mlpipe-profile", "profile.batch_size=0", "profile.batch_size: must be an integer >= 1"),

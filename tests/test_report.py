@@ -66,7 +66,8 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
         text,
     )
     assert re.search(
-        r"\| throughput tuned / untuned at 16 clients \(batched, unbatched\) +"
+        r"\| throughput tuned / untuned at 16 clients "
+        r"\(batched, unbatched; median of 3 interleaved rounds\) +"
         r"\| 1\.10 / 2\.06 +\| ≥ 1\.0 each +\| yes",
         text,
     )

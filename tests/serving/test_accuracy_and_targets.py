@@ -136,6 +136,7 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
         "targets.latency_warmup=5",
         "targets.requests_per_slot=20",
         "targets.concurrency=4",
+        "targets.rounds=2",
     )
     report = measure_targets(cfg)
     assert report["ready_seconds"] > 0
@@ -159,6 +160,11 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     tuning = report["tuning"]
     assert tuning["on_front"] is report["meets"]["tuned_on_front"] is True
     assert db["tuned"]["model"] == "digits_tuned" and db["tuned"]["requests"] == 4 * 20
+    assert tuning["rounds"] == 2
+    assert all(len(db[k]["rounds_rps"]) == 2 for k in ("tuned", "batched", "unbatched"))
+    for label, ratio in tuning["throughput_ratio_tuned_vs"].items():  # paired, round by round
+        pairs = zip(db["tuned"]["rounds_rps"], db[label]["rounds_rps"], strict=True)
+        assert ratio == pytest.approx(np.median([a / b for a, b in pairs]))
     assert set(tuning["throughput_ratio_tuned_vs"]) == {"batched", "unbatched"}
     assert db["batched"]["requests"] == 4 * 20
     assert json.loads(Path(cfg.targets.report_path).read_text()) == report
