@@ -105,6 +105,7 @@ def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_expo
         after, took = _answer_within(gateway, images, 15)
         np.testing.assert_allclose(after, before, atol=1e-6, rtol=0)
         assert took < 15
+        _wait_for_output(output, "restarted after: model 'digits'", 15)  # as below, restart 1
         (nginx,) = _nginx_masters(proc.pid)
         nginx.kill()  # the gateway dies: restarted on the same ports
         deadline = time.monotonic() + 15
@@ -115,8 +116,8 @@ def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_expo
             time.sleep(0.1)
         again, _ = _answer_within(gateway, images, 15)
         np.testing.assert_allclose(again, before, atol=1e-6, rtol=0)
-        # The new nginx can answer before the watchdog's own readiness check has: killing the
-        # server then would fail restart 2 instead of being the third failure in a row.
+        # The new nginx can answer before the watchdog's own readiness check has: a kill then
+        # would fail restart 2 instead of being the third failure in a row.
         _wait_for_output(output, "restarted after: the gateway (nginx) exited", 15)
         triton = _triton(proc.pid)
         regions = shm_regions(process_tree(triton.pid))
