@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,11 +236,17 @@ def section_served(rc: Mapping[str, Any], reports: Path) -> Section:
     return Section("Served model", "\n".join(lines), ", ".join(summary) or None)
 
 
+def _spread(values: Sequence[float] | None) -> str:
+    """The lowest-highest range of per-round figures in brackets, or nothing without any."""
+    return f" ({min(values):.2f}–{max(values):.2f})" if values else ""
+
+
 def _tuning_rows(
     tuning: Mapping[str, Any], targets: Mapping[str, Any], meets: Mapping[str, Any]
 ) -> list[list[Any]]:
     """The two tuning targets: the tuner's choice on its front; its throughput vs the untuned."""
     ratios = tuning.get("throughput_ratio_tuned_vs", {})
+    spread = tuning.get("throughput_ratio_tuned_vs_rounds", {})
     return [
         [
             f"tuned config ({tuning.get('chosen', '?')}) on the tuner's measured Pareto front",
@@ -250,8 +256,9 @@ def _tuning_rows(
         ],
         [
             f"throughput tuned / untuned at {tuning.get('concurrency', '?')} clients "
-            f"({', '.join(ratios)}; median of {tuning.get('rounds', '?')} interleaved rounds)",
-            " / ".join(f"{v:.2f}" for v in ratios.values()) or "n/a",
+            f"({', '.join(ratios)}; median of {tuning.get('rounds', '?')} interleaved rounds, "
+            "range)",
+            " / ".join(f"{v:.2f}{_spread(spread.get(k))}" for k, v in ratios.items()) or "n/a",
             f"≥ {targets.get('tuned_vs_untuned_throughput')} each",
             meets.get("tuned_beats_untuned"),
         ],

@@ -67,8 +67,8 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     )
     assert re.search(
         r"\| throughput tuned / untuned at 16 clients "
-        r"\(batched, unbatched; median of 3 interleaved rounds\) +"
-        r"\| 1\.10 / 2\.06 +\| ≥ 1\.0 each +\| yes",
+        r"\(batched, unbatched; median of 3 interleaved rounds, range\) +"
+        r"\| 1\.10 \(1\.00–1\.30\) / 2\.06 \(2\.00–2\.20\) +\| ≥ 1\.0 each +\| yes",
         text,
     )
     _check_knee_and_tune_sections(text)

@@ -164,7 +164,9 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     assert all(len(db[k]["rounds_rps"]) == 2 for k in ("tuned", "batched", "unbatched"))
     for label, ratio in tuning["throughput_ratio_tuned_vs"].items():  # paired, round by round
         pairs = zip(db["tuned"]["rounds_rps"], db[label]["rounds_rps"], strict=True)
-        assert ratio == pytest.approx(np.median([a / b for a, b in pairs]))
+        per_round = [a / b for a, b in pairs]
+        assert tuning["throughput_ratio_tuned_vs_rounds"][label] == pytest.approx(per_round)
+        assert ratio == pytest.approx(np.median(per_round))
     assert set(tuning["throughput_ratio_tuned_vs"]) == {"batched", "unbatched"}
     assert db["batched"]["requests"] == 4 * 20
     assert json.loads(Path(cfg.targets.report_path).read_text()) == report
