@@ -258,7 +258,12 @@ def _tuning_rows(
             f"throughput tuned / untuned at {tuning.get('concurrency', '?')} clients "
             f"({', '.join(ratios)}; median of {tuning.get('rounds', '?')} interleaved rounds, "
             "range)",
-            " / ".join(f"{v:.2f}{_spread(spread.get(k))}" for k, v in ratios.items()) or "n/a",
+            " / ".join(
+                f"{v:.2f}{_spread(spread.get(k))}"
+                + (" same config" if k == tuning.get("same_config_as") else "")
+                for k, v in ratios.items()
+            )
+            or "n/a",
             f"≥ {targets.get('tuned_vs_untuned_throughput')} each",
             meets.get("tuned_beats_untuned"),
         ],

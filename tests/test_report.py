@@ -167,3 +167,13 @@ def test_summary_only_leaves_the_report_alone(
     out = report(cfg)
     assert not out.exists()
     assert "test acc 0.9833" in capsys.readouterr().out
+
+
+def test_a_kept_hand_written_config_is_marked(fixture_root: Path) -> None:
+    """When the tuner kept `digits`, its tuned/untuned cell says the two are the same config."""
+    path = fixture_root / "reports" / "serve" / "measure.json"
+    measured = json.loads(path.read_text())
+    measured["tuning"]["same_config_as"] = "batched"
+    path.write_text(json.dumps(measured))
+    text = report(_cfg(fixture_root)).read_text()
+    assert re.search(r"\| 1\.10 \(1\.00–1\.30\) same config / 2\.06 \(2\.00–2\.20\) +\|", text)

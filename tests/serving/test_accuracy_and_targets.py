@@ -19,7 +19,7 @@ from mlpipe.measure.tune import tune
 from mlpipe.serving.accuracy import run_client
 from mlpipe.serving.client import TritonCaller, TritonClient
 from mlpipe.serving.server import TritonServer
-from mlpipe.serving.targets import measure_targets
+from mlpipe.serving.targets import measure_targets, meets
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,23 @@ def test_serving_targets_without_the_tuner_name_it(exported_dir: Path, tmp_path:
         measure_targets(cfg)
 
 
+@pytest.mark.parametrize(("same", "met"), [(None, False), ("batched", True), ("unbatched", False)])
+def test_a_kept_hand_written_config_is_as_fast_as_itself(same: str | None, met: bool) -> None:
+    """Tuned = untuned `digits` (the tuner kept it): 0.9x against it is noise, not a miss."""
+    report = {
+        "ready_seconds": 1.0,
+        "http_batch1": {"overhead_vs_ort_p50_ms": 0.5},
+        "grpc_batch1": {"overhead_vs_ort_p50_ms": 0.5},
+        "tuning": {
+            "on_front": True,
+            "same_config_as": same,
+            "throughput_ratio_tuned_vs": {"batched": 0.9, "unbatched": 1.3},
+        },
+    }
+    goals = {"ready_seconds": 10, "batch1_overhead_ms": 1.0, "tuned_vs_untuned_throughput": 1.0}
+    assert meets(report, goals)["tuned_beats_untuned"] is met
+
+
 @pytest.mark.slow
 def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     """A short run on its own server; figures are reported, not asserted."""
@@ -161,6 +178,8 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
     assert tuning["on_front"] is report["meets"]["tuned_on_front"] is True
     assert db["tuned"]["model"] == "digits_tuned" and db["tuned"]["requests"] == 4 * 20
     assert tuning["rounds"] == 2
+    kept = {"untuned_digits": "batched", "untuned_digits_nobatch": "unbatched"}
+    assert tuning["same_config_as"] == kept.get(tuning["chosen"])
     assert all(len(db[k]["rounds_rps"]) == 2 for k in ("tuned", "batched", "unbatched"))
     for label, ratio in tuning["throughput_ratio_tuned_vs"].items():  # paired, round by round
         pairs = zip(db["tuned"]["rounds_rps"], db[label]["rounds_rps"], strict=True)
