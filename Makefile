@@ -13,7 +13,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 315532800)
 RELU_SRC    := $(shell find relu_module -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.toml' \) -not -path '*/build/*' 2>/dev/null)
 
-.PHONY: help setup gateway-deps lock data run measure record-cpu check-repro train export serve client serve-targets serve-soak tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
+.PHONY: gpu-run help setup gateway-deps lock data run measure record-cpu check-repro train export serve client serve-targets serve-soak tune lint format profile bench-serving report test test-fast bench wheel nix-check clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ test: data gateway-deps ## the full test suite (slow tests included, as in CI)
 
 test-fast: data ## tests without the slow ones
 	$(PY) -m pytest -m "not slow"
+
+gpu-run: setup ## on a CUDA machine: every GPU measurement (bench, profile, knees, gpu tests) -> reports/gpu/
+	PYTHON=$(PY) bash measurements/gpu-run.sh
 
 bench: setup ## relu_module benchmark (full): reports/relu/; Hydra overrides in RELU_BENCH_ARGS
 	mlpipe-relu-bench $(RELU_BENCH_ARGS)
