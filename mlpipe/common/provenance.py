@@ -179,20 +179,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_record() -> dict[str, Any]:
-    """CPU model and feature flags: what decides torch's float rounding on this machine kind
-    (kernel choice by ISA). Committed beside dvc.lock as `dvc.lock.cpu.json` (`make record-cpu`)."""
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = sorted(set(line.split(":", 1)[1].split()))
-                break
-    except OSError:
-        pass
-    return {"model": cpu_model(), "machine": platform.machine(), "flags": flags}
-
-
 def gpu_name(timeout_s: float = NVIDIA_SMI_TIMEOUT_S) -> str | None:
     """GPU name and memory from nvidia-smi (no torch or CUDA import); None without one."""
     try:

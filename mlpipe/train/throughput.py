@@ -124,8 +124,6 @@ def step_row(cfg: DictConfig, dm: DigitsDataModule) -> dict[str, Any]:
 def measure(cfg: DictConfig) -> dict[str, Any]:
     """Loader vs training-step throughput for the configured data, model and batch size."""
     check_bench_cfg(cfg)
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
     dm: DigitsDataModule = instantiate(cfg.data, seed=int(cfg.seed))
     dm.setup()
