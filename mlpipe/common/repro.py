@@ -138,6 +138,12 @@ def apply(node: DictConfig) -> None:
             node.name,
             cpu_capability(),
         )
+    set_threads(node)
+
+
+def set_threads(node: DictConfig) -> None:
+    """torch's intra-op threads, as the contract says (null: torch's default). Unlike the
+    variables this can change at any time, so in-process callers of a stage call it too."""
     if node.threads is not None:
         import torch
 

@@ -250,8 +250,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path is not None:
         check_resume_schedule(ckpt_path, cfg)
-    # the contract's variables and threads are set by entry_point (repro.apply) before this runs
+    # the contract's variables are set by entry_point (repro.apply) before torch loads; the thread
+    # count again here for in-process callers (a reduction's split follows it)
     repro.guard(cfg.repro, Path(cfg.paths.root_dir), cfg.outputs.values())
+    repro.set_threads(cfg.repro)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
 
