@@ -76,6 +76,17 @@ def test_the_contract_wins_over_the_callers_variables() -> None:
     assert record == json.loads((ROOT / "dvc.lock.cpu.json").read_text())
 
 
+def test_a_cpu_without_the_flag_is_named(tmp_path: Path) -> None:
+    """The reason a CPU cannot honour a contract, from the real /proc/cpuinfo (a flag no CPU
+    has stands for a CPU without AVX2)."""
+    node = compose_app("train", tmp_path, "repro.cpu_flag=no_such_isa").repro
+    reason = repro.unable(node)
+    if repro.cpu_flags() is None:
+        assert reason is None or "not x86-64" in reason  # no /proc/cpuinfo: ATen's level decides
+    else:
+        assert reason is not None and ("lacks no_such_isa" in reason or "not x86-64" in reason)
+
+
 def _root_with_dvc_yaml(tmp_path: Path) -> Path:
     """A root whose dvc.yaml is the real one: its outputs are tracked, under tmp_path."""
     root = tmp_path / "root"
