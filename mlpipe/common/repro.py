@@ -22,11 +22,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
 from omegaconf import DictConfig
 
 from mlpipe.common.config import is_int, require
 from mlpipe.common.errors import UserError
+from mlpipe.common.provenance import declared_outputs
 
 log = logging.getLogger(__name__)
 
@@ -178,19 +178,6 @@ def record(node: DictConfig) -> dict[str, Any]:
     }
 
 
-def tracked_outputs(dvc_yaml: Path) -> list[Path]:
-    """Every out, metric and plot that ``dvc_yaml``'s stages declare (resolved paths)."""
-    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
-    found = []
-    for stage in stages.values():
-        wdir = dvc_yaml.parent / stage.get("wdir", ".")
-        for key in ("outs", "metrics", "plots"):
-            for entry in stage.get(key) or []:
-                name = next(iter(entry)) if isinstance(entry, dict) else str(entry)
-                found.append((wdir / name).resolve())
-    return found
-
-
 def guard(node: DictConfig, root: Path, outputs: Iterable[str | Path]) -> None:
     """Refuse to write the root dvc.yaml's tracked outputs unless the contract is in force (or
     this CPU cannot honour it, which :func:`apply` has said): their md5s are committed."""
@@ -199,14 +186,20 @@ def guard(node: DictConfig, root: Path, outputs: Iterable[str | Path]) -> None:
     # allowed. ATen below the requested level with the variables set is such a CPU too.
     if not dvc_yaml.is_file() or (node.enabled and (env_in_force(node) or unable(node))):
         return
-    tracked = tracked_outputs(dvc_yaml)
+    tracked = declared_outputs(dvc_yaml)
     hits = [str(p) for p in outputs if any(Path(p).resolve().is_relative_to(t) for t in tracked)]
-    if hits:
-        why = "it is off (repro=off)" if not node.enabled else "it is not in force"
-        raise ReproError(
-            f"{hits[0]} is a tracked output of dvc.yaml and needs the CPU contract, but {why}; "
-            "drop repro=off (or pipeline=true, to write under logs/ instead)"
-        )
+    if not hits:
+        return
+    why = (
+        "it is off (repro=off); drop repro=off, or write elsewhere (without pipeline=true, "
+        "mlpipe-train writes under logs/)"
+        if not node.enabled
+        else "this process did not start under it; run the stage's console script "
+        "(mlpipe-train, mlpipe-export, mlpipe-profile), which re-executes under it"
+    )
+    raise ReproError(
+        f"{hits[0]} is a tracked output of dvc.yaml and needs the CPU contract, but {why}"
+    )
 
 
 def main() -> None:

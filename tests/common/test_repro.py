@@ -95,7 +95,9 @@ def _root_with_dvc_yaml(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("override", "why"), [("repro=off", "off"), (None, "not in force")])
+@pytest.mark.parametrize(
+    ("override", "why"), [("repro=off", "off"), (None, "did not start under it")]
+)
 def test_tracked_outputs_need_the_contract(
     compose_cfg, tmp_path: Path, override: str | None, why: str
 ) -> None:
