@@ -59,8 +59,8 @@ run: data gateway-deps ## the main job: dvc repro (train -> export, profile), th
 measure: data ## re-take every measurement (tune, serve, measured CPU profile and knees, bench, relu bench, report)
 	dvc repro --force --single-item $(addprefix measurements/dvc.yaml:,$(MEASURE))
 
-record-cpu: setup ## after committing a new dvc.lock: record this CPU beside it (dvc.lock.cpu.json)
-	$(PY) -c "import json; from mlpipe.common.provenance import cpu_record; print(json.dumps(cpu_record(), indent=1))" > dvc.lock.cpu.json
+record-cpu: setup ## after committing a new dvc.lock: record its CPU contract beside it (dvc.lock.cpu.json)
+	$(PY) -m mlpipe.common.repro > dvc.lock.cpu.json
 
 check-repro: setup ## rebuild train+export in two fresh clones; compare the bytes with each other and dvc.lock
 	$(PY) -m pytest -m slow tests/test_reproducibility.py -v

@@ -41,6 +41,12 @@ CASES: list[tuple[str, str, str]] = [
     ("mlpipe-tune", "tune.select_concurrency=3", "must be one of tune.concurrency [1, 16]"),
     ("mlpipe-relu-bench", "relu_bench.sizes=[0]", "relu_bench.sizes must be positive integers"),
     ("mlpipe-relu-bench", "relu_bench.dtypes=[int8]", "must be float32 and/or float64"),
+    ("mlpipe-train", "repro.threads=0", "repro.threads: must be null"),
+    (
+        "mlpipe-export",
+        "repro.aten_cpu_capability=avx3",
+        "repro.aten_cpu_capability: must be one of",
+    ),
     ("mlpipe-report", "report.output=/proc/no/REPORT.md", "set report.output to a writable path"),
     ("mlpipe-report", "report.lock_files=3", "report.lock_files: must be a list"),
 ]

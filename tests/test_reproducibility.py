@@ -2,7 +2,8 @@
 
 * two fresh clones at different paths, under different time zones and umasks, rebuild the
   deterministic pipeline (train, export, analytic profile) to identical bytes, and to the md5s of
-  the committed dvc.lock when this CPU is the one recorded beside it (dvc.lock.cpu.json);
+  the committed dvc.lock on every x86-64 CPU with AVX2: the stages run under the CPU contract
+  recorded beside the lock (dvc.lock.cpu.json, conf/repro/);
 * two builds of the relu_module wheel, in different directories at different times, are identical;
 * pip's hash-checking mode refuses a file whose sha256 is not the locked one;
 * provenance: a clean clone's git revision is never "dirty" because DVC rewrote its own files.
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.compose import compose_app
 
-from mlpipe.common.provenance import cpu_record, git_revision
+from mlpipe.common import repro
+from mlpipe.common.provenance import git_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -139,13 +142,7 @@ def test_two_clones_rebuild_identical_bytes_and_the_committed_lock(tmp_path: Pat
     diffs = [_explain(p, a, b) for p in locks[0] if locks[0][p] != locks[1].get(p)]
     assert not diffs, "two clones built different bytes:\n" + "\n".join(diffs)
 
-    recorded = json.loads((ROOT / "dvc.lock.cpu.json").read_text())
-    if recorded != cpu_record():
-        pytest.skip(
-            f"dvc.lock was made on {recorded['model']} (flags recorded in dvc.lock.cpu.json); "
-            f"this is {cpu_record()['model']}: torch's float rounding may differ across CPU "
-            "kinds, so the committed md5s are not expected here (the two clones agreed)"
-        )
+    contract = _check_contract_took_effect(a)
     expected = _outs(committed)
     wrong = [
         f"{p}: committed md5 {expected[p]}, rebuilt {locks[0].get(p)}"
@@ -153,8 +150,8 @@ def test_two_clones_rebuild_identical_bytes_and_the_committed_lock(tmp_path: Pat
         if expected[p] != locks[0].get(p)
     ]
     assert not wrong, (
-        "the rebuild differs from the committed dvc.lock on the recorded CPU (a change committed "
-        "without `dvc repro`? or a new non-determinism):\n" + "\n".join(wrong)
+        f"the rebuild under the CPU contract {contract} differs from the committed dvc.lock (a "
+        "change committed without `dvc repro`? or a new non-determinism):\n" + "\n".join(wrong)
     )
     clean = _git(a, "status", "--porcelain")
     assert clean == "", f"dvc repro dirtied the clone:\n{clean}"
@@ -167,6 +164,34 @@ def test_two_clones_rebuild_identical_bytes_and_the_committed_lock(tmp_path: Pat
         check=True,
     ).stdout
     assert "up to date" in status, status
+
+
+def _check_contract_took_effect(clone: Path) -> str:
+    """The contract dvc.lock was made under (dvc.lock.cpu.json) is the configured one and the
+    clone's checkpoint and ONNX record it in force; skips, with the reason, on a CPU that cannot
+    honour it (no AVX2, not x86-64): there every byte after the first kernel may differ."""
+    node = compose_app("train", clone).repro
+    recorded = json.loads((ROOT / "dvc.lock.cpu.json").read_text())
+    reason = repro.unable(node)
+    if reason:
+        pytest.skip(
+            f"{reason}: dvc.lock was made under the CPU contract {recorded['contract']}, which "
+            "this CPU cannot honour, so its md5s are not expected here (the two clones agreed)"
+        )
+    assert recorded["env"] == repro.contract_env(node) and recorded["in_force"], (
+        f"dvc.lock.cpu.json records {recorded}, not conf/repro's contract: rebuild dvc.lock under "
+        "it (`dvc repro`) and run `make record-cpu`"
+    )
+    ckpt = torch.load(clone / "artifacts/checkpoints/best.ckpt", weights_only=True)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(clone / "artifacts/model.onnx")).metadata_props}
+    for where, seen in (
+        ("best.ckpt", ckpt["hyper_parameters"]["cpu_contract"]),
+        ("model.onnx", json.loads(meta["mlpipe.cpu_contract"])),
+    ):
+        assert seen == recorded, f"{where} was made under {seen}, dvc.lock under {recorded}"
+    return str(recorded["contract"])
 
 
 def _build_wheel(src: Path, out: Path, tz: str) -> Path:

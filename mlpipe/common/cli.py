@@ -1,6 +1,7 @@
 """One failure wrapper for every console script, in the spirit of lightning-hydra-template's
 `task_wrapper`: a user mistake is one line on stderr with the fix and a non-zero exit; a bug
-keeps its traceback.
+keeps its traceback. An app whose config has a `repro` node (train, export, profile) runs
+under its CPU contract (`mlpipe.common.repro.apply`, before the task).
 
     @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
     @entry_point
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from mlpipe.common import repro
 from mlpipe.common.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ def entry_point(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> T:
         try:
+            if "repro" in cfg:  # a deterministic stage: its CPU contract first (may re-exec)
+                repro.apply(cfg.repro)
             return task(cfg)
         except UserError as err:
             report_user_error(err)

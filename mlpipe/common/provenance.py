@@ -128,21 +128,28 @@ def dvc_managed_paths(root: Path) -> set[str]:
     for dvc_yaml in root.rglob("dvc.yaml"):
         if any(part.startswith(".") for part in dvc_yaml.relative_to(root).parts):
             continue
-        base = dvc_yaml.parent
-        managed.add((base / "dvc.lock").relative_to(root).as_posix())
-        try:
-            stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
-        except yaml.YAMLError:
-            continue
-        for stage in stages.values():
-            wdir = (base / stage.get("wdir", ".")).resolve()
-            for key in ("outs", "metrics", "plots"):
-                for entry in stage.get(key) or []:
-                    name = next(iter(entry)) if isinstance(entry, dict) else str(entry)
-                    path = (wdir / name).resolve()
-                    if path.is_relative_to(root.resolve()):
-                        managed.add(path.relative_to(root.resolve()).as_posix())
+        managed.add((dvc_yaml.parent / "dvc.lock").relative_to(root).as_posix())
+        for path in declared_outputs(dvc_yaml):
+            if path.is_relative_to(root.resolve()):
+                managed.add(path.relative_to(root.resolve()).as_posix())
     return managed
+
+
+def declared_outputs(dvc_yaml: Path) -> list[Path]:
+    """Every out, metric and plot that one dvc.yaml's stages declare, resolved through each
+    stage's ``wdir`` (none for an unreadable file)."""
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    except yaml.YAMLError:
+        return []
+    found = []
+    for stage in stages.values():
+        wdir = (dvc_yaml.parent / stage.get("wdir", ".")).resolve()
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                name = next(iter(entry)) if isinstance(entry, dict) else str(entry)
+                found.append((wdir / name).resolve())
+    return found
 
 
 def source_digest(root: Path, paths: list[str]) -> str:
@@ -177,20 +184,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cpu_record() -> dict[str, Any]:
-    """CPU model and feature flags: what decides torch's float rounding on this machine kind
-    (kernel choice by ISA). Committed beside dvc.lock as `dvc.lock.cpu.json` (`make record-cpu`)."""
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = sorted(set(line.split(":", 1)[1].split()))
-                break
-    except OSError:
-        pass
-    return {"model": cpu_model(), "machine": platform.machine(), "flags": flags}
 
 
 def gpu_name(timeout_s: float = NVIDIA_SMI_TIMEOUT_S) -> str | None:

@@ -33,6 +33,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir
+from mlpipe.common import repro
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import positive_int
 from mlpipe.common.errors import ConfigError, DataError, ParityError
@@ -222,13 +223,18 @@ def validate_export_cfg(ecfg: DictConfig) -> None:
     positive_int(ecfg.triton.max_batch_size, "export.triton.max_batch_size")
 
 
-def write_onnx(net: torch.nn.Module, images: np.ndarray, ecfg: DictConfig) -> Path:
-    """Export, stamp provenance, then run the full checker on the file that ships."""
+def write_onnx(
+    net: torch.nn.Module, images: np.ndarray, ecfg: DictConfig, cpu_contract: str
+) -> Path:
+    """Export, stamp provenance (with the CPU contract record, JSON), then run the full checker
+    on the file that ships."""
     onnx_path = Path(ecfg.onnx_path)
     sample = torch.from_numpy(images[: int(ecfg.onnx.trace_batch_size)])
     export_onnx(net, sample, onnx_path, ecfg.onnx)
     add_metadata(
-        onnx_path, provenance(ecfg.provenance), list(ecfg.onnx.get("drop_node_metadata", []))
+        onnx_path,
+        {**provenance(ecfg.provenance), "mlpipe.cpu_contract": cpu_contract},
+        list(ecfg.onnx.get("drop_node_metadata", [])),
     )
     onnx.checker.check_model(str(onnx_path), full_check=True)
     return onnx_path
@@ -299,13 +305,20 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
     ecfg = cfg.export
     validate_export_cfg(ecfg)
+    outputs = [
+        ecfg.onnx_path,
+        ecfg.report_path,
+        *(ecfg.triton[k] for k in ("python_repository", "native_repository")),
+    ]
+    repro.guard(cfg.repro, Path(cfg.paths.root_dir), outputs)
     if ecfg.tensorrt.enabled:  # fail before the ONNX work, not after it
         from mlpipe.export.tensorrt import require_tensorrt
 
         require_tensorrt()
     net = load_network(Path(ecfg.checkpoint_path))
     images, labels = load_split(cfg.data, str(ecfg.parity.split))  # (N, 1, 8, 8), (N,)
-    onnx_path = write_onnx(net, images, ecfg)
+    contract = json.dumps(repro.record(cfg.repro), sort_keys=True)
+    onnx_path = write_onnx(net, images, ecfg, contract)
     batch_size = int(ecfg.parity.batch_size)
     torch_logits = run_torch(net, images, batch_size)
     ort_logits = run_ort(ort_session(onnx_path, list(ecfg.parity.providers)), images, batch_size)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mlpipe import config_dir  # absolute conf/ path: console scripts need it
+from mlpipe.common import repro
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import positive_int
 from mlpipe.common.errors import ConfigError
@@ -273,6 +274,7 @@ def untrained_network(cfg: DictConfig) -> nn.Module:
 def profile(cfg: DictConfig) -> dict[str, Any]:
     """Profile the configured model; write `<out_dir>/<model>.json`, `.md` and the roofline PNG."""
     pc = cfg.profile
+    repro.guard(cfg.repro, Path(cfg.paths.root_dir), [pc.out_dir])
     devices = resolve_devices(list(pc.devices), pc.device_dir, pc.dtype)
     net = untrained_network(cfg)
     result = profile_network(net, list(pc.sample_shape), pc.batch_size, pc.dtype, devices)

@@ -121,9 +121,15 @@ class _SoakCall:
 def stack_rss_mib(server: TritonServer, gateway: Gateway) -> dict[str, float]:
     """Resident memory of tritonserver + its stubs, and of nginx (master + workers)."""
 
+    def rss(p: psutil.Process) -> int:
+        try:
+            return p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return 0  # a worker or stub that exited between listing and reading holds nothing
+
     def tree(pid: int) -> float:
         root = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+        return (root.memory_info().rss + sum(map(rss, root.children(recursive=True)))) / 2**20
 
     return {"tritonserver": tree(server.process.pid), "gateway": tree(gateway.process.pid)}
 

@@ -42,12 +42,16 @@ class DigitsClassifier(L.LightningModule):
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
         schedule: Mapping[str, Any] | None = None,
+        cpu_contract: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         net = plain(net)  # hparams must be plain containers (weights_only checkpoints)
         # `schedule`: the resolved optimizer + scheduler config, stored so that a resume can refuse
         # a config whose schedule differs from the one the checkpoint's optimizer state belongs to.
         schedule = plain(schedule) if schedule is not None else None
+        # `cpu_contract`: the CPU contract in force and the kernel level ATen dispatched to
+        # (mlpipe.common.repro.record): which float rounding these weights were trained with.
+        cpu_contract = plain(cpu_contract) if cpu_contract is not None else None
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = build_network(net)
         self.optimizer_factory = optimizer

@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlpipe import config_dir
+from mlpipe.common import repro
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, is_int, plain, require
 from mlpipe.common.errors import ArtifactMissingError, ConfigError
@@ -70,12 +71,7 @@ def validate_config(cfg: DictConfig) -> None:
         "trainer.max_epochs",
         f"must be an integer > 0, got {epochs!r}",
     )
-    threads = cfg.torch_threads
-    require(
-        threads is None or (is_int(threads) and threads > 0),
-        "torch_threads",
-        f"must be null (torch's default) or an integer > 0, got {threads!r}",
-    )
+    repro.validate(cfg.repro)
     require(
         str(cfg.optimized_metric).startswith("val_"),
         "optimized_metric",
@@ -162,6 +158,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         scheduler_interval=cfg.scheduler.interval,
         scheduler_monitor=cfg.scheduler.monitor,
         schedule=schedule_config(cfg),
+        cpu_contract=repro.record(cfg.repro),  # provenance: the kernels these weights came from
     )
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
@@ -253,8 +250,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path is not None:
         check_resume_schedule(ckpt_path, cfg)
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(int(cfg.torch_threads))
+    # the contract's variables are set by entry_point (repro.apply) before torch loads; the thread
+    # count again here for in-process callers (a reduction's split follows it)
+    repro.guard(cfg.repro, Path(cfg.paths.root_dir), cfg.outputs.values())
+    repro.set_threads(cfg.repro)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
 

@@ -27,6 +27,7 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader
 
 from mlpipe import config_dir
+from mlpipe.common import repro
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import is_int, positive_int, require
 from mlpipe.data.datamodule import DigitsDataModule
@@ -124,8 +125,7 @@ def step_row(cfg: DictConfig, dm: DigitsDataModule) -> dict[str, Any]:
 def measure(cfg: DictConfig) -> dict[str, Any]:
     """Loader vs training-step throughput for the configured data, model and batch size."""
     check_bench_cfg(cfg)
-    if cfg.torch_threads is not None:
-        torch.set_num_threads(int(cfg.torch_threads))
+    repro.set_threads(cfg.repro)
     L.seed_everything(cfg.seed, workers=True)
     dm: DigitsDataModule = instantiate(cfg.data, seed=int(cfg.seed))
     dm.setup()

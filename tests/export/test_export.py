@@ -15,6 +15,7 @@ import yaml
 from helpers.compose import ROOT, compose_app
 from omegaconf import DictConfig
 
+from mlpipe.common import repro
 from mlpipe.common.errors import ParityError
 from mlpipe.common.provenance import sha256_file, source_digest
 from mlpipe.export.run import check_parity, export, export_onnx, ort_session, run_ort
@@ -101,6 +102,12 @@ def test_provenance_in_metadata_props(
         if (ROOT / lock).is_file():
             assert props[f"mlpipe.sha256.{lock}"] == sha256_file(ROOT / lock)
     assert report["provenance"] == {k: v for k, v in props.items() if k.startswith("mlpipe.")}
+    # the CPU contract as this process ran it (in-process here, in force only if pytest was
+    # started under it; the stage's own re-exec is tested in tests/common/test_repro.py)
+    contract = json.loads(props["mlpipe.cpu_contract"])
+    assert contract["contract"] == cfg.repro.name
+    assert contract["in_force"] == repro.in_force(cfg.repro)
+    assert contract["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_triton_repositories_written(exported: tuple[DictConfig, dict]) -> None:

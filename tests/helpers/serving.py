@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import psutil
 
@@ -46,13 +47,56 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def descendants(pid: int) -> list[psutil.Process]:
-    """Server processes (tritonserver, stubs, nginx) below ``pid``."""
+#: What psutil raises for a process that exits (or turns zombie, or is reaped) while it is read:
+#: between listing the children and reading a name, any of them may go, most of all on a loaded
+#: machine. A test that needs quiet is a test that fails in CI.
+GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A process as read once (it may exit right after): name, parent and command line, and the
+    psutil handle to signal it (psutil refuses to signal a reused pid)."""
+
+    process: psutil.Process
+    name: str
+    ppid: int
+    cmdline: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def children_of(pid: int, names: Iterable[str] | None = None) -> list[Seen]:
+    """Processes below ``pid`` (all, or those called one of ``names``) that were still there when
+    read; one that vanished meanwhile is left out, as if listed a moment later."""
     try:
         children = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
+    except GONE:
         return []
-    return [p for p in children if p.is_running() and p.name() in SERVER_NAMES]
+    seen = []
+    for p in children:
+        try:
+            with p.oneshot():
+                seen.append(Seen(p, p.name(), p.ppid(), " ".join(p.cmdline())))
+        except GONE:
+            continue
+    wanted = None if names is None else set(names)
+    return [s for s in seen if wanted is None or s.name in wanted]
+
+
+def descendants(pid: int) -> list[Seen]:
+    """Server processes (tritonserver, stubs, nginx) below ``pid``."""
+    return children_of(pid, SERVER_NAMES)
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs and is not a zombie (False if it goes while we look)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except GONE:
+        return False
 
 
 def start_cli(overrides: list[str], timeout: float = 120) -> tuple[subprocess.Popen[str], str]:

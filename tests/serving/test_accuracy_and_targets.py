@@ -4,13 +4,14 @@ offline ORT accuracy, the async load generator, the serving targets."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from helpers.compose import EPHEMERAL, compose_app
+from helpers.serving import children_of
 from omegaconf import OmegaConf
 
 from mlpipe.common.errors import ArtifactMissingError, ConfigError, ServerError
@@ -32,11 +33,7 @@ def exported_dir(hardening_export: Path) -> Path:
 def server(exported_dir: Path) -> Iterator[TritonServer]:
     with TritonServer.from_config(compose_app("serve", exported_dir, *EPHEMERAL).serve) as running:
         yield running
-    leftovers = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if p.name() in ("tritonserver", "triton_python_backend_stub")
-    ]
+    leftovers = children_of(os.getpid(), ("tritonserver", "triton_python_backend_stub"))
     assert not leftovers, f"server processes outlived the tests: {leftovers}"
 
 

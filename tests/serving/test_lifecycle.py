@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from helpers.compose import EPHEMERAL, compose_app, tmp_path_overrides
-from helpers.serving import banner_address, descendants, drain_output, start_cli
+from helpers.serving import alive, banner_address, descendants, drain_output, start_cli
 
 from mlpipe.data import load_split
 from mlpipe.serving.client import TritonClient
@@ -35,22 +35,21 @@ def _images(root: Path) -> np.ndarray:
 
 
 def _triton(proc_pid: int) -> psutil.Process:
-    (server,) = [p for p in descendants(proc_pid) if p.name() == "tritonserver"]
+    (server,) = [p.process for p in descendants(proc_pid) if p.name == "tritonserver"]
     return server
 
 
 def _stub_of(proc_pid: int, model: str) -> psutil.Process:
     (stub,) = [
-        p
+        p.process
         for p in descendants(proc_pid)
-        if p.name() == "triton_python_backend_stub"
-        and f"/{model}/1/model.py" in " ".join(p.cmdline())
+        if p.name == "triton_python_backend_stub" and f"/{model}/1/model.py" in p.cmdline
     ]
     return stub
 
 
 def _nginx_masters(proc_pid: int) -> list[psutil.Process]:
-    return [p for p in descendants(proc_pid) if p.name() == "nginx" and p.ppid() == proc_pid]
+    return [p.process for p in descendants(proc_pid) if p.name == "nginx" and p.ppid == proc_pid]
 
 
 def _answer_within(address: str, images: np.ndarray, seconds: float) -> tuple[np.ndarray, float]:
@@ -75,16 +74,12 @@ def _wait_for_output(output: list[str], text: str, seconds: float) -> None:
 def _wait_gone(pids: list[int], paths: set[Path], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        alive = [
-            pid
-            for pid in pids
-            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        ]
+        running = [pid for pid in pids if alive(pid)]
         left = [p for p in paths if p.exists()]
-        if not alive and not left:
+        if not running and not left:
             return
         time.sleep(0.1)
-    raise AssertionError(f"still there after {seconds} s: processes {alive}, files {left}")
+    raise AssertionError(f"still there after {seconds} s: processes {running}, files {left}")
 
 
 def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_export: Path) -> None:
@@ -141,7 +136,7 @@ def test_sigkill_of_mlpipe_serve_leaves_nothing(hardening_export: Path) -> None:
     """Cases 7 and 8: no tritonserver, stub or nginx keeps running; regions and ports free."""
     proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
     children = descendants(proc.pid)
-    assert {"tritonserver", "triton_python_backend_stub", "nginx"} <= {p.name() for p in children}
+    assert {"tritonserver", "triton_python_backend_stub", "nginx"} <= {p.name for p in children}
     regions = shm_regions(process_tree(_triton(proc.pid).pid))
     assert len(regions) == 2  # one per model instance
     addresses = [banner_address(banner, label) for label in ("HTTP", "gRPC", "gateway HTTP")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shutil
 import signal
@@ -27,7 +28,7 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from helpers.compose import EPHEMERAL, compose_app, tmp_path_overrides
-from helpers.serving import start_cli
+from helpers.serving import Seen, children_of, start_cli
 from omegaconf import DictConfig, OmegaConf
 from tritonclient.utils import InferenceServerException
 
@@ -43,12 +44,9 @@ from mlpipe.serving.server import (
 )
 
 
-def server_processes() -> list[psutil.Process]:
+def server_processes() -> list[Seen]:
     """tritonserver / python-stub processes descended from this test process."""
-    names = ("tritonserver", "triton_python_backend_stub")
-    return [
-        p for p in psutil.Process().children(recursive=True) if p.is_running() and p.name() in names
-    ]
+    return children_of(os.getpid(), ("tritonserver", "triton_python_backend_stub"))
 
 
 @pytest.fixture(scope="module")
@@ -338,8 +336,8 @@ def test_cli_stops_cleanly_on_signal(served: tuple[DictConfig, TritonServer], si
     try:
         assert "tritonserver ready" in text, text
         assert re.search(r"log\s+\S+tritonserver-\d+\.log", text), text
-        children = [p for p in psutil.Process(proc.pid).children(recursive=True)]
-        assert {"tritonserver", "nginx"} <= {p.name() for p in children}
+        seen = children_of(proc.pid)
+        assert {"tritonserver", "nginx"} <= {p.name for p in seen}
         client = th.InferenceServerClient(f"127.0.0.1:{ports['http']}")
         assert client.is_model_ready("digits")
         client.close()
@@ -349,7 +347,7 @@ def test_cli_stops_cleanly_on_signal(served: tuple[DictConfig, TritonServer], si
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    gone, alive = psutil.wait_procs([p.process for p in seen], timeout=10)
     assert not alive, f"orphans after {signal.Signals(signum).name}: {alive}"
     for which, port in ports.items():
         check_port_free("127.0.0.1", port, f"{which}_port")

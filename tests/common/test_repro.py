@@ -1,0 +1,167 @@
+"""The CPU contract (mlpipe.common.repro, conf/repro/): one node for every deterministic stage,
+put in force by a real re-exec of the real scripts, refused for tracked outputs when off, and
+shown to matter: another dispatch level trains other bytes, the contract the recorded ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.compose import ROOT, compose_app
+from omegaconf import OmegaConf
+
+from mlpipe.common import repro
+from mlpipe.train.run import train
+
+BIN = Path(sys.executable).parent
+#: A short fixed-seed training: one epoch of 10 batches (a few seconds).
+SHORT = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=10",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "data.num_workers=0",
+    "callbacks.progress_bar.refresh_rate=0",
+)
+#: sha256 of the short training's weights under the contract (conf/repro/avx2.yaml).
+RECORDED = ROOT / "tests" / "fixtures" / "repro" / "short_train.json"
+
+
+def _contract() -> OmegaConf:
+    return compose_app("train", ROOT).repro
+
+
+def _skip_if_unable() -> None:
+    reason = repro.unable(_contract())
+    if reason:
+        pytest.skip(f"{reason}: the contract cannot be in force here")
+
+
+def test_one_contract_for_every_deterministic_stage(tmp_path: Path) -> None:
+    nodes = [compose_app(app, tmp_path).repro for app in ("train", "export", "profile")]
+    assert nodes[0] == nodes[1] == nodes[2] and nodes[0].enabled
+    assert repro.contract_env(nodes[0]) == {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_CBWR": "AVX2",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    off = compose_app("train", tmp_path, "repro=off").repro
+    assert not off.enabled and off.threads == nodes[0].threads  # only the switch differs
+
+
+def test_the_contract_wins_over_the_callers_variables() -> None:
+    """`python -m mlpipe.common.repro` re-executes itself under the contract, whatever the
+    caller set: ATen then dispatches AVX2 (this AVX-512 or AVX2 CPU), as the record shows."""
+    _skip_if_unable()
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "ALL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlpipe.common.repro"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    record = json.loads(proc.stdout)
+    assert record["in_force"] and record["cpu_capability"] == "AVX2", record
+    assert record == json.loads((ROOT / "dvc.lock.cpu.json").read_text())
+
+
+def test_a_cpu_without_the_flag_is_named(tmp_path: Path) -> None:
+    """The reason a CPU cannot honour a contract, from the real /proc/cpuinfo (a flag no CPU
+    has stands for a CPU without AVX2)."""
+    node = compose_app("train", tmp_path, "repro.cpu_flag=no_such_isa").repro
+    reason = repro.unable(node)
+    if repro.cpu_flags() is None:
+        assert reason is None or "not x86-64" in reason  # no /proc/cpuinfo: ATen's level decides
+    else:
+        assert reason is not None and ("lacks no_such_isa" in reason or "not x86-64" in reason)
+
+
+def _root_with_dvc_yaml(tmp_path: Path) -> Path:
+    """A root whose dvc.yaml is the real one: its outputs are tracked, under tmp_path."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("override", "why"), [("repro=off", "off"), (None, "did not start under it")]
+)
+def test_tracked_outputs_need_the_contract(
+    compose_cfg, tmp_path: Path, override: str | None, why: str
+) -> None:
+    """In-process (this process did not start under the contract), the pipeline's own output
+    paths are refused before any work; other paths are not (the other tests write there)."""
+    if override is None:
+        _skip_if_unable()
+    root = _root_with_dvc_yaml(tmp_path)
+    paths = [f"paths.{k}={root}/{k.removesuffix('_dir')}" for k in ("artifacts_dir", "reports_dir")]
+    cfg = compose_cfg(f"paths.root_dir={root}", *paths, *([override] if override else []))
+    with pytest.raises(repro.ReproError, match=f"best.ckpt is a tracked output.*{why}"):
+        train(cfg)
+    assert not (root / "artifacts").exists()
+
+
+def test_pipeline_run_without_the_contract_is_one_line(tmp_path: Path) -> None:
+    root = _root_with_dvc_yaml(tmp_path)
+    proc = subprocess.run(
+        [str(BIN / "mlpipe-train"), "pipeline=true", "repro=off", f"paths.root_dir={root}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [s for s in proc.stderr.splitlines() if s.startswith("mlpipe-train: error:")]
+    assert "needs the CPU contract, but it is off (repro=off); drop repro=off" in line
+
+
+def _short_train(tmp: Path, *overrides: str) -> tuple[str, dict]:
+    """Run `mlpipe-train` (its own process: the contract needs a fresh torch) and return the
+    weights' sha256 and the contract its checkpoint records."""
+    paths = [f"paths.{k}={tmp}/{k.removesuffix('_dir')}" for k in ("log_dir", "reports_dir")]
+    proc = subprocess.run(
+        [str(BIN / "mlpipe-train"), *SHORT, *paths, f"hydra.run.dir={tmp}/run", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(ckpt["state_dict"].items()):
+        digest.update(name.encode() + b"\0" + tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest(), ckpt["hyper_parameters"]["cpu_contract"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dispatch_level_changes_the_bytes_and_the_contract_gives_the_recorded_ones(
+    tmp_path: Path, dvc_data: Path
+) -> None:
+    """ATen's `default` level against the contract's AVX2: on any x86-64 CPU with AVX2 (an
+    AVX2-only one included) they are two kernel sets, so this cannot pass vacuously."""
+    _skip_if_unable()
+    contract, contract_rec = _short_train(tmp_path / "avx2")
+    other, other_rec = _short_train(tmp_path / "default", "repro.aten_cpu_capability=default")
+    assert contract_rec["cpu_capability"] == "AVX2" and contract_rec["in_force"]
+    assert other_rec["cpu_capability"] == "DEFAULT" and other_rec["in_force"]
+    assert other != contract, "the dispatch level did not change the trained bytes"
+    recorded = json.loads(RECORDED.read_text())["weights_sha256"]
+    assert contract == recorded, (
+        f"the short training under the contract gave weights {contract}, recorded {recorded}: "
+        f"if training changed on purpose, record the new digest in {RECORDED}"
+    )
