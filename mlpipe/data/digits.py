@@ -36,6 +36,11 @@ class Digits:
 def validate_data_cfg(data_cfg: Mapping[str, Any], prefix: str = "data") -> None:
     """Check the values of a `cfg.data` node; errors name the full key (e.g. data.batch_size)."""
     split, augment = data_cfg["split"], data_cfg["augment"]
+    require(
+        is_int(split["seed"]) and split["seed"] >= 0,
+        f"{prefix}.split.seed",
+        f"must be an integer >= 0, got {split['seed']!r}",
+    )
     val_f, test_f = float(split["val_fraction"]), float(split["test_fraction"])
     require(0.0 < val_f < 1.0, f"{prefix}.split.val_fraction", f"must be in (0, 1), got {val_f}")
     require(0.0 < test_f < 1.0, f"{prefix}.split.test_fraction", f"must be in (0, 1), got {test_f}")
