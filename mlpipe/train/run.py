@@ -41,6 +41,7 @@ from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, is_int, require
 from mlpipe.common.errors import ArtifactMissingError, UnavailableError, UserError
 from mlpipe.data import validate_data_cfg
+from mlpipe.data.digits import verify_committed
 from mlpipe.train.callbacks import EpochHistory
 from mlpipe.train.checkpoint_io import AtomicCheckpointIO
 from mlpipe.train.nets import ACTIVATIONS
@@ -306,6 +307,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     SIGTERM (Lightning stops the loop) exits 143, as other tools do, with no metrics written.
     """
     validate_config(cfg)
+    if cfg.pipeline:  # under `dvc repro`, which re-records changed data before this stage
+        verify_committed(Path(cfg.data.dvc_file))
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path is not None:
         check_resume(ckpt_path, cfg)
