@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.fs import other_filesystem_tmpdir
 
 from mlpipe.common.errors import ArtifactError, ConfigError
 from mlpipe.train.run import train
@@ -30,17 +31,6 @@ RUN = (
 
 def _outputs(run_dir: Path) -> tuple[str, ...]:
     return (f"paths.checkpoint_dir={run_dir}/checkpoints", f"paths.reports_dir={run_dir}/reports")
-
-
-def other_filesystem_tmpdir(near: Path) -> Path:
-    """A fresh directory on another filesystem than `near` (/dev/shm, a tmpfs), for `$TMPDIR`:
-    a rename from there to `near` fails with EXDEV. Skips, saying why, where there is none."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(near).st_dev:
-        pytest.skip("needs /dev/shm on another filesystem than the test's tmp dir (EXDEV case)")
-    path = shm / f"mlpipe-test-{os.getpid()}-{near.name}"
-    path.mkdir()
-    return path
 
 
 def _killed_run(
