@@ -205,7 +205,7 @@ def verify_committed(dvc_file: Path) -> None:
     if committed is None or committed == current:
         return
     raise DataCorruptedError(
-        f"{dvc_file} records data {current}, the committed one {committed} (`dvc repro` "
+        f"{dvc_file} records data {current}, the committed one {committed} (dvc repro "
         f"re-records changed data before training). Restore the committed data: `git checkout "
         f"{dvc_file.name} && dvc checkout --force {dvc_file.name}`; or, if the change is "
         f"intended, commit it first (`git commit {dvc_file.name}`)"
