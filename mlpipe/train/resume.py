@@ -105,16 +105,17 @@ def check_not_finished(ckpt: dict[str, Any], cfg: DictConfig) -> None:
     stopped = _stopped_early(ckpt)
     if stopped is not None:
         raise ConfigError(
-            f"{where}: early stopping already ended that run at epoch {stopped}; its outputs "
-            "stand. Train afresh without ckpt_path (e.g. with a larger "
+            f"{where}: early stopping already ended that run at epoch {stopped}: nothing to "
+            "resume. Train afresh without ckpt_path (e.g. with a larger "
             "callbacks.early_stopping.patience)"
         )
     done = int(ckpt.get("epoch", -1)) + 1  # last.ckpt is written at the end of an epoch
     if done >= int(cfg.trainer.max_epochs):
         raise ConfigError(
             f"{where}: that run already finished ({done} epochs, trainer.max_epochs="
-            f"{cfg.trainer.max_epochs}); its outputs stand. To train longer, raise "
-            "trainer.max_epochs (scheduler=none; cosine's T_max follows it), or train afresh"
+            f"{cfg.trainer.max_epochs}): nothing to resume. To train longer, raise "
+            "trainer.max_epochs (scheduler=none; cosine's T_max follows it); to redo it, train "
+            "afresh without ckpt_path"
         )
 
 

@@ -39,7 +39,7 @@ from mlpipe import config_dir
 from mlpipe.common.atomic import atomic_write, atomic_write_text
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, is_int, require
-from mlpipe.common.errors import ArtifactMissingError, UnavailableError, UserError
+from mlpipe.common.errors import ArtifactMissingError, ConfigError, UnavailableError, UserError
 from mlpipe.data import validate_data_cfg
 from mlpipe.data.digits import verify_committed
 from mlpipe.train.callbacks import EpochHistory
@@ -110,7 +110,13 @@ def number(value: Any, key: str) -> float:
 
 def validate_optimizer(opt: DictConfig) -> None:
     """Every key a parameter of `opt._target_`; lr > 0; the other numbers >= 0."""
-    accepted = inspect.signature(get_class(opt._target_)).parameters
+    try:
+        accepted = inspect.signature(get_class(opt._target_)).parameters
+    except Exception:  # not importable, not a class: a user's _target_ override
+        raise ConfigError(
+            f"invalid config value optimizer._target_: cannot use {opt._target_!r} (not an "
+            "importable optimizer class); choose optimizer=adamw or optimizer=sgd"
+        ) from None
     for key, value in opt.items():
         name = f"optimizer.{key}"
         if str(key).startswith("_"):

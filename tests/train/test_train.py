@@ -96,6 +96,7 @@ def test_nan_loss_stops_training_with_a_message(compose_cfg) -> None:
         ("+optimizer.lrr=0.1", r"optimizer\.lrr: torch\.optim\.AdamW has no such argument"),
         ("data.split.seed=-1", r"data\.split\.seed: must be an integer >= 0"),
         ("model.net.channels=[]", r"model\.net\.channels: must be a non-empty list"),
+        ("optimizer._target_=torch.optim.Nope", r"optimizer\._target_: cannot use"),
     ],
 )
 def test_invalid_values_name_the_key(compose_cfg, override: str, key: str) -> None:
