@@ -124,6 +124,15 @@ def test_metrics_and_plots_of_the_root_pipeline_are_committed(repo_root: Path) -
     assert small and set(small) <= _git_tracked(repo_root, *small), (
         "commit the DVC metrics/plots files (`git add`), as example-get-started does"
     )
+    plotted = [
+        file
+        for plot in yaml.safe_load((repo_root / "dvc.yaml").read_text())["plots"]
+        for spec in plot.values()
+        for file in spec["y"]
+    ]
+    assert set(plotted) <= _git_tracked(repo_root, *plotted), (
+        "`dvc plots diff HEAD` loads a declared plot only from a committed file"
+    )
     assert {"dvc.lock", "dvc.lock.cpu.json", "measurements/dvc.lock"} <= _git_tracked(
         repo_root, "dvc.lock", "dvc.lock.cpu.json", "measurements/dvc.lock"
     )
