@@ -120,8 +120,9 @@ gpu-run: setup ## on a CUDA machine: every GPU measurement (bench, profile, knee
 bench: setup ## relu_module benchmark (full): reports/relu/; Hydra overrides in RELU_BENCH_ARGS
 	mlpipe-relu-bench $(RELU_BENCH_ARGS)
 
-wheel: setup ## sdist + wheel of relu_module under relu_module/dist/ (reproducible: SOURCE_DATE_EPOCH)
+wheel: setup ## sdist + wheel of relu_module under relu_module/dist/ (both reproducible: SOURCE_DATE_EPOCH)
 	umask 022 && $(PY) -m build --no-isolation relu_module   # umask: file modes in the wheel
+	bash .ci/normalize-sdist.sh relu_module/dist/relu_module-*.tar.gz   # setuptools stamps build times
 
 nix-check: setup ## parse every .nix file, then tests/test_nix.py (evaluates the flake where ../shared/nixpkgs-lib exists)
 	bash .ci/nix-parse.sh

@@ -3,21 +3,48 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
 
+#: `${pid:}` in conf/hydra/default.yaml: with sub-second time, two runs started together never
+#: share a run directory. Registered on import: every entry point imports `config_dir` from here.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+
 
 def config_dir() -> str:
-    """Absolute path of the checkout's conf/, for every `@hydra.main` in the package.
+    """Absolute path of the conf/ of the working tree the command runs in, for every `@hydra.main`.
 
-    Hydra resolves a relative `config_path` as a Python package when the app is started through a
-    console script (`mlpipe-train`), which fails for a plain folder; an absolute path works for
-    `python -m` and console scripts alike. Next to the package (checkout / editable install) first,
-    else `$MLPIPE_ROOT/conf` or `./conf` (a wheel install run from a checkout). Lives here, not in
-    a stage module, so that finding the config never imports Lightning or torch.
+    `$MLPIPE_ROOT/conf` when that is set, else `./conf`: the tree the command runs in, never the
+    one the package was imported from. `dvc exp run --queue`/`--temp` run a stage in a copy of
+    the checkout (`.dvc/tmp/exps/...`) whose conf/ holds the `-S` values, while an editable
+    install imports the package from the main checkout. Absolute: Hydra resolves a relative
+    `config_path` as a Python package under a console script. Lives here, not in a stage module,
+    so that finding the config never imports Lightning or torch.
+
+    A console script (or `python -m mlpipe...`) started in a tree without conf/ stops here with
+    one line; a plain import gets the path and never fails.
     """
-    beside = Path(__file__).resolve().parents[1] / "conf"
-    if beside.is_dir():
-        return str(beside)
-    return str(Path(os.environ.get("MLPIPE_ROOT", ".")).resolve() / "conf")
+    root = Path(os.environ.get("MLPIPE_ROOT", ".")).resolve()
+    conf = root / "conf"
+    if not conf.is_dir() and _started_as_command():
+        name = Path(sys.argv[0]).name
+        print(
+            f"{name}: error: no conf/ in {root}: run it from the root of an mlpipe checkout, or "
+            "set MLPIPE_ROOT=<checkout>",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1)
+    return str(conf)
+
+
+def _started_as_command() -> bool:
+    """True in a console script (`mlpipe-train`) or `python -m mlpipe.<module>`."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    module = spec.name if spec is not None else ""
+    return Path(sys.argv[0]).name.startswith("mlpipe-") or module.startswith("mlpipe.")

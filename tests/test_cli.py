@@ -11,15 +11,33 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
-#: (script, bad override, a fragment the one-line message must contain)
+#: (script, bad override(s) separated by spaces, a fragment the one-line message must contain)
 CASES: list[tuple[str, str, str]] = [
     ("mlpipe-train", "optimizer.lr=abc", "optimizer.lr: must be a number, got 'abc'"),
     ("mlpipe-train", "data.batch_size=0", "data.batch_size: must be an integer > 0"),
     ("mlpipe-train", "ckpt_path=/nonexistent/last.ckpt", "drop the ckpt_path override"),
+    ("mlpipe-train", "optimizer.lr='1e-3'", "optimizer.lr: must be a number, got '1e-3'"),
+    ("mlpipe-train", "optimizer.weight_decay=-1", "optimizer.weight_decay: must be >= 0"),
+    ("mlpipe-train", "optimizer=sgd optimizer.momentum=-1", "optimizer.momentum: must be >= 0"),
+    ("mlpipe-train", "+optimizer.lrr=0.1", "optimizer.lrr: torch.optim.AdamW has no such argument"),
+    ("mlpipe-train", "data.split.seed=-1", "data.split.seed: must be an integer >= 0"),
+    ("mlpipe-train", "model.net.channels=[]", "model.net.channels: must be a non-empty list"),
+    *(
+        []
+        if torch.cuda.is_available()  # there trainer=gpu is no mistake
+        else [
+            (
+                "mlpipe-train",
+                "trainer=gpu",
+                "trainer.accelerator=gpu: this machine has no CUDA device",
+            )
+        ]
+    ),
     ("mlpipe-train-throughput", "optimizer.lr=-1", "optimizer.lr: must be > 0"),
     ("mlpipe-train-throughput", "bench.passes=0", "bench.passes: must be an integer >= 1"),
     ("mlpipe-export", "export.parity.batch_size=0", "export.parity.batch_size"),
@@ -76,7 +94,7 @@ def run_script(script: str, tmp: Path, *overrides: str) -> subprocess.CompletedP
 def test_user_mistake_is_one_line_with_the_fix(
     script: str, override: str, fragment: str, tmp_path: Path
 ) -> None:
-    proc = run_script(script, tmp_path, override)
+    proc = run_script(script, tmp_path, *override.split(" "))
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

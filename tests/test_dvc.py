@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import configparser
+import gzip
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mlpipe.common.errors import DataCorruptedError
 from mlpipe.common.provenance import dvc_dir_hash, recorded_dir_hash
 from mlpipe.data import load_split
 
@@ -119,6 +123,15 @@ def test_metrics_and_plots_of_the_root_pipeline_are_committed(repo_root: Path) -
     ]
     assert small and set(small) <= _git_tracked(repo_root, *small), (
         "commit the DVC metrics/plots files (`git add`), as example-get-started does"
+    )
+    plotted = [
+        file
+        for plot in yaml.safe_load((repo_root / "dvc.yaml").read_text())["plots"]
+        for spec in plot.values()
+        for file in spec["y"]
+    ]
+    assert set(plotted) <= _git_tracked(repo_root, *plotted), (
+        "`dvc plots diff HEAD` loads a declared plot only from a committed file"
     )
     assert {"dvc.lock", "dvc.lock.cpu.json", "measurements/dvc.lock"} <= _git_tracked(
         repo_root, "dvc.lock", "dvc.lock.cpu.json", "measurements/dvc.lock"
@@ -267,3 +280,205 @@ def test_clean_clone_pulls_data_offline(repo_root: Path, tmp_path: Path, dvc_cli
     data_cfg.data_dir, data_cfg.dvc_file = str(clone / "data"), str(clone / "data.dvc")
     images, labels = load_split(data_cfg, "test")
     assert len(images) == len(labels) > 0
+
+
+def _clone_env(clone: Path) -> dict[str, str]:
+    """The environment a user's shell in `clone` has: this venv's tools, the clone's package."""
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(clone),
+    }
+
+
+def _dvc_in(clone: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=clone,
+        env=_clone_env(clone),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if ok:
+        assert proc.returncode == 0, f"dvc {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _pulled_clone(repo_root: Path, tmp_path: Path) -> Path:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(repo_root), str(clone)], check=True, timeout=120)
+    _dvc_in(clone, "pull", "-q", "data.dvc")
+    return clone
+
+
+def _experiment_metrics(clone: Path, name: str) -> dict:
+    """metrics.json of the experiment `name`, as DVC recorded it (from its exp ref)."""
+    shown = json.loads(_dvc_in(clone, "exp", "show", "--json").stdout)
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                if rev.get("name") == name:
+                    return rev["data"]["metrics"]["reports/train/metrics.json"]["data"]
+    raise AssertionError(f"experiment {name} not in `dvc exp show`: {json.dumps(shown)[:2000]}")
+
+
+def _wait_for_queue(clone: Path, timeout: float = 900) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _dvc_in(clone, "queue", "status").stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return
+        assert time.monotonic() < deadline, f"queue did not finish:\n{status}"
+        time.sleep(2)
+
+
+@pytest.mark.slow
+def test_queued_and_temp_experiments_honour_set_params(repo_root: Path, tmp_path: Path) -> None:
+    """`dvc exp run --queue` / `--temp` run in a copy of the tree (.dvc/tmp/exps/...): the run
+    must read that copy's conf/, which holds the -S values, not the imported package's."""
+    clone = _pulled_clone(repo_root, tmp_path)
+    asks = {"queued": (1, 7), "temp": (2, 3)}  # name: (max_epochs, seed)
+    for name, (epochs, seed) in asks.items():
+        mode = "--queue" if name == "queued" else "--temp"
+        _dvc_in(
+            clone,
+            "exp",
+            "run",
+            mode,
+            "train",
+            "-n",
+            name,
+            "-S",
+            f"conf/trainer/default.yaml:max_epochs={epochs}",
+            "-S",
+            f"conf/train.yaml:seed={seed}",
+        )
+    _dvc_in(clone, "queue", "start", "-j", "1")
+    _wait_for_queue(clone)
+    for name, (epochs, seed) in asks.items():
+        metrics = _experiment_metrics(clone, name)
+        assert (metrics["epochs"], metrics["seed"]) == (epochs, seed), (name, metrics)
+    _dvc_in(clone, "exp", "apply", "queued")
+    applied = json.loads((clone / "reports/train/metrics.json").read_text())
+    assert applied["epochs"] == 1 and applied["seed"] == 7
+
+
+def test_a_command_outside_a_checkout_refuses_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "mlpipe-train")],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "MLPIPE_ROOT"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"mlpipe-train: error: no conf/ in {tmp_path.resolve()}: run it from the root of an "
+        "mlpipe checkout, or set MLPIPE_ROOT=<checkout>"
+    )
+
+
+def _run_recovery(clone: Path, message: str) -> None:
+    """Run the commands an error message gives (backticked), up to the one that restores data."""
+    for command in re.findall(r"`([^`]+)`", message):
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            cwd=clone,
+            env=_clone_env(clone),
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, f"{command}:\n{proc.stdout}\n{proc.stderr}"
+        if "dvc checkout" in command or "dvc pull" in command:
+            return
+    raise AssertionError(f"no restoring command in: {message}")
+
+
+def _append_a_row(path: Path) -> None:
+    rows = gzip.decompress(path.read_bytes()).decode()
+    path.write_bytes(gzip.compress((rows + rows.splitlines()[0] + "\n").encode(), mtime=0))
+
+
+def _data_cfg(clone: Path, repo_root: Path):
+    data_cfg = OmegaConf.load(repo_root / "conf" / "data" / "digits.yaml")
+    data_cfg.data_dir, data_cfg.dvc_file = str(clone / "data"), str(clone / "data.dvc")
+    return data_cfg
+
+
+@pytest.mark.slow
+def test_dvc_repro_refuses_changed_data_and_the_recovery_works(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """`dvc repro` re-records changed data in data.dvc before the train stage runs; the stage
+    compares with the committed data.dvc and refuses in one line, naming a recovery that works."""
+    clone = _pulled_clone(repo_root, tmp_path)
+    _append_a_row(clone / "data" / "digits.csv.gz")
+    proc = _dvc_in(clone, "repro", "train", ok=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlpipe-train: error:")]
+    assert len(errors) == 1 and "re-records changed data" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    _run_recovery(clone, errors[0])
+    assert "up to date" in _dvc_in(clone, "status", "data.dvc").stdout
+    assert len(load_split(_data_cfg(clone, repo_root), "test")[1]) > 0
+
+
+@pytest.mark.slow
+def test_a_corrupt_remote_object_is_refused_at_pull(repo_root: Path, tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(repo_root), str(clone)], check=True, timeout=120)
+    dir_md5 = recorded_dir_hash(clone / "data.dvc")
+    manifest = json.loads(
+        (_remote_dir(clone) / "files/md5" / dir_md5[:2] / dir_md5[2:]).read_text()
+    )
+    md5 = next(e["md5"] for e in manifest if e["relpath"] == "digits.csv.gz")
+    obj = _remote_dir(clone) / "files/md5" / md5[:2] / md5[2:]
+    flipped = bytearray(obj.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x01
+    obj.write_bytes(bytes(flipped))
+    assert _dvc_in(clone, "pull", "data.dvc", ok=False).returncode != 0
+    assert not (clone / "data" / "digits.csv.gz").exists()
+    subprocess.run(["git", "checkout", "--", "dvc-remote"], cwd=clone, check=True)
+    _dvc_in(clone, "pull", "data.dvc")
+    assert len(load_split(_data_cfg(clone, repo_root), "test")[1]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache", ["intact", "damaged"])
+def test_changed_data_names_the_recovery_that_works(
+    repo_root: Path, tmp_path: Path, cache: str
+) -> None:
+    """Changed workspace data with the cache intact (`dvc checkout --force`), or with the cache
+    copy damaged too (a corrupt object pulled before `verify = true`): the commands in the
+    message restore the recorded data."""
+    clone = _pulled_clone(repo_root, tmp_path)
+    data_file = clone / "data" / "digits.csv.gz"
+    _append_a_row(data_file)
+    if cache == "damaged":
+        cached = clone / ".dvc/cache/files/md5" / md5_file_name(repo_root)
+        cached.chmod(0o644)
+        cached.write_bytes(data_file.read_bytes())
+    with pytest.raises(DataCorruptedError) as err:
+        load_split(_data_cfg(clone, repo_root), "test")
+    message = str(err.value)
+    assert "\n" not in message and ("rm -rf" in message) == (cache == "damaged"), message
+    _run_recovery(clone, message)
+    assert len(load_split(_data_cfg(clone, repo_root), "test")[1]) > 0
+
+
+def md5_file_name(repo_root: Path) -> str:
+    """`xx/yyyy...` of digits.csv.gz's object in a DVC cache (from the committed remote)."""
+    dir_md5 = recorded_dir_hash(repo_root / "data.dvc")
+    remote = _remote_dir(repo_root)
+    manifest = json.loads((remote / "files/md5" / dir_md5[:2] / dir_md5[2:]).read_text())
+    md5 = next(e["md5"] for e in manifest if e["relpath"] == "digits.csv.gz")
+    return f"{md5[:2]}/{md5[2:]}"
+
+
+def test_in_repo_remote_verifies_what_it_sends(repo_root: Path) -> None:
+    config = configparser.ConfigParser()
+    config.read(repo_root / ".dvc" / "config")
+    default = config["core"]["remote"]
+    assert config[f"'remote \"{default}\"'"].get("verify") == "true"

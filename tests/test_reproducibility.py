@@ -297,3 +297,31 @@ def test_git_revision_ignores_what_dvc_writes(tmp_path: Path) -> None:
     assert git_revision(clone) == head, "DVC's own files must not make the revision dirty"
     (clone / "mlpipe" / "__init__.py").write_text("# edited\n")
     assert git_revision(clone) == f"{head}-dirty"
+
+
+@pytest.mark.slow
+def test_relu_module_sdist_is_reproducible(tmp_path: Path) -> None:
+    """`make wheel`'s sdist: built from two copies with other file times, a second apart, then
+    normalized (.ci/normalize-sdist.sh): the same bytes."""
+    epoch = _git(ROOT, "log", "-1", "--format=%ct")
+    env = {**os.environ, "SOURCE_DATE_EPOCH": epoch}
+    digests = []
+    for name in ("first", "second"):
+        src = tmp_path / name / "relu_module"
+        shutil.copytree(
+            ROOT / "relu_module",
+            src,
+            ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "*.so"),
+        )
+        for path in src.rglob("*"):
+            os.utime(path, (time.time() + len(digests) * 1000,) * 2)
+        out = tmp_path / name / "dist"
+        build = f"umask 022 && {sys.executable} -m build --no-isolation --sdist -o {out} ."
+        subprocess.run(["bash", "-c", build], cwd=src, env=env, check=True, capture_output=True)
+        (sdist,) = out.glob("*.tar.gz")
+        subprocess.run(
+            ["bash", str(ROOT / ".ci/normalize-sdist.sh"), str(sdist)], env=env, check=True
+        )
+        digests.append(hashlib.sha256(sdist.read_bytes()).hexdigest())
+        time.sleep(1.1)  # a later wall-clock second: timestamps must come from the commit
+    assert digests[0] == digests[1], f"sdist sha256 differs: {digests}"

@@ -80,21 +80,30 @@ class DigitsDataModule(L.LightningDataModule):
         self._idx = split_indices(self.cfg, digits.labels)
         self.datasets = {split: self.dataset(split) for split in SPLITS}
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _first_epoch(self) -> int:
+        """The epoch the fit loop runs next (a resumed run's first epoch; 0 outside a Trainer)."""
+        trainer = self.trainer
+        return int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else 0
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool, epoch: int = 0) -> DataLoader:
         workers = int(self.cfg["num_workers"])
         dataset = self.datasets[split]
         return DataLoader(
             dataset,
             batch_size=batch_size,
             # (epoch, index) keys: the order and the noise of an epoch do not depend on resume
-            sampler=EpochSampler(len(dataset), self.seed, shuffle=shuffle),
+            sampler=EpochSampler(len(dataset), self.seed, shuffle=shuffle, epoch=epoch),
             num_workers=workers,
             pin_memory=bool(self.cfg["pin_memory"]),
             persistent_workers=bool(self.cfg["persistent_workers"]) and workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", int(self.cfg["batch_size"]), shuffle=True)
+        # Lightning (2.6) starts the loader's iterator, and so the workers' prefetch, before its
+        # `set_epoch`: a resumed run's sampler must know its first epoch from the start, or the
+        # prefetched batches replay epoch 0's order and noise.
+        epoch = self._first_epoch()
+        return self._loader("train", int(self.cfg["batch_size"]), shuffle=True, epoch=epoch)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", int(self.cfg["eval_batch_size"]), shuffle=False)

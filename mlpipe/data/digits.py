@@ -10,16 +10,18 @@ from __future__ import annotations
 import configparser
 import gzip
 import json
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from mlpipe.common.config import is_int, require
 from mlpipe.common.errors import DataCorruptedError, DataMissingError
-from mlpipe.common.provenance import dvc_dir_hash, recorded_dir_hash
+from mlpipe.common.provenance import dvc_dir_hash, md5_file, recorded_dir_hash
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -36,6 +38,11 @@ class Digits:
 def validate_data_cfg(data_cfg: Mapping[str, Any], prefix: str = "data") -> None:
     """Check the values of a `cfg.data` node; errors name the full key (e.g. data.batch_size)."""
     split, augment = data_cfg["split"], data_cfg["augment"]
+    require(
+        is_int(split["seed"]) and split["seed"] >= 0,
+        f"{prefix}.split.seed",
+        f"must be an integer >= 0, got {split['seed']!r}",
+    )
     val_f, test_f = float(split["val_fraction"]), float(split["test_fraction"])
     require(0.0 < val_f < 1.0, f"{prefix}.split.val_fraction", f"must be in (0, 1), got {val_f}")
     require(0.0 < test_f < 1.0, f"{prefix}.split.test_fraction", f"must be in (0, 1), got {test_f}")
@@ -92,11 +99,52 @@ def _recorded_manifest(dvc_file: Path, dir_md5: str) -> dict[str, str] | None:
     return None
 
 
+def _changes(data_dir: Path, recorded: dict[str, str], files: dict[str, str]) -> list[str]:
+    problems = [
+        f"{data_dir / rel} changed (md5 {files[rel]}, recorded {md5})"
+        for rel, md5 in recorded.items()
+        if rel in files and files[rel] != md5
+    ]
+    problems += [f"{data_dir / rel} missing" for rel in recorded if rel not in files]
+    problems += [
+        f"{data_dir / rel} is not in the recorded version" for rel in files if rel not in recorded
+    ]
+    return problems
+
+
+def _damaged_cache(dvc_file: Path, recorded: dict[str, str] | None) -> list[Path]:
+    """Cache objects of the recorded version that are absent or whose bytes do not hash to
+    their name (a corrupt object pulled before the remote had `verify = true`)."""
+    cache = dvc_file.parent / ".dvc" / "cache"
+    if recorded is None:
+        return [cache]
+    objects = {md5: _object_path(cache, md5) for md5 in recorded.values()}
+    return [obj for md5, obj in objects.items() if not _intact(obj, md5)]
+
+
+def _intact(path: Path, md5: str) -> bool:
+    return path.is_file() and md5_file(path) == md5
+
+
+def recovery(dvc_file: Path, recorded: dict[str, str] | None) -> str:
+    """The commands that restore the recorded data version, given the state of the DVC cache."""
+    damaged = _damaged_cache(dvc_file, recorded)
+    if not damaged:
+        return f"Restore the recorded version with `dvc checkout --force {dvc_file.name}`"
+    return (
+        f"The DVC cache lacks the recorded version (or holds damaged copies): "
+        f"`rm -rf {' '.join(str(p) for p in damaged)}`, then `dvc pull --force {dvc_file.name}` "
+        "(the in-repo remote verifies what it sends; if it refuses a damaged object, "
+        "`git checkout -- dvc-remote` first)"
+    )
+
+
 def verify_data(data_dir: Path, dvc_file: Path, required: tuple[str, ...] = ()) -> str:
     """Check `data_dir` against `dvc_file`; return the folder hash.
 
     Raises DataMissingError (naming `dvc pull`) when the data is absent and DataCorruptedError
-    naming each changed, missing or extra file when it differs from the recorded version.
+    naming each changed, missing or extra file, and the recovery that works from the cache's
+    state, when it differs from the recorded version.
     """
     missing = [name for name in required if not (data_dir / name).is_file()]
     if not data_dir.is_dir() or missing:
@@ -121,24 +169,46 @@ def verify_data(data_dir: Path, dvc_file: Path, required: tuple[str, ...] = ()) 
             + ", ".join(problems)
         )
     else:
-        problems = [
-            f"{data_dir / rel} changed (md5 {files[rel]}, recorded {md5})"
-            for rel, md5 in recorded.items()
-            if rel in files and files[rel] != md5
-        ]
-        problems += [f"{data_dir / rel} missing" for rel in recorded if rel not in files]
-        problems += [
-            f"{data_dir / rel} is not in the recorded version"
-            for rel in files
-            if rel not in recorded
-        ]
-        detail = "; ".join(problems)
+        detail = "; ".join(_changes(data_dir, recorded, files))
     raise DataCorruptedError(
         f"data in {data_dir} does not match {dvc_file} (folder md5 {actual}, recorded "
-        f"{expected}): {detail}. "
-        "Restore the recorded version with `dvc checkout --force data.dvc` (or `dvc pull "
-        "--force`), "
-        "or, if the change is intended, record it with `dvc add data`."
+        f"{expected}): {detail}. {recovery(dvc_file, recorded)}; "
+        "or, if the change is intended, record it with `dvc add data` and commit data.dvc."
+    )
+
+
+def committed_data_hash(dvc_file: Path) -> str | None:
+    """The folder hash that the committed (`HEAD`) version of `dvc_file` records; None outside
+    git or when `dvc_file` is not committed."""
+    try:
+        text = subprocess.run(
+            ["git", "show", f"HEAD:./{dvc_file.name}"],
+            cwd=dvc_file.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        outs = (yaml.safe_load(text) or {}).get("outs") or []
+        return str(outs[0]["md5"]) if len(outs) == 1 else None
+    except (OSError, subprocess.CalledProcessError, yaml.YAMLError, KeyError, AttributeError):
+        return None
+
+
+def verify_committed(dvc_file: Path) -> None:
+    """Refuse a `dvc_file` that records other data than its committed version.
+
+    `dvc repro` re-records changed data in the workspace's data.dvc before running the train
+    stage, so in the pipeline the check against data.dvc alone passed changed data silently.
+    """
+    committed = committed_data_hash(dvc_file)
+    current = recorded_dir_hash(dvc_file)
+    if committed is None or committed == current:
+        return
+    raise DataCorruptedError(
+        f"{dvc_file} records data {current}, the committed one {committed} (dvc repro "
+        f"re-records changed data before training). Restore the committed data: `git checkout "
+        f"{dvc_file.name} && dvc checkout --force {dvc_file.name}`; or, if the change is "
+        f"intended, commit it first (`git commit {dvc_file.name}`)"
     )
 
 

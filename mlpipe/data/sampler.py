@@ -30,16 +30,17 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields `(epoch, index)` keys: a permutation of the dataset drawn from `(seed, epoch)`.
 
-    Lightning calls `set_epoch` before every epoch (also after a resume), so the order depends on
-    the epoch number only. The dataset receives the epoch with each index, which keeps per-sample
-    augmentation correct in worker processes that were started before `set_epoch` ran.
+    Lightning calls `set_epoch` before every epoch, so the order depends on the epoch number only.
+    After a resume it calls it only after the loader's workers began to prefetch, so `epoch` (the
+    first epoch to run) is given at construction too. The dataset receives the epoch with each
+    index, which keeps per-sample augmentation correct in worker processes.
     """
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, epoch: int = 0) -> None:
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
-        self.epoch = 0
+        self.epoch = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

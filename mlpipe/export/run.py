@@ -243,8 +243,10 @@ def write_onnx(
 def parity_report(
     ecfg: DictConfig, onnx_path: Path, onnx_parity: dict[str, float]
 ) -> dict[str, Any]:
-    """What parity.json records: the files, the exporter, the comparison and its limits."""
-    metadata = onnx.load(str(onnx_path)).metadata_props
+    """What parity.json records: the files, the exporter, the comparison and its limits.
+
+    Not the provenance: it lives in model.onnx's `metadata_props`, and as strings in a DVC
+    metrics file it made every `dvc metrics diff` row hundreds of characters wide."""
     return {
         "checkpoint": str(Path(ecfg.checkpoint_path)),  # normalised, as the stage's dep path
         "onnx_path": str(onnx_path),
@@ -257,7 +259,6 @@ def parity_report(
             "atol": float(ecfg.parity.atol),
             "min_argmax_agreement": float(ecfg.parity.min_argmax_agreement),
         },
-        "provenance": {p.key: p.value for p in metadata if p.key.startswith("mlpipe.")},
     }
 
 

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import math
 import os
 from pathlib import Path
@@ -19,6 +21,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
+
+from mlpipe.common.atomic import atomic_write_text, remove_partial
+
+log = logging.getLogger(__name__)
 
 _PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
@@ -54,6 +60,12 @@ class EpochCheckpoint(ModelCheckpoint):
             trainer
         ) and not self._should_save_on_train_epoch_end(trainer):
             self._ensure_last(trainer)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath:
+            for path in remove_partial(self.dirpath):  # left by a kill during a save
+                log.info("removed the partial checkpoint %s", path)
 
     def _relative(self, path: str) -> str:
         return os.path.relpath(path, self.dirpath) if path and self.dirpath else path
@@ -107,14 +119,14 @@ class EpochHistory(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = [dict(r) for r in state_dict.get("rows", [])]
 
-    def write_csv(self, path: str | Path) -> None:
-        """One row per epoch; floats as `repr` (shortest round-trip, so the bytes are stable)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def write_csv(self, path: str | Path, rows: list[dict[str, float | int]] | None = None) -> None:
+        """One row per epoch (`rows`, default the current ones); floats as `repr` (shortest
+        round-trip, so the bytes are stable)."""
         columns = ["epoch", *(m.replace("/", "_") for m in self.metrics), "lr"]
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(columns)
-            for row in self.rows:
-                values = [row.get("epoch"), *(row.get(m) for m in self.metrics), row.get("lr")]
-                writer.writerow(["" if v is None else repr(v) for v in values])
+        handle = io.StringIO()
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        for row in self.rows if rows is None else rows:
+            values = [row.get("epoch"), *(row.get(m) for m in self.metrics), row.get("lr")]
+            writer.writerow(["" if v is None else repr(v) for v in values])
+        atomic_write_text(path, handle.getvalue())

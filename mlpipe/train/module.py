@@ -43,6 +43,7 @@ class DigitsClassifier(L.LightningModule):
         scheduler_monitor: str = "val/loss",
         schedule: Mapping[str, Any] | None = None,
         cpu_contract: Mapping[str, Any] | None = None,
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         net = plain(net)  # hparams must be plain containers (weights_only checkpoints)
@@ -52,6 +53,9 @@ class DigitsClassifier(L.LightningModule):
         # `cpu_contract`: the CPU contract in force and the kernel level ATen dispatched to
         # (mlpipe.common.repro.record): which float rounding these weights were trained with.
         cpu_contract = plain(cpu_contract) if cpu_contract is not None else None
+        # `run_config`: every other setting that decides the result (data, split, seed, ...),
+        # stored for the same check (mlpipe.train.resume).
+        run_config = plain(run_config) if run_config is not None else None
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = build_network(net)
         self.optimizer_factory = optimizer
@@ -63,6 +67,7 @@ class DigitsClassifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        self._restored_best: float | None = None  # from a checkpoint, until training starts
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)  # (B, 1, H, W) -> (B, num_classes)
@@ -74,6 +79,14 @@ class DigitsClassifier(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_acc_best.reset()  # sanity-check batches must not count as the best epoch
+        if self._restored_best is not None:  # a resumed run keeps the best of its earlier epochs
+            self.val_acc_best.update(torch.tensor(self._restored_best))
+
+    def best_val_acc(self) -> float | None:
+        """The best validation accuracy of the run so far (earlier epochs of a resume included)."""
+        if self.val_acc_best.update_count == 0:
+            return self._restored_best
+        return float(self.val_acc_best.compute())
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self._step(batch)
@@ -117,10 +130,13 @@ class DigitsClassifier(L.LightningModule):
         # Sampling and augmentation are pure functions of (seed, epoch, index); what still draws
         # from torch's global generator (dropout, DataLoader worker seeds) resumes from here.
         checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        # MaxMetric state is not part of state_dict: without this a resume forgot the best epoch
+        checkpoint["val_acc_best"] = self.best_val_acc()
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_best = checkpoint.get("val_acc_best")
         states = checkpoint.get("rng_states")
         if not states:
             return

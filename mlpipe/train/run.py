@@ -14,10 +14,12 @@ checkout's tracked paths; every other run writes them under its own Hydra run di
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import shutil
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +27,31 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mlpipe import config_dir
 from mlpipe.common import repro
+from mlpipe.common.atomic import atomic_write, atomic_write_text
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import as_float, is_int, plain, require
-from mlpipe.common.errors import ArtifactMissingError, ConfigError
+from mlpipe.common.config import as_float, is_int, require
+from mlpipe.common.errors import ArtifactMissingError, ConfigError, UnavailableError, UserError
 from mlpipe.data import validate_data_cfg
+from mlpipe.data.digits import verify_committed
 from mlpipe.train.callbacks import EpochHistory
+from mlpipe.train.checkpoint_io import AtomicCheckpointIO
 from mlpipe.train.nets import ACTIVATIONS
+from mlpipe.train.resume import check_resume, run_config, schedule_config
 
 log = logging.getLogger(__name__)
+
+#: Exit status after SIGTERM, as a shell reports a process the signal ended (128 + 15).
+SIGTERM_EXIT = 128 + signal.SIGTERM
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -61,10 +72,10 @@ def validate_config(cfg: DictConfig) -> None:
         "model.net.activation",
         f"must be one of {list(ACTIVATIONS)}, got {net.activation!r}",
     )
-    dropout = as_float(net.dropout, "model.net.dropout")
+    dropout = number(net.dropout, "model.net.dropout")
     require(0.0 <= dropout < 1.0, "model.net.dropout", f"must be in [0, 1), got {net.dropout}")
-    lr = as_float(cfg.optimizer.lr, "optimizer.lr")
-    require(lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+    validate_optimizer(cfg.optimizer)
+    validate_trainer(cfg.trainer)
     epochs = cfg.trainer.max_epochs
     require(
         is_int(epochs) and epochs > 0,
@@ -84,6 +95,48 @@ def validate_config(cfg: DictConfig) -> None:
     )
 
 
+def number(value: Any, key: str) -> float:
+    """A real number from the config; a quoted string (`optimizer.lr='1e-3'`) is refused too:
+    torch would fail on it deep inside the first optimizer step."""
+    require(
+        not isinstance(value, str | bool), key, f"must be a number, got {value!r} (drop the quotes)"
+    )
+    return as_float(value, key)
+
+
+def validate_optimizer(opt: DictConfig) -> None:
+    """Every key a parameter of `opt._target_`; lr > 0; the other numbers >= 0."""
+    try:
+        accepted = inspect.signature(get_class(opt._target_)).parameters
+    except Exception:  # not importable, not a class: a user's _target_ override
+        raise ConfigError(
+            f"invalid config value optimizer._target_: cannot use {opt._target_!r} (not an "
+            "importable optimizer class); choose optimizer=adamw or optimizer=sgd"
+        ) from None
+    for key, value in opt.items():
+        name = f"optimizer.{key}"
+        if str(key).startswith("_"):
+            continue
+        require(
+            key in accepted and key != "params",
+            name,
+            f"{opt._target_} has no such argument; valid: {sorted(set(accepted) - {'params'})}",
+        )
+        if key == "lr":
+            require(number(value, name) > 0, name, f"must be > 0, got {value}")
+        elif key in ("weight_decay", "momentum", "dampening", "eps", "alpha"):
+            require(number(value, name) >= 0, name, f"must be >= 0, got {value}")
+
+
+def validate_trainer(trainer: DictConfig) -> None:
+    """A GPU run on a machine without CUDA fails here in one line, not inside Lightning."""
+    if str(trainer.accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UnavailableError(
+            f"trainer.accelerator={trainer.accelerator}: this machine has no CUDA device "
+            "(torch.cuda.is_available() is False); use trainer=cpu"
+        )
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """`ckpt_path`: null (fresh run), "last" (`outputs.last_checkpoint`) or a checkpoint file."""
     if cfg.ckpt_path is None:
@@ -97,37 +150,18 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
-def schedule_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved optimizer and scheduler settings a checkpoint's optimizer state belongs to."""
-    return {"optimizer": plain(cfg.optimizer), "scheduler": plain(cfg.scheduler)}
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            line
-            for key in sorted(set(old) | set(new), key=str)
-            for line in _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        ]
-    return [] if old == new else [f"{prefix.rstrip('.')}: checkpoint {old!r}, config {new!r}"]
-
-
-def check_resume_schedule(ckpt_path: str, cfg: DictConfig) -> None:
-    """Refuse to resume with an optimizer/scheduler config other than the checkpoint's.
-
-    Lightning restores the optimizer and scheduler state from the checkpoint, so a changed
-    setting (say T_max, which follows trainer.max_epochs) would be silently ignored and the
-    learning rate would rise again after the old schedule's end.
-    """
-    stored = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    old = (stored.get("hyper_parameters") or {}).get("schedule")
-    diffs = _differences(old, schedule_config(cfg)) if old is not None else []
-    if diffs:
-        raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path}: the learning-rate schedule differs from the checkpoint's "
-            f"({'; '.join(diffs)}); resume with the checkpoint's settings (cosine's T_max follows "
-            "trainer.max_epochs), or train afresh without ckpt_path"
-        )
+def _instantiate(node: Any, **kwargs: Any) -> Any:
+    """`instantiate`, but a UserError raised inside a constructor keeps its one-line form
+    (Hydra wraps it in a multi-line InstantiationException)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from err
+        raise
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -135,23 +169,21 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [
-        instantiate(node)
+        _instantiate(node)
         for node in group.values()
         if isinstance(node, DictConfig) and "_target_" in node
     ]
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """The data module, model and trainer the config describes (objects from `instantiate`)."""
-    datamodule: L.LightningDataModule = instantiate(cfg.data, seed=int(cfg.seed))
+    datamodule: L.LightningDataModule = _instantiate(cfg.data, seed=int(cfg.seed))
     scheduler = cfg.scheduler.scheduler
-    model: L.LightningModule = instantiate(
+    model: L.LightningModule = _instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler is not None else None,
@@ -159,10 +191,16 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         scheduler_monitor=cfg.scheduler.monitor,
         schedule=schedule_config(cfg),
         cpu_contract=repro.record(cfg.repro),  # provenance: the kernels these weights came from
+        run_config=run_config(cfg),
     )
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = _instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],  # atomic on any filesystem, $TMPDIR never used
+    )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return datamodule, model, trainer
@@ -179,58 +217,82 @@ def keep_best(trainer: L.Trainer, cfg: DictConfig) -> str:
             "callback); testing the final weights"
         )
     elif trainer.is_global_zero and Path(best_path).resolve() != target.resolve():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(best_path, target)
+        atomic_write(target, Path(best_path).read_bytes())
     return best_path
 
 
+@dataclass(frozen=True)
+class FitResult:
+    """What fit decided, read right after it: `trainer.test(ckpt_path=best)` restores the best
+    checkpoint's callback and loop state, which rewound the curves to the best epoch."""
+
+    epochs: int
+    global_step: int
+    val_acc_best: float | None
+    curves: list[dict[str, float | int]]
+    wall_s: float
+
+
+def fit(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: Any, ckpt: str | None
+) -> FitResult:
+    start = time.perf_counter()
+    # weights_only=True: no pickled code from a checkpoint runs
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    history = next((cb for cb in trainer.callbacks if isinstance(cb, EpochHistory)), None)
+    return FitResult(
+        epochs=int(trainer.current_epoch),
+        global_step=int(trainer.global_step),
+        val_acc_best=model.best_val_acc(),
+        curves=[dict(row) for row in history.rows] if history is not None else [],
+        wall_s=time.perf_counter() - start,
+    )
+
+
 def run_metrics(
-    trainer: L.Trainer,
-    results: dict[str, float],
-    cfg: DictConfig,
-    data_md5: str,
-    val_acc_best: Any,
+    fitted: FitResult, results: dict[str, float], cfg: DictConfig, data_md5: str
 ) -> dict[str, Any]:
-    """The deterministic metrics (DVC metrics): no wall time in here. `val_acc_best` is read
-    right after fit: `trainer.test` replaces the callback metrics."""
+    """The deterministic metrics (DVC metrics): no wall time in here."""
     return {
         "test_acc": float(results["test/acc"]) if results else None,
         "test_loss": float(results["test/loss"]) if results else None,
-        "val_acc_best": float(val_acc_best) if val_acc_best is not None else None,
-        "epochs": int(trainer.current_epoch),
-        "global_step": int(trainer.global_step),
+        "val_acc_best": fitted.val_acc_best,
+        "epochs": fitted.epochs,
+        "global_step": fitted.global_step,
         "seed": int(cfg.seed),
         "data_md5": data_md5,
     }
 
 
 def run_timing(
-    trainer: L.Trainer, train_wall_s: float, test_wall_s: float, n_train: int
+    trainer: L.Trainer, fitted: FitResult, test_wall_s: float, n_train: int
 ) -> dict[str, Any]:
     """Wall times and rates, kept apart from the metrics (they vary run to run)."""
-    epochs = int(trainer.current_epoch)
+    wall = fitted.wall_s
     return {
-        "train_wall_s": round(train_wall_s, 3),
+        "train_wall_s": round(wall, 3),
         "test_wall_s": round(test_wall_s, 3),
-        "train_samples_per_s": round(n_train * epochs / train_wall_s, 1)
-        if train_wall_s > 0
-        else None,
+        "train_samples_per_s": round(n_train * fitted.epochs / wall, 1) if wall > 0 else None,
         "world_size": int(trainer.world_size),
         "torch_threads": torch.get_num_threads(),
     }
 
 
 def write_outputs(
-    trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any], timing: dict[str, Any]
+    trainer: L.Trainer,
+    cfg: DictConfig,
+    fitted: FitResult,
+    metrics: dict[str, Any],
+    timing: dict[str, Any],
 ) -> None:
-    """Metrics, timing and the per-epoch curves, from rank 0 only."""
+    """Metrics, timing and the per-epoch curves (one row per epoch trained), from rank 0 only."""
     if not trainer.is_global_zero:
         return
     write_json(cfg.outputs.metrics, metrics)
     write_json(cfg.outputs.timing, timing)
     history = next((cb for cb in trainer.callbacks if isinstance(cb, EpochHistory)), None)
     if history is not None:
-        history.write_csv(cfg.outputs.curves)
+        history.write_csv(cfg.outputs.curves, fitted.curves)
     log.info(
         "test_acc=%s test_loss=%s train_wall_s=%.1f best=%s",
         metrics["test_acc"],
@@ -245,36 +307,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Returns the deterministic metrics (`test_acc`, `test_loss`, `val_acc_best`, `epochs`,
     `global_step`, `seed`, `data_md5`) merged with the timing figures (`train_wall_s`, ...).
+    SIGTERM (Lightning stops the loop) exits 143, as other tools do, with no metrics written.
     """
     validate_config(cfg)
+    if cfg.pipeline:  # under `dvc repro`, which re-records changed data before this stage
+        verify_committed(Path(cfg.data.dvc_file))
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path is not None:
-        check_resume_schedule(ckpt_path, cfg)
+        check_resume(ckpt_path, cfg)
     # the contract's variables are set by entry_point (repro.apply) before torch loads; the thread
     # count again here for in-process callers (a reduction's split follows it)
     repro.guard(cfg.repro, Path(cfg.paths.root_dir), cfg.outputs.values())
     repro.set_threads(cfg.repro)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
+    try:
+        fitted = fit(trainer, model, datamodule, ckpt_path)
+        best_path = keep_best(trainer, cfg)
+        results: dict[str, float] = {}
+        start = time.perf_counter()
+        if cfg.test:
+            results = trainer.test(
+                model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
+            )[0]
+        test_wall_s = time.perf_counter() - start
+    except SIGTERMException:
+        log.error("stopped by SIGTERM: no metrics written; resume with ckpt_path=last")
+        raise SystemExit(SIGTERM_EXIT) from None
 
-    start = time.perf_counter()
-    # weights_only=True: no pickled code from a checkpoint runs
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    train_wall_s = time.perf_counter() - start
-    val_acc_best = trainer.callback_metrics.get("val/acc_best")  # before test() replaces them
-    best_path = keep_best(trainer, cfg)
-
-    results: dict[str, float] = {}
-    start = time.perf_counter()
-    if cfg.test:
-        results = trainer.test(
-            model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True
-        )[0]
-    test_wall_s = time.perf_counter() - start
-
-    metrics = run_metrics(trainer, results, cfg, datamodule.data_md5, val_acc_best)
-    timing = run_timing(trainer, train_wall_s, test_wall_s, len(datamodule.datasets["train"]))
-    write_outputs(trainer, cfg, metrics, timing)
+    metrics = run_metrics(fitted, results, cfg, datamodule.data_md5)
+    timing = run_timing(trainer, fitted, test_wall_s, len(datamodule.datasets["train"]))
+    write_outputs(trainer, cfg, fitted, metrics, timing)
     return {**metrics, **timing}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from mlpipe.common.errors import ConfigError, NonFiniteLossError
+from mlpipe.common.errors import ConfigError, NonFiniteLossError, UnavailableError
 from mlpipe.train.run import train
 
 METRIC_KEYS = {"test_acc", "test_loss", "val_acc_best", "epochs", "global_step", "seed", "data_md5"}
@@ -90,15 +92,54 @@ def test_nan_loss_stops_training_with_a_message(compose_cfg) -> None:
         ("repro.aten_cpu_capability=avx3", r"repro\.aten_cpu_capability"),
         ("seed=-1", r"seed"),
         ("optimized_metric=test_acc", r"optimized_metric"),
+        ("optimizer.lr='1e-3'", r"optimizer\.lr: must be a number, got '1e-3'"),
+        ("optimizer.weight_decay=-1", r"optimizer\.weight_decay: must be >= 0"),
+        ("+optimizer.lrr=0.1", r"optimizer\.lrr: torch\.optim\.AdamW has no such argument"),
+        ("data.split.seed=-1", r"data\.split\.seed: must be an integer >= 0"),
+        ("model.net.channels=[]", r"model\.net\.channels: must be a non-empty list"),
+        ("optimizer._target_=torch.optim.Nope", r"optimizer\._target_: cannot use"),
     ],
 )
 def test_invalid_values_name_the_key(compose_cfg, override: str, key: str) -> None:
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match=key) as err:
         train(compose_cfg(override))
+    assert "\n" not in str(err.value)
+
+
+def test_sgd_momentum_is_checked(compose_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"optimizer\.momentum: must be >= 0, got -1"):
+        train(compose_cfg("optimizer=sgd", "optimizer.momentum=-1"))
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_gpu_trainer_without_cuda_is_one_line(compose_cfg) -> None:
+    with pytest.raises(UnavailableError, match=r"trainer\.accelerator=gpu: .*use trainer=cpu"):
+        train(compose_cfg("trainer=gpu"))
+
+
+def test_curves_have_one_row_per_epoch_trained(compose_cfg) -> None:
+    """Testing the best checkpoint restores its callback state; the curves must still hold every
+    epoch. mode=max makes the best checkpoint the worst epoch (an early one), not the last."""
+    cfg = compose_cfg("trainer.max_epochs=4", "callbacks.model_checkpoint.mode=max")
+    metrics = train(cfg)
+    assert torch.load(cfg.outputs.best_checkpoint, weights_only=True)["epoch"] < 3
+    rows = Path(cfg.outputs.curves).read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(metrics["epochs"]))
+    assert metrics["epochs"] == 4
+
+
+def test_checkpoints_are_written_atomically_beside_the_target(compose_cfg) -> None:
+    from mlpipe.train.checkpoint_io import AtomicCheckpointIO
+    from mlpipe.train.run import build
+
+    _, _, trainer = build(compose_cfg())
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def _cli(
-    root: Path, tmp_path: Path, *args: str, timeout: float = 240
+    root: Path, tmp_path: Path, *args: str, timeout: float = 240, env: dict | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the installed console script on the real config, outputs under tmp_path."""
     exe = Path(sys.executable).parent / "mlpipe-train"
@@ -113,6 +154,7 @@ def _cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -164,6 +206,49 @@ def test_only_pipeline_runs_write_the_tracked_outputs(
         "reports/train/curves.csv",
     ):
         assert (tmp_path / rel).is_file(), rel
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_without_metrics(
+    repo_root: Path, tmp_path: Path, dvc_data: Path, shrink_overrides
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    kill = ["+callbacks.kill._target_=kill_callback.KillAt", "+callbacks.kill.epoch=0"]
+    kill += ["+callbacks.kill.batch=1", f"+callbacks.kill.signum={int(signal.SIGTERM)}"]
+    proc = _cli(
+        repo_root, tmp_path, f"hydra.run.dir={tmp_path}/run", *shrink_overrides, *kill, env=env
+    )
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "reports" / "train" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_concurrent_runs_get_their_own_run_dirs(
+    repo_root: Path, tmp_path: Path, dvc_data: Path, shrink_overrides
+) -> None:
+    """Started together (same second): each run has its own directory, checkpoints and metrics."""
+    exe = Path(sys.executable).parent / "mlpipe-train"
+    args = [
+        f"paths.log_dir={tmp_path}/logs",
+        *shrink_overrides,
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    procs = [
+        subprocess.Popen(
+            [str(exe), *args, f"seed={seed}"], cwd=repo_root, stderr=subprocess.PIPE, text=True
+        )
+        for seed in (1, 2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
+    runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 2, runs
+    seeds = {_read(r / "reports" / "train" / "metrics.json")["seed"] for r in runs}
+    assert seeds == {1, 2}
+    assert all((r / "checkpoints" / "best.ckpt").is_file() for r in runs)
+    csv_logs = list((tmp_path / "logs" / "train" / "csv").iterdir())
+    assert len(csv_logs) == 2, "each run logs into its own CSV logger version"
 
 
 def test_sweep_objective_is_the_best_validation_metric(compose_cfg) -> None:
