@@ -310,6 +310,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     SIGTERM (Lightning stops the loop) exits 143, as other tools do, with no metrics written.
     """
     validate_config(cfg)
+    # a run that may not write the tracked outputs is refused before anything else is read
+    repro.guard(cfg.repro, Path(cfg.paths.root_dir), cfg.outputs.values())
     if cfg.pipeline:  # under `dvc repro`, which re-records changed data before this stage
         verify_committed(Path(cfg.data.dvc_file))
     ckpt_path = resolve_ckpt_path(cfg)
@@ -317,7 +319,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resume(ckpt_path, cfg)
     # the contract's variables are set by entry_point (repro.apply) before torch loads; the thread
     # count again here for in-process callers (a reduction's split follows it)
-    repro.guard(cfg.repro, Path(cfg.paths.root_dir), cfg.outputs.values())
     repro.set_threads(cfg.repro)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, model, trainer = build(cfg)
