@@ -163,8 +163,31 @@ def _reexec(env: Mapping[str, str]) -> NoReturn:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    argv = [sys.executable, *sys.orig_argv[1:]]
+    argv = [sys.executable, *sys.orig_argv[1:], *_same_output_dir(sys.argv[1:])]
     os.execve(sys.executable, argv, {**os.environ, **env, REEXEC_MARK: mark})
+
+
+def _same_output_dir(args: list[str]) -> list[str]:
+    """The Hydra override that makes the re-executed run write into the directory this process
+    already made: its name holds the time and the pid, both of which change across the exec, and
+    two directories per run would break "one run, one directory". Nothing where Hydra is not
+    running or the user named the directory."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):  # not under @hydra.main (a library call)
+        return []
+    output_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:  # <sweep dir>/<job subdir>: every job of the re-run sweep
+        key, value = "hydra.sweep.dir", output_dir.parent
+    else:
+        key, value = "hydra.run.dir", output_dir
+    if any(a.lstrip("+").startswith(f"{key}=") for a in args):
+        return []
+    quoted = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return [f"{key}='{quoted}'"]
 
 
 def record(node: DictConfig) -> dict[str, Any]:

@@ -165,3 +165,32 @@ def test_dispatch_level_changes_the_bytes_and_the_contract_gives_the_recorded_on
         f"the short training under the contract gave weights {contract}, recorded {recorded}: "
         f"if training changed on purpose, record the new digest in {RECORDED}"
     )
+
+
+@pytest.mark.slow
+def test_the_reexecuted_sweep_writes_into_the_one_sweep_dir(tmp_path: Path) -> None:
+    """The re-exec reruns the whole command: Hydra's sweep dir (named by time and pid, both of
+    which change across the exec) must be the parent's, not a second one beside it."""
+    _skip_if_unable()
+    env = {k: v for k, v in os.environ.items() if k not in repro.contract_env(_contract())}
+    env.pop(repro.REEXEC_MARK, None)
+    proc = subprocess.run(
+        [
+            str(BIN / "mlpipe-profile"),
+            "-m",
+            "model=cnn,mlp",
+            f"paths.log_dir={tmp_path}/logs",
+            f"profile.out_dir={tmp_path}/profile",
+            "profile.devices=[t4]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "re-executing under the CPU contract" in proc.stdout + proc.stderr
+    sweeps = list((tmp_path / "logs" / "profile" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    assert sorted(p.name for p in sweeps[0].iterdir() if p.is_dir()) == ["0", "1"]

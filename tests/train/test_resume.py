@@ -26,6 +26,9 @@ RUN = (
     "trainer.limit_train_batches=5",
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
+    # the in-process runs do not run under the CPU contract (that needs a fresh process started
+    # under it): neither does the killed one, so all three use the same kernels and compare equal
+    "repro=off",
 )
 
 
@@ -52,9 +55,6 @@ def _killed_run(
             f"data.num_workers={workers}",
             "callbacks.progress_bar.refresh_rate=0",
             "trainer.enable_model_summary=false",
-            # the in-process runs it is compared with do not run under the CPU contract (that
-            # needs a fresh process): neither does this one, so all three use the same kernels
-            "repro=off",
             "+callbacks.kill._target_=kill_callback.KillAt",
             f"+callbacks.kill.epoch={epoch}",
             f"+callbacks.kill.batch={batch}",
