@@ -85,7 +85,7 @@ tune: export ## Triton config chosen by measurement: Pareto front + tuned reposi
 	dvc repro --force --single-item measurements/dvc.yaml:tune
 
 serve-soak: export ## load through the gateway with 20 % bad requests, every answer checked: reports/serve/soak.json
-	$(PY) -m mlpipe.serving.soak
+	mlpipe-serve-soak
 
 profile: setup ## FLOPs, bytes and roofline per layer (default and wide model)
 	dvc repro profile

@@ -1,2 +1,4 @@
-"""Measurement: `loadgen` (the one load generator), `backends`, `cost` (FLOPs/bytes vs peaks),
-`bench` (`mlpipe-bench`), `roofline` and `profile` (`mlpipe-profile`), `tables` (tables, plots)."""
+"""Measurement, the only place that times the runtime: `loadgen` (the one load generator),
+`targets` (`mlpipe-serve-targets`), `soak` (`mlpipe-serve-soak`), `tune` (`mlpipe-tune`),
+`backends` + `cost` + `bench` (`mlpipe-bench`), `roofline` + `profile` (`mlpipe-profile`), `knee`
+(`mlpipe-knee`), `relu_bench` (`mlpipe-relu-bench`) and `tables` (tables, plots)."""

@@ -56,9 +56,9 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 
 def start_cli(overrides: list[str], timeout: float = 120) -> tuple[subprocess.Popen[str], str]:
-    """`python -m mlpipe.serving.server` (mlpipe-serve) until its banner; (process, banner)."""
+    """`python -m mlpipe.serving.supervisor` (mlpipe-serve) until its banner; (process, banner)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlpipe.serving.server", *overrides],
+        [sys.executable, "-m", "mlpipe.serving.supervisor", *overrides],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,11 +15,11 @@ from omegaconf import OmegaConf
 
 from mlpipe.common.errors import ArtifactMissingError, ConfigError, ServerError
 from mlpipe.measure.loadgen import LoadSettings, run_window
+from mlpipe.measure.targets import measure_targets, meets
 from mlpipe.measure.tune import tune
 from mlpipe.serving.accuracy import run_client
 from mlpipe.serving.client import TritonCaller, TritonClient
 from mlpipe.serving.server import TritonServer
-from mlpipe.serving.targets import measure_targets, meets
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
 @pytest.mark.slow
 def test_soak_through_the_gateway_has_no_unexpected_answer(exported_dir: Path) -> None:
     """A short soak: bad requests all get a 4xx, good ones equal ONNX Runtime, nothing lost."""
-    from mlpipe.serving.soak import soak
+    from mlpipe.measure.soak import soak
 
     cfg = compose_app(
         "serve_soak",

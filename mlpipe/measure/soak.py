@@ -1,6 +1,6 @@
-"""Load through the gateway with bad requests mixed in: the hardening issue's load figures.
+"""mlpipe-serve-soak: load through the gateway with bad requests mixed in.
 
-``python -m mlpipe.serving.soak`` starts tritonserver and the nginx gateway on free loopback
+``mlpipe-serve-soak`` starts tritonserver and the nginx gateway on free loopback
 ports and runs the one load generator (:mod:`mlpipe.measure.loadgen`, thread mode) with
 ``soak.clients`` closed-loop clients through the gateway. Every ``soak.bad_every``-th request is
 a bad one (NaN input, deep JSON, compressed body, a 2**32+1 batch, an unknown model), which must
@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import positive_int
+from mlpipe.common.errors import ServerError
 from mlpipe.measure.loadgen import LoadSettings, Workers
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway
@@ -199,14 +200,25 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def check_outcome(report: dict[str, Any], path: str) -> None:
+    """A soak that saw an unexpected answer, or lost its server, fails in one line."""
+    unexpected = sum(w["unexpected"] for w in report["windows"])
+    if unexpected:
+        first = next(w["first_unexpected"] for w in report["windows"] if w["unexpected"])
+        raise ServerError(
+            f"{unexpected} unexpected outcomes under load (first: {first}); see {path}"
+        )
+    if not report["server_still_running"]:
+        raise ServerError(f"tritonserver or the gateway died under load; see {path} and their logs")
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve_soak")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    """CLI: ``python -m mlpipe.serving.soak [soak.clients=32] [soak.requests_per_client=200]``."""
+    """CLI: ``mlpipe-serve-soak [soak.clients=32] [soak.requests_per_client=200]``."""
     report = soak(cfg)
     print("\n".join(summary_lines(report)))
-    if any(w["unexpected"] for w in report["windows"]) or not report["server_still_running"]:
-        raise SystemExit(1)
+    check_outcome(report, str(cfg.soak.report_path))
 
 
 if __name__ == "__main__":
