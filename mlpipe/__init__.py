@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from pathlib import Path
 
-__version__ = "0.1.0"
+try:  # one version, one place: pyproject.toml's [project] version (as relu_module does)
+    __version__ = metadata.version("mlpipe")
+except metadata.PackageNotFoundError:  # a checkout on sys.path without an install
+    __version__ = "0+unknown"
 
 
 def config_dir() -> str:

@@ -187,7 +187,8 @@ def section_bench(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sectio
 
 
 def section_served(rc: Mapping[str, Any], reports: Path) -> Section:
-    """Served accuracy (mlpipe-client) and the serving targets (mlpipe-client measure mode)."""
+    """Served accuracy (mlpipe-client) and the serving targets (mlpipe-serve-targets: readiness,
+    batch-1 overhead, gateway overhead, tuned vs untuned throughput)."""
     lines, summary = [], []
     try:
         c = read_json(reports / rc["inputs"]["client"], rc["how_to"]["client"])

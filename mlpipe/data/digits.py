@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlpipe.common.config import is_int, require
-from mlpipe.common.errors import DataCorruptedError, DataMissingError
+from mlpipe.common.errors import ConfigError, DataCorruptedError, DataMissingError
 from mlpipe.common.provenance import dvc_dir_hash, recorded_dir_hash
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -214,7 +214,7 @@ def load_split(data_cfg: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.
     `cfg.data`.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     validate_data_cfg(data_cfg)
     digits = load_digits(data_cfg)
     idx = split_indices(data_cfg, digits.labels)[split]

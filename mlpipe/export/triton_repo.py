@@ -31,7 +31,7 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlpipe.common.errors import ConfigError
+from mlpipe.common.errors import ArtifactError, ArtifactMissingError, ConfigError
 from mlpipe.common.provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Signature:
 def _tensor_spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
     tensor_type = value_info.type.tensor_type
     if tensor_type.elem_type not in _ONNX_TO_TRITON:
-        raise ValueError(
+        raise ArtifactError(
             f"ONNX tensor {value_info.name!r} has element type "
             f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, which has no Triton "
             "mapping here"
@@ -90,7 +90,7 @@ def onnx_signature(onnx_path: Path | str) -> Signature:
     """Read the input/output signature of an exported model (one input, one output expected)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
-        raise FileNotFoundError(
+        raise ArtifactMissingError(
             f"ONNX model not found at {onnx_path}; create it with `mlpipe-export` (or `make "
             "export`)"
         )
@@ -98,7 +98,7 @@ def onnx_signature(onnx_path: Path | str) -> Signature:
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(graph.output) != 1:
-        raise ValueError(
+        raise ArtifactError(
             f"{onnx_path}: expected one input and one output, found inputs "
             f"{[i.name for i in inputs]} "
             f"and outputs {[o.name for o in graph.output]}"

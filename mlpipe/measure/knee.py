@@ -41,9 +41,10 @@ from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, positive_int, positive_ints, require
 from mlpipe.common.errors import ConfigError
 from mlpipe.common.provenance import machine_info
+from mlpipe.common.stats import time_calls
 from mlpipe.measure.cost import ModelCost
-from mlpipe.measure.loadgen import Stability
 from mlpipe.measure.roofline import FLOP_CONVENTION, DevicePeaks, check_dtype, plot_roofline
+from mlpipe.measure.rounds import Stability, until_settled
 from mlpipe.measure.tables import PlotStyle
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ class KneeSettings:
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> KneeSettings:
         k = "profile.knee"
-        stab = node["stability"]
         settings = cls(
             max_batch=positive_int(node["max_batch"], f"{k}.max_batch"),
             time_budget_s=as_float(node["time_budget_s"], f"{k}.time_budget_s"),
@@ -81,11 +81,7 @@ class KneeSettings:
             repeats=positive_int(node["repeats"], f"{k}.repeats"),
             min_sample_s=as_float(node["min_sample_s"], f"{k}.min_sample_s"),
             max_inner=positive_int(node["max_inner"], f"{k}.max_inner"),
-            stability=Stability(
-                as_float(stab["rel_tol"], f"{k}.stability.rel_tol"),
-                positive_int(stab["min_rounds"], f"{k}.stability.min_rounds"),
-                positive_int(stab["max_rounds"], f"{k}.stability.max_rounds"),
-            ),
+            stability=Stability.from_config(node["stability"], f"{k}.stability"),
             peak_fraction=as_float(node["peak_fraction"], f"{k}.peak_fraction"),
             time_step=as_float(node["time_step"], f"{k}.time_step"),
         )
@@ -110,15 +106,9 @@ class LayerCost:
 # -- one batch ---------------------------------------------------------------------------------
 def best_of_rounds(sample: Sampler, repeats: int, stability: Stability) -> tuple[float, bool, int]:
     """(best seconds per call, settled?, rounds): rounds of best-of-`repeats` samples until two
-    consecutive round bests differ by at most `rel_tol` (at least `min_windows` rounds)."""
-    bests: list[float] = []
-    for _ in range(stability.max_windows):
-        bests.append(min(sample() for _ in range(repeats)))
-        if len(bests) >= max(2, stability.min_windows):
-            prev, cur = bests[-2], bests[-1]
-            if abs(cur - prev) <= stability.rel_tol * prev:
-                return min(bests), True, len(bests)
-    return min(bests), False, len(bests)
+    consecutive round bests settle (the one convergence loop, `until_settled`)."""
+    bests, settled = until_settled(lambda _: min(sample() for _ in range(repeats)), stability)
+    return min(bests), settled, len(bests)
 
 
 def point(
@@ -213,8 +203,9 @@ def sweep_layer(
 
 # -- timing a real layer -----------------------------------------------------------------------
 def _clocked(call: Callable[[], Any], device: str) -> Callable[[int], float]:
-    """inner -> seconds per call of `inner` back-to-back calls: perf_counter on the CPU, CUDA
-    events on a GPU (device time, no host sync inside the loop)."""
+    """inner -> seconds per call of `inner` back-to-back calls: the one timing primitive on the
+    CPU (`mlpipe.common.stats.time_calls`), CUDA events on a GPU (device time, no host sync
+    inside the loop)."""
     if device == "cuda":
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -230,10 +221,8 @@ def _clocked(call: Callable[[], Any], device: str) -> Callable[[int], float]:
         return cuda_timed
 
     def cpu_timed(inner: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            call()
-        return (time.perf_counter() - t0) / inner
+        (seconds,) = time_calls(call, 0, 1, inner)
+        return seconds
 
     return cpu_timed
 

@@ -27,15 +27,17 @@ import multiprocessing as mp
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 
+from mlpipe.common.config import as_float, one_of, positive_int, require
 from mlpipe.common.errors import ConfigError
 from mlpipe.common.stats import latency_summary
+from mlpipe.measure.rounds import Stability, until_settled
 
 Caller = Callable[[], Any]
 CallerFactory = Callable[[], Caller]
@@ -61,13 +63,16 @@ class LoadSettings:
             raise ConfigError(f"load generator processes must be >= 1, got {self.processes}")
 
     @classmethod
-    def from_config(cls, node: Any) -> LoadSettings:
-        """From a `load:` config node (mode, timeout_s, join_timeout_s, processes)."""
+    def from_config(cls, node: Mapping[str, Any], key: str) -> LoadSettings:
+        """From a `load:` config node (mode, timeout_s, join_timeout_s, processes); each error
+        names its `<key>.<field>`."""
+        seconds = {f: as_float(node[f], f"{key}.{f}") for f in ("timeout_s", "join_timeout_s")}
+        for field_name, value in seconds.items():
+            require(value > 0, f"{key}.{field_name}", f"must be > 0, got {node[field_name]!r}")
         return cls(
-            str(node["mode"]),
-            float(node["timeout_s"]),
-            float(node["join_timeout_s"]),
-            int(node["processes"]),
+            str(one_of(node["mode"], MODES, f"{key}.mode")),
+            processes=positive_int(node["processes"], f"{key}.processes"),
+            **seconds,
         )
 
 
@@ -280,6 +285,14 @@ class Workers:
         start."""
         if requests < 1 or warmup < 0:
             raise ConfigError(f"need requests >= 1 and warmup >= 0, got {requests}, {warmup}")
+        return self._run(warmup, requests)
+
+    def warm_up(self, warmup: int) -> WindowResult:
+        """`warmup` untimed calls per request slot and nothing timed: what comes before the
+        windows whose server statistics must hold their own requests only."""
+        return self._run(warmup, 0)
+
+    def _run(self, warmup: int, requests: int) -> WindowResult:
         for c in self._commands:
             c.put((warmup, requests))
         outs = self._collect()
@@ -320,21 +333,6 @@ def run_window(
         return workers.window(warmup, requests)
 
 
-@dataclass(frozen=True)
-class Stability:
-    """Repeat windows until p50 moves less than `rel_tol`; `min_windows`..`max_windows` of them."""
-
-    rel_tol: float
-    min_windows: int
-    max_windows: int
-
-    def __post_init__(self) -> None:
-        if self.max_windows < 1 or self.min_windows > self.max_windows:
-            raise ConfigError(
-                f"need 1 <= min_windows <= max_windows, got {self.min_windows}, {self.max_windows}"
-            )
-
-
 @dataclass
 class StableResult:
     """The last window of a stability loop plus how the loop went."""
@@ -360,19 +358,14 @@ def run_until_stable(
 def until_stable(
     workers: Workers, requests: int, warmup: int, stability: Stability
 ) -> StableResult:
-    """Repeat windows of running workers until p50 settles (see :class:`Stability`).
+    """Repeat windows of running workers until p50 settles (the one convergence loop,
+    :func:`mlpipe.measure.rounds.until_settled`). Warm-up runs before the first window only;
+    a window with errors ends the loop (it would not settle)."""
+    last = [WindowResult(np.empty(0), 0.0, 0)]
 
-    Warm-up runs before the first window only. Stops early on errors (they would not settle).
-    """
-    history: list[float] = []
-    window = WindowResult(np.empty(0), 0.0, 0)
-    for i in range(stability.max_windows):
-        window = workers.window(warmup if i == 0 else 0, requests)
-        if window.errors:
-            break
-        history.append(window.latency()["p50_ms"])
-        if len(history) >= max(2, stability.min_windows):
-            prev, cur = history[-2], history[-1]
-            if abs(cur - prev) <= stability.rel_tol * prev:
-                return StableResult(window, history, True)
-    return StableResult(window, history, False)
+    def p50(i: int) -> float | None:
+        last[0] = workers.window(warmup if i == 0 else 0, requests)
+        return None if last[0].errors else last[0].latency()["p50_ms"]
+
+    history, stable = until_settled(p50, stability)
+    return StableResult(last[0], history, stable)

@@ -311,18 +311,6 @@ class Gateway(ManagedProcess):
         )
         self.paths: GatewayPaths | None = None
 
-    @property
-    def http_address(self) -> str:
-        return self.hostport("http")
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.http_address}"
-
-    @property
-    def grpc_address(self) -> str:
-        return self.hostport("grpc")
-
     def _paths(self) -> GatewayPaths:
         """This instance's files, named after its resolved HTTP port."""
         runtime = Path(str(self.cfg["runtime_dir"])).resolve() / f"gateway-{self.ports['http']}"

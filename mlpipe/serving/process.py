@@ -46,6 +46,20 @@ class ManagedProcess:
         """``host:port`` of one port (``[::1]:port`` for IPv6), what clients connect to."""
         return f"{bracketed(self.host)}:{self.ports[which]}"
 
+    @property
+    def http_address(self) -> str:
+        """``host:port`` of HTTP: what ``tritonclient.http`` wants."""
+        return self.hostport("http")
+
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of gRPC: what ``tritonclient.grpc`` wants."""
+        return self.hostport("grpc")
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_address}"
+
     def resolve_ports(self) -> None:
         """Port 0 becomes a free one; a configured port that is taken is named before start."""
         if self._spawned:

@@ -182,19 +182,7 @@ class TritonServer(ManagedProcess):
         """Build from the composed ``cfg.serve`` node (``watchdog`` is the supervisor's)."""
         return cls(ServeSettings.from_config(serve_cfg))
 
-    # -- addresses ---------------------------------------------------------------------------
-    @property
-    def http_address(self) -> str:
-        return self.hostport("http")
-
-    @property
-    def grpc_address(self) -> str:
-        return self.hostport("grpc")
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.http_address}"
-
+    # -- addresses (http_address, grpc_address, http_url: ManagedProcess) ---------------------
     @property
     def grpc_url(self) -> str:
         return f"grpc://{self.grpc_address}"

@@ -18,14 +18,13 @@ from mlpipe.common.errors import ArtifactError, ArtifactMissingError, ConfigErro
 from mlpipe.common.provenance import sha256_file
 from mlpipe.export.run import export, export_onnx
 from mlpipe.export.triton_repo import SHA256_PARAMETER, build_python_repository, parse_pbtxt
+from mlpipe.measure.pareto import choose, pareto_front
 from mlpipe.measure.tune import (
     build_sweep_repository,
     candidate,
     candidates,
     check_tune_config,
     checks,
-    choose,
-    pareto_front,
     select,
     tune,
     write_tuned_repository,
@@ -104,7 +103,8 @@ def test_no_config_within_budget_says_what_to_change(tmp_path: Path) -> None:
         ("tune.select_concurrency=8", r"select_concurrency: must be one of tune.concurrency"),
         ("tune.p99_budget_ms=0", "tune.p99_budget_ms: must be > 0"),
         ("tune.confirm.rounds=-1", "tune.confirm.rounds: must be an integer >= 0"),
-        ("tune.load.mode=carrier_pigeon", "unknown load generator mode"),
+        ("tune.load.mode=carrier_pigeon", r"tune.load.mode: must be one of \[.thread.,"),
+        ("tune.stability.max_rounds=0", "tune.stability.max_rounds: must be an integer >= 1"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, override: str, match: str) -> None:

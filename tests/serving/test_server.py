@@ -33,7 +33,8 @@ from tritonclient.utils import InferenceServerException
 
 from mlpipe.common.errors import PortInUseError
 from mlpipe.data import load_split
-from mlpipe.export.run import export, ort_session, run_ort
+from mlpipe.export.reference import ort_session, run_ort
+from mlpipe.export.run import export
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.network import check_port_free, free_port, is_loopback
 from mlpipe.serving.server import TritonServer
