@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import one_of, positive_int
+from mlpipe.common.config import as_float, one_of, positive_int, require
 from mlpipe.common.errors import ConfigError, ParityError
 from mlpipe.common.stats import latency_summary, timed
 from mlpipe.data import SPLITS, load_split
@@ -33,6 +33,7 @@ def validate_client_cfg(ccfg: DictConfig) -> None:
     one_of(ccfg.split, SPLITS, "client.split")
     positive_int(ccfg.batch_size, "client.batch_size")
     positive_int(ccfg.warmup, "client.warmup", minimum=0)
+    require(as_float(ccfg.timeout_s, "client.timeout_s") > 0, "client.timeout_s", "must be > 0")
 
 
 def server_address(cfg: DictConfig, server: TritonServer | None, protocol: str) -> str:

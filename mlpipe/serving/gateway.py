@@ -270,9 +270,14 @@ http {{
 
 
 def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
-    """Every count and limit a positive integer, every timeout a positive number (names the key)."""
+    """Every count and limit a positive integer, every timeout a positive number, every port a
+    port (names the key): checked before tritonserver starts."""
     for key in ("worker_processes", "worker_connections"):
         positive_int(cfg[key], f"gateway.{key}")
+    for key in ("http_port", "grpc_port"):
+        port_number(cfg, key, "gateway")
+    for key in ("ready_timeout_s", "stop_timeout_s", "poll_interval_s", "health_timeout_s"):
+        require(as_float(cfg[key], f"gateway.{key}") > 0, f"gateway.{key}", "must be > 0")
     for key, value in cfg["limits"].items():
         positive_int(value, f"gateway.limits.{key}")
     for key, value in cfg["timeouts"].items():

@@ -31,7 +31,7 @@ from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, plain, positive_int, require
 from mlpipe.common.errors import ServerError
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.gateway import Gateway, Upstream
+from mlpipe.serving.gateway import Gateway, Upstream, validate_gateway_cfg
 from mlpipe.serving.gateway import from_config as gateway_from_config
 from mlpipe.serving.lifecycle import describe_exit
 from mlpipe.serving.server import TritonServer
@@ -229,8 +229,11 @@ def gateway_for(gateway_cfg: Mapping[str, Any], server: TritonServer) -> Gateway
 
 def start_stack(cfg: DictConfig, server: TritonServer) -> Gateway | None:
     """Start tritonserver, then the gateway in front of it (None with gateway=off)."""
+    gateway_cfg = plain(cfg.gateway) if "gateway" in cfg else {"enabled": False}
+    if gateway_cfg.get("enabled", False):
+        validate_gateway_cfg(gateway_cfg)  # a bad gateway value is named before anything starts
     server.start()
-    gateway = gateway_for(plain(cfg.gateway) if "gateway" in cfg else {"enabled": False}, server)
+    gateway = gateway_for(gateway_cfg, server)
     if gateway is not None:
         gateway.start()
     return gateway
