@@ -33,7 +33,7 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mlpipe import config_dir
@@ -43,9 +43,17 @@ from mlpipe.common.errors import ConfigError
 from mlpipe.common.provenance import machine_info
 from mlpipe.common.stats import time_calls
 from mlpipe.measure.cost import ModelCost
-from mlpipe.measure.roofline import FLOP_CONVENTION, DevicePeaks, check_dtype, plot_roofline
+from mlpipe.measure.profile import profile_network, untrained_network
+from mlpipe.measure.roofline import (
+    FLOP_CONVENTION,
+    DevicePeaks,
+    check_dtype,
+    measure_copy_bandwidth,
+    measure_matmul_flops,
+    plot_roofline,
+)
 from mlpipe.measure.rounds import Stability, until_settled
-from mlpipe.measure.tables import PlotStyle
+from mlpipe.measure.tables import PlotStyle, knee_points_table, knee_table
 
 log = logging.getLogger(__name__)
 
@@ -323,10 +331,6 @@ def knee_peaks(
     layers are timed there too. The FLOP/s peak is the best of `peak_repeats` matmuls at each of
     `peak_matmul_sizes` (short ones too: on a shared machine a long call is rarely left alone,
     which would depress the peak and inflate every share of it); the copy peak is the preset's."""
-    from omegaconf import OmegaConf
-
-    from mlpipe.measure.roofline import measure_copy_bandwidth, measure_matmul_flops
-
     path = Path(device_dir) / f"{preset}.yaml"
     cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
     require(
@@ -357,8 +361,6 @@ def knee_peaks(
 def measure_knees(cfg: DictConfig) -> dict[str, Any]:
     """Sweep every matmul/conv and elementwise layer of the configured model (untrained: speed
     does not depend on the weights) on the `profile.knee.device` preset's device."""
-    from mlpipe.measure.profile import profile_network, untrained_network
-
     pc, kc = cfg.profile, cfg.profile.knee
     settings = KneeSettings.from_config(kc)
     if kc.torch_threads is not None:
@@ -398,8 +400,6 @@ def measure_knees(cfg: DictConfig) -> dict[str, Any]:
 
 def write_knees(result: Mapping[str, Any], out_dir: Path, style: PlotStyle) -> Path:
     """`<model>.json`, `<model>.md` and `<model>_<device>.png` (measured points, analytic roof)."""
-    from mlpipe.measure.tables import knee_points_table, knee_table
-
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / str(result["model"])
     dev = result["device"]
@@ -432,8 +432,6 @@ def write_knees(result: Mapping[str, Any], out_dir: Path, style: PlotStyle) -> P
 
 def knee(cfg: DictConfig) -> dict[str, Any]:
     """Measure, write, print the summary table."""
-    from mlpipe.measure.tables import knee_table
-
     result = measure_knees(cfg)
     path = write_knees(result, Path(cfg.profile.knee.out_dir), PlotStyle.from_config(cfg.plot))
     log.info("wrote %s", path)
