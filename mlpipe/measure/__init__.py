@@ -1,4 +1,6 @@
 """Measurement, the only place that times the runtime: `loadgen` (the one load generator),
-`targets` (`mlpipe-serve-targets`), `soak` (`mlpipe-serve-soak`), `tune` (`mlpipe-tune`),
+`rounds` (stability, the convergence loop, interleaving), `served` (one served point), `pareto`,
+`tune` (`mlpipe-tune`), `targets` (`mlpipe-serve-targets`), `soak` (`mlpipe-serve-soak`),
 `backends` + `cost` + `bench` (`mlpipe-bench`), `roofline` + `profile` (`mlpipe-profile`), `knee`
-(`mlpipe-knee`), `relu_bench` (`mlpipe-relu-bench`) and `tables` (tables, plots)."""
+(`mlpipe-knee`), `relu_bench` + `relu_targets` + `relu_tables` + `relu_idle` (`mlpipe-relu-bench`),
+`tables` (tables, plots) and `sections` (the report's sections on measurements)."""

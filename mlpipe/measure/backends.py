@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlpipe.common.errors import ArtifactError, ArtifactMissingError
 from mlpipe.measure.loadgen import CallerFactory
 from mlpipe.serving.client import TritonCaller
+from mlpipe.serving.server import TritonServer
 
 
 class Unavailable(Exception):
@@ -67,8 +68,6 @@ class BenchContext:
     def server(self):
         """The Triton server, started on first use and stopped by `bench()`."""
         if self._server is None:
-            from mlpipe.serving.server import TritonServer
-
             server = TritonServer.from_config(self.cfg.serve)
             try:
                 server.start()

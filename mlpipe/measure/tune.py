@@ -44,6 +44,7 @@ from mlpipe.measure.loadgen import LoadSettings, Workers
 from mlpipe.measure.pareto import at, choose, pareto_front
 from mlpipe.measure.rounds import Stability, interleaved
 from mlpipe.measure.served import Requests, served_point
+from mlpipe.measure.tables import PlotStyle, pareto_plot, tune_markdown
 from mlpipe.serving.client import TritonCaller
 from mlpipe.serving.server import TritonServer
 
@@ -376,8 +377,6 @@ def select(cfg: DictConfig, rows: Sequence[Mapping[str, Any]]) -> Mapping[str, A
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
     """Sweep, choose, write the tuned repository and the report; returns the results."""
-    from mlpipe.measure.tables import PlotStyle, pareto_plot, tune_markdown
-
     tc = cfg.tune
     check_tune_config(tc, int(cfg.export.triton.max_batch_size))
     cands = candidates(tc.space, cfg.export.triton)
