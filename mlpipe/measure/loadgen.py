@@ -36,7 +36,7 @@ import numpy as np
 
 from mlpipe.common.config import as_float, one_of, positive_int, require
 from mlpipe.common.errors import ConfigError
-from mlpipe.common.stats import latency_summary
+from mlpipe.common.stats import latency_summary, now, timed
 from mlpipe.measure.rounds import Stability, until_settled
 
 Caller = Callable[[], Any]
@@ -109,17 +109,16 @@ class _WorkerOut:
 
 def _timed(call: Caller, requests: int) -> _WorkerOut:
     """The timed part of a blocking worker's window: `requests` calls back to back."""
-    out = _WorkerOut(start=time.perf_counter())  # CLOCK_MONOTONIC: comparable across processes
+    out = _WorkerOut(start=now())  # the one clock: comparable across processes
     for _ in range(requests):
-        t0 = time.perf_counter()
         try:
-            call()
+            _, seconds = timed(call)
         except Exception as err:
             out.errors += 1
             out.first_error = out.first_error or f"{type(err).__name__}: {err}"
             continue
-        out.latencies_s.append(time.perf_counter() - t0)
-    out.end = time.perf_counter()
+        out.latencies_s.append(seconds)
+    out.end = now()
     return out
 
 
@@ -133,23 +132,23 @@ def _timed_async(call: Any, requests: int, inflight: int, timeout_s: float) -> _
     def done(started: float, result: Any, error: Any) -> None:  # tritonclient: result=, error=
         with lock:
             if error is None:
-                out.latencies_s.append(time.perf_counter() - started)
+                out.latencies_s.append(now() - started)
             else:
                 out.errors += 1
                 out.first_error = out.first_error or str(error)
         window.release()
 
-    out.start = time.perf_counter()
+    out.start = now()
     for _ in range(requests):
         if not window.acquire(timeout=timeout_s):
             raise TimeoutError(
                 f"no response within {timeout_s} s with {inflight} requests in flight"
             )
-        call.submit(partial(done, time.perf_counter()))
+        call.submit(partial(done, now()))
     for _ in range(inflight):  # drain: every request in flight has answered
         if not window.acquire(timeout=timeout_s):
             raise TimeoutError(f"requests still unanswered after {timeout_s} s")
-    out.end = time.perf_counter()
+    out.end = now()
     return out
 
 
