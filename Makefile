@@ -85,7 +85,7 @@ tune: export ## Triton config chosen by measurement: Pareto front + tuned reposi
 	dvc repro --force --single-item measurements/dvc.yaml:tune
 
 serve-soak: export ## load through the gateway with 20 % bad requests, every answer checked: reports/serve/soak.json
-	$(PY) -m mlpipe.serving.soak
+	mlpipe-serve-soak
 
 profile: setup ## FLOPs, bytes and roofline per layer (default and wide model)
 	dvc repro profile
@@ -96,17 +96,17 @@ bench-serving: export ## latency/throughput per backend (torch, ORT, Triton HTTP
 report: data ## reports/REPORT.md from whatever stages have run
 	mlpipe-report
 
-CXX_SRC     := $(sort $(wildcard relu_module/src/*.cpp relu_module/src/*.hpp))
+CXX_SRC     := $(sort $(wildcard relu_module/src/*.cpp relu_module/src/*.hpp mlpipe/measure/*.cpp))
 
 lint: setup ## ruff (lint + format check) on the Python, clang-format check on the C++
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SRC)
+	$(VENV)/bin/clang-format --style=file:relu_module/.clang-format --dry-run --Werror $(CXX_SRC)
 
 format: setup ## apply ruff's fixes and formatting, and clang-format, in place
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
-	$(VENV)/bin/clang-format -i $(CXX_SRC)
+	$(VENV)/bin/clang-format --style=file:relu_module/.clang-format -i $(CXX_SRC)
 
 test: data gateway-deps ## the full test suite (slow tests included, as in CI)
 	$(PY) -m pytest

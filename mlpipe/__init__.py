@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-__version__ = "0.1.0"
+try:  # one version, one place: pyproject.toml's [project] version (as relu_module does)
+    __version__ = metadata.version("mlpipe")
+except metadata.PackageNotFoundError:  # a checkout on sys.path without an install
+    __version__ = "0+unknown"
 
 #: `${pid:}` in conf/hydra/default.yaml: with sub-second time, two runs started together never
 #: share a run directory. Registered on import: every entry point imports `config_dir` from here.

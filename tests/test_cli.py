@@ -40,25 +40,49 @@ CASES: list[tuple[str, str, str]] = [
     ),
     ("mlpipe-train-throughput", "optimizer.lr=-1", "optimizer.lr: must be > 0"),
     ("mlpipe-train-throughput", "bench.passes=0", "bench.passes: must be an integer >= 1"),
+    ("mlpipe-train-throughput", "data.batch_size=abc", "data.batch_size: must be an integer > 0"),
     ("mlpipe-export", "export.parity.batch_size=0", "export.parity.batch_size"),
     ("mlpipe-export", "export.checkpoint_path=/nonexistent/best.ckpt", "mlpipe-train"),
+    ("mlpipe-export", "export.triton.max_batch_size=0", "export.triton.max_batch_size: must be an"),
     ("mlpipe-serve", "serve.host=0.0.0.0", "through the gateway: gateway=nginx gateway.host="),
     ("mlpipe-serve", "serve.model_repository=/nonexistent/repo", "mlpipe-export"),
+    ("mlpipe-serve", "serve.http_port=abc", "serve.http_port: must be a port number"),
+    ("mlpipe-serve", "gateway.grpc_port=abc", "gateway.grpc_port: must be a port number"),
+    ("mlpipe-serve", "serve.watchdog.max_restarts=-1", "serve.watchdog.max_restarts: must be"),
     ("mlpipe-client", "client.batch_size=0", "client.batch_size: must be an integer >= 1"),
     ("mlpipe-client", "client.protocol=udp", "client.protocol: must be one of ['http', 'grpc']"),
+    (
+        "mlpipe-client",
+        "client.split=holdout",
+        "client.split: must be one of ['train', 'val', 'test']",
+    ),
+    ("mlpipe-client", "client.timeout_s=abc", "client.timeout_s: must be a number, got 'abc'"),
     ("mlpipe-serve-targets", "targets.concurrency=0", "targets.concurrency"),
     ("mlpipe-serve-targets", "targets.load.processes=0", "targets.load.processes"),
     ("mlpipe-serve-targets", "targets.rounds=0", "targets.rounds: must be an integer >= 1"),
+    ("mlpipe-serve-targets", "targets.split=holdout", "targets.split: must be one of"),
+    ("mlpipe-serve-soak", "soak.clients=0", "soak.clients: must be an integer >= 1"),
+    ("mlpipe-serve-soak", "serve.grpc_port=-1", "serve.grpc_port: must be a port number"),
+    ("mlpipe-serve-soak", "soak.load.mode=carrier_pigeon", "soak.load.mode: must be one of"),
+    ("mlpipe-serve-soak", "soak.bad_every=1", "soak.bad_every: must be an integer >= 2"),
     ("mlpipe-bench", "bench.backends=[warp_drive]", "valid choices"),
     ("mlpipe-bench", "bench.batch_sizes=[0]", "bench.batch_sizes: must be a non-empty list"),
+    ("mlpipe-bench", "bench.load.processes=0", "bench.load.processes: must be an integer >= 1"),
+    ("mlpipe-bench", "bench.stability.rel_tol=abc", "bench.stability.rel_tol: must be a number"),
     ("mlpipe-profile", "profile.batch_size=0", "profile.batch_size: must be an integer >= 1"),
     ("mlpipe-profile", "profile.devices=[abacus]", "valid choices"),
+    ("mlpipe-profile", "profile.devices=abacus", "unknown device preset(s) ['abacus']"),
+    ("mlpipe-profile", "profile.dtype=int4", "unknown dtype 'int4'"),
     ("mlpipe-knee", "profile.knee.max_batch=0", "profile.knee.max_batch: must be an integer >= 1"),
     ("mlpipe-knee", "profile.knee.peak_fraction=2", "profile.knee.peak_fraction"),
+    ("mlpipe-knee", "profile.knee.stability.min_rounds=0", "knee.stability.min_rounds: must be"),
     ("mlpipe-tune", "tune.p99_budget_ms=-1", "tune.p99_budget_ms: must be > 0"),
     ("mlpipe-tune", "tune.select_concurrency=3", "must be one of tune.concurrency [1, 16]"),
-    ("mlpipe-relu-bench", "relu_bench.sizes=[0]", "relu_bench.sizes must be positive integers"),
+    ("mlpipe-tune", "tune.stability.max_rounds=0", "tune.stability.max_rounds: must be an integer"),
+    ("mlpipe-tune", "tune.load.mode=carrier_pigeon", "tune.load.mode: must be one of"),
+    ("mlpipe-relu-bench", "relu_bench.sizes=[0]", "relu_bench.sizes: must be a non-empty list"),
     ("mlpipe-relu-bench", "relu_bench.dtypes=[int8]", "must be float32 and/or float64"),
+    ("mlpipe-relu-bench", "relu_bench.min_sample_s=abc", "relu_bench.min_sample_s"),
     ("mlpipe-train", "repro.threads=0", "repro.threads: must be null"),
     (
         "mlpipe-export",
@@ -67,6 +91,7 @@ CASES: list[tuple[str, str, str]] = [
     ),
     ("mlpipe-report", "report.output=/proc/no/REPORT.md", "set report.output to a writable path"),
     ("mlpipe-report", "report.lock_files=3", "report.lock_files: must be a list"),
+    ("mlpipe-report", "report.write=maybe", "report.write: must be true or false"),
 ]
 
 
@@ -112,7 +137,7 @@ def test_every_console_script_is_covered() -> None:
     covered = {script for script, _, _ in CASES}
     assert declared == covered, f"untested: {declared - covered}, unknown: {covered - declared}"
     for script in declared:
-        assert sum(case[0] == script for case in CASES) >= 2, script
+        assert sum(case[0] == script for case in CASES) >= 3, script
 
 
 def test_a_bug_keeps_its_traceback(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Every option of every training config group composes and instantiates."""
+"""Every primary config and every option of every config group composes (and resolves); every
+option of the training groups instantiates."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers.compose import CONF_DIR, tmp_path_overrides
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from mlpipe.train.module import DigitsClassifier
 from mlpipe.train.run import instantiate_group, validate_config
@@ -120,3 +125,71 @@ def test_unknown_key_keeps_hydras_error(compose_cfg) -> None:
 def test_unknown_option_keeps_hydras_error(compose_cfg) -> None:
     with pytest.raises(MissingConfigException, match=r"resnet"):
         compose_cfg("model=resnet")
+
+
+# -- every primary config and every group, not only the training ones ----------------------------
+PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
+#: Folders that are not selectable groups: Hydra's own settings, `@_here_` wiring files that an
+#: option includes, and the device presets mlpipe-profile reads by file name.
+NOT_GROUPS = ("hydra", "wiring", "profile/device")
+
+
+def _choices(name: str) -> dict[str, str]:
+    """The group choices a primary config makes (`load@bench.load`: a group under a package)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="choices"):
+        cfg = compose(config_name=name, return_hydra_config=True)
+    return {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
+
+
+CHOICES = {name: _choices(name) for name in PRIMARY}
+
+
+def _group_options() -> list[tuple[str, str]]:
+    """(group, option) of every yaml file under conf/<group>/, nested groups included."""
+    found = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        group = path.parent.relative_to(CONF).as_posix()
+        if group != "." and not any(part in NOT_GROUPS for part in (group, *group.split("/"))):
+            found.append((group, path.stem))
+    return found
+
+
+def _resolved(tmp_path: Path, name: str, *overrides: str) -> dict:
+    """Every value of the composed config, interpolations resolved (`${hydra:...}` included, as
+    at run time)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="resolve"):
+        cfg = compose(
+            config_name=name,
+            overrides=[*tmp_path_overrides(tmp_path), *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    nodes = {key: cfg[key] for key in cfg if key != "hydra"}  # reading a value resolves it
+    return {
+        key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        for key, node in nodes.items()
+    }
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_every_primary_config_composes_and_resolves(tmp_path: Path, name: str) -> None:
+    assert _resolved(tmp_path, name)
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), _group_options(), ids=lambda p: p if isinstance(p, str) else str(p)
+)
+def test_every_group_option_composes_in_a_primary_config(
+    tmp_path: Path, group: str, option: str
+) -> None:
+    """Selected in the first primary config that uses the group (where it is nested under a
+    package, as `load@bench.load`, by that key)."""
+    uses = [
+        (name, key)
+        for name, choices in CHOICES.items()
+        for key in choices
+        if key == group or key.startswith(f"{group}@")
+    ]
+    assert uses, f"conf/{group}/ is used by no primary config"
+    name, key = uses[0]
+    assert _resolved(tmp_path, name, f"{key}={option}")

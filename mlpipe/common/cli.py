@@ -25,8 +25,8 @@ from mlpipe.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: Exit status of a user mistake (argparse and Hydra's own override errors use 2 too... but
-#: Hydra exits 1 for those; we keep 1 so every mlpipe failure reads the same to a shell).
+#: Exit status of a user mistake: 1, as Hydra's own errors (a bad override) exit, so every
+#: mlpipe failure reads the same to a shell.
 USER_ERROR_EXIT = 1
 
 T = TypeVar("T")

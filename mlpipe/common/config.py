@@ -54,6 +54,19 @@ def positive_ints(values: Any, key: str) -> list[int]:
     return [int(v) for v in items]
 
 
+def names(values: Any, key: str) -> list[str]:
+    """A non-empty list of names (device presets, backends); a bare name is a list of one, so
+    ``profile.devices=t4`` is not read letter by letter."""
+    if isinstance(values, str):
+        values = [values]
+    try:
+        items = [str(v) for v in values]
+    except TypeError:
+        items = []
+    require(bool(items), key, f"must be a non-empty list of names, got {values!r}")
+    return items
+
+
 def one_of(value: Any, choices: Any, key: str) -> Any:
     """`value` if it is one of `choices`, else ConfigError listing them."""
     require(value in list(choices), key, f"must be one of {list(choices)}, got {value!r}")

@@ -1,14 +1,28 @@
-"""The one latency summary every measurement reports (client, serving targets, bench, tuner)."""
+"""The one timing primitive and the one latency summary of every measurement (client, serving
+targets, bench, tuner, knee, load generator)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 PERCENTILES: tuple[float, ...] = (50, 90, 99)
+
+T = TypeVar("T")
+
+#: The one clock: monotonic and system-wide (CLOCK_MONOTONIC), so stamps taken by load workers
+#: in other processes compare with each other.
+now = time.perf_counter
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()``'s result and the wall seconds it took: the one timing primitive."""
+    start = now()
+    result = fn()
+    return result, now() - start
 
 
 def latency_summary(seconds: Sequence[float] | np.ndarray) -> dict[str, float]:
@@ -32,13 +46,14 @@ def latency_summary(seconds: Sequence[float] | np.ndarray) -> dict[str, float]:
     }
 
 
-def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
-    """Wall seconds of ``repeats`` sequential calls after ``warmup`` untimed ones."""
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, inner: int = 1) -> list[float]:
+    """Seconds per call of ``repeats`` samples after ``warmup`` untimed calls; each sample times
+    ``inner`` back-to-back calls (a short call needs many for the clock to resolve it)."""
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
+
+    def sample() -> None:
+        for _ in range(inner):
+            fn()
+
+    return [timed(sample)[1] / inner for _ in range(repeats)]

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from mlpipe.common.config import is_int, require
-from mlpipe.common.errors import DataCorruptedError, DataMissingError
+from mlpipe.common.errors import ConfigError, DataCorruptedError, DataMissingError
 from mlpipe.common.provenance import dvc_dir_hash, md5_file, recorded_dir_hash
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -284,7 +284,7 @@ def load_split(data_cfg: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.
     `cfg.data`.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     validate_data_cfg(data_cfg)
     digits = load_digits(data_cfg)
     idx = split_indices(data_cfg, digits.labels)[split]

@@ -28,7 +28,6 @@ from typing import Any
 import hydra
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +38,7 @@ from mlpipe.common.config import positive_int
 from mlpipe.common.errors import ConfigError, DataError, ParityError
 from mlpipe.common.provenance import data_version, sha256_file, source_digest
 from mlpipe.export import triton_repo
+from mlpipe.export.reference import ort_session, run_ort
 
 log = logging.getLogger(__name__)
 
@@ -163,22 +163,6 @@ def add_metadata(
         del node.metadata_props[:]
         node.metadata_props.extend(node_kept)
     onnx.save(model, str(onnx_path))
-
-
-def ort_session(onnx_path: Path, providers: list[str]) -> ort.InferenceSession:
-    """An ONNX Runtime session on `providers` (config: the reference every served backend is
-    compared with runs on `export.parity.providers`)."""
-    return ort.InferenceSession(str(onnx_path), providers=list(providers))
-
-
-def run_ort(session: ort.InferenceSession, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for ``images`` (N, C, H, W) in batches of ``batch_size``; returns (N, classes)."""
-    name = session.get_inputs()[0].name
-    outs = [
-        session.run(None, {name: images[i : i + batch_size]})[0]
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(outs, axis=0)
 
 
 def run_torch(net: torch.nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -31,7 +31,7 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlpipe.common.errors import ConfigError
+from mlpipe.common.errors import ArtifactError, ArtifactMissingError, ConfigError
 from mlpipe.common.provenance import sha256_file
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Signature:
 def _tensor_spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
     tensor_type = value_info.type.tensor_type
     if tensor_type.elem_type not in _ONNX_TO_TRITON:
-        raise ValueError(
+        raise ArtifactError(
             f"ONNX tensor {value_info.name!r} has element type "
             f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, which has no Triton "
             "mapping here"
@@ -90,7 +90,7 @@ def onnx_signature(onnx_path: Path | str) -> Signature:
     """Read the input/output signature of an exported model (one input, one output expected)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
-        raise FileNotFoundError(
+        raise ArtifactMissingError(
             f"ONNX model not found at {onnx_path}; create it with `mlpipe-export` (or `make "
             "export`)"
         )
@@ -98,7 +98,7 @@ def onnx_signature(onnx_path: Path | str) -> Signature:
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(graph.output) != 1:
-        raise ValueError(
+        raise ArtifactError(
             f"{onnx_path}: expected one input and one output, found inputs "
             f"{[i.name for i in inputs]} "
             f"and outputs {[o.name for o in graph.output]}"
@@ -226,32 +226,20 @@ def _common(triton_cfg: Mapping[str, Any], batching: bool) -> dict[str, Any]:
 
 
 def build_python_repository(onnx_path: Path, triton_cfg: Mapping[str, Any]) -> list[Path]:
-    """The python-backend flavour: ``model.py`` (ORT) + ``model.onnx`` per configured model.
-
-    The ONNX file's sha256 is recorded in ``config.pbtxt`` (``parameters.onnx_sha256``), so a
-    different model.onnx dropped into the repository is refused instead of served."""
-    signature = onnx_signature(onnx_path)
-    onnx_sha256 = sha256_file(onnx_path)
+    """The python-backend flavour: ``model.py`` (ORT) + ``model.onnx`` per configured model."""
     repository = Path(triton_cfg["python_repository"])
-    py_cfg = triton_cfg["python_backend"]
-    written = []
-    for name, batching in triton_cfg["models"].items():
-        config = build_model_config(
+    count = int(triton_cfg["instance_group"]["count"])
+    return [
+        write_python_model(
+            repository,
+            onnx_path,
+            triton_cfg,
             name,
-            signature,
-            backend="python",
-            instance_kind=str(triton_cfg["instance_group"]["kind"]),
-            parameters={
-                "onnx_file": py_cfg["onnx_file"],
-                "intra_op_num_threads": py_cfg["intra_op_num_threads"],
-                "inter_op_num_threads": py_cfg["inter_op_num_threads"],
-                SHA256_PARAMETER: onnx_sha256,
-            },
-            **_common(triton_cfg, bool(batching)),
+            instance_count=count,
+            dynamic_batching=triton_cfg["dynamic_batching"] if batching else None,
         )
-        files = {"model.py": PYTHON_MODEL_TEMPLATE, str(py_cfg["onnx_file"]): onnx_path}
-        written.append(write_model(repository, config, int(triton_cfg["version"]), files))
-    return written
+        for name, batching in triton_cfg["models"].items()
+    ]
 
 
 def build_native_repository(
@@ -316,8 +304,13 @@ def write_python_model(
     instance_count: int,
     dynamic_batching: Mapping[str, Any] | None,
 ) -> Path:
-    """One python-backend model whose instance count and batcher are given (the tuner's
-    candidates and its chosen config); everything else as in ``export.triton``."""
+    """The one writer of a python-backend model (the export's, the tuner's sweep candidates and
+    its chosen config): instance count and batcher as given, everything else as in
+    ``export.triton``.
+
+    The ONNX file's sha256 is recorded in ``config.pbtxt`` (``parameters.onnx_sha256``), so a
+    different model.onnx dropped into any repository is refused (by mlpipe-serve before launch,
+    by model.py at load) instead of served."""
     py_cfg = triton_cfg["python_backend"]
     config = build_model_config(
         name,
@@ -331,6 +324,7 @@ def write_python_model(
             "onnx_file": py_cfg["onnx_file"],
             "intra_op_num_threads": py_cfg["intra_op_num_threads"],
             "inter_op_num_threads": py_cfg["inter_op_num_threads"],
+            SHA256_PARAMETER: sha256_file(onnx_path),
         },
     )
     files = {"model.py": PYTHON_MODEL_TEMPLATE, str(py_cfg["onnx_file"]): onnx_path}

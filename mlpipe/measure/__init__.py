@@ -1,2 +1,6 @@
-"""Measurement: `loadgen` (the one load generator), `backends`, `cost` (FLOPs/bytes vs peaks),
-`bench` (`mlpipe-bench`), `roofline` and `profile` (`mlpipe-profile`), `tables` (tables, plots)."""
+"""Measurement, the only place that times the runtime: `loadgen` (the one load generator),
+`rounds` (stability, the convergence loop, interleaving), `served` (one served point), `pareto`,
+`tune` (`mlpipe-tune`), `targets` (`mlpipe-serve-targets`), `soak` (`mlpipe-serve-soak`),
+`backends` + `cost` + `bench` (`mlpipe-bench`), `roofline` + `profile` (`mlpipe-profile`), `knee`
+(`mlpipe-knee`), `relu_bench` + `relu_targets` + `relu_tables` + `relu_idle` (`mlpipe-relu-bench`),
+`tables` (tables, plots) and `sections` (the report's sections on measurements)."""

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mlpipe.common.errors import ArtifactError
+from mlpipe.common.errors import ArtifactError, ArtifactMissingError
 from mlpipe.measure.loadgen import CallerFactory
 from mlpipe.serving.client import TritonCaller
+from mlpipe.serving.server import TritonServer
 
 
 class Unavailable(Exception):
@@ -37,6 +38,7 @@ class Target:
     mode: str = "thread"
     max_batch: int | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    server: Any = None  # the TritonServer of a served backend (measured as a served point)
 
 
 @dataclass
@@ -66,8 +68,6 @@ class BenchContext:
     def server(self):
         """The Triton server, started on first use and stopped by `bench()`."""
         if self._server is None:
-            from mlpipe.serving.server import TritonServer
-
             server = TritonServer.from_config(self.cfg.serve)
             try:
                 server.start()
@@ -209,19 +209,19 @@ def torch_compile_cuda(ctx: BenchContext) -> Target:
 def _ort_target(ctx: BenchContext, name: str, device: str) -> Target:
     import onnxruntime as ort
 
+    from mlpipe.export.reference import ort_session
+
     provider = str(ctx.cfg.bench.ort.providers[name])
-    onnx_path = Path(ctx.cfg.bench.onnx_path)
     if provider not in ort.get_available_providers():
         raise Unavailable(
             f"onnxruntime {ort.__version__} has no {provider} (available: "
             f"{ort.get_available_providers()}); install onnxruntime-gpu on a CUDA machine"
         )
-    if not onnx_path.is_file():
-        raise Unavailable(f"{onnx_path} not found; create it with `mlpipe-export` (make export)")
-    opts = ort.SessionOptions()
-    for key, value in ctx.cfg.bench.ort.session_options.items():
-        setattr(opts, key, value)
-    session = ort.InferenceSession(str(onnx_path), opts, providers=[provider])
+    options = OmegaConf.to_container(ctx.cfg.bench.ort.session_options, resolve=True)
+    try:
+        session = ort_session(ctx.cfg.bench.onnx_path, [provider], options)
+    except ArtifactMissingError as err:
+        raise Unavailable(str(err)) from err
     if session.get_providers()[0] != provider:
         raise Unavailable(f"{provider} did not load (session uses {session.get_providers()})")
 
@@ -309,6 +309,7 @@ def _triton_target(ctx: BenchContext, protocol: str) -> Target:
         mode=str(ctx.cfg.bench.load.mode),
         max_batch=int(ctx.cfg.export.triton.max_batch_size),
         notes={"model": model, "server_ready_s": server.ready_seconds},
+        server=server,
     )
 
 

@@ -10,6 +10,7 @@ Backends live in `mlpipe.measure.backends`; one that cannot run here gets a row
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -23,12 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir  # absolute conf/ path: console scripts need it
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import one_of, positive_int, positive_ints, require
+from mlpipe.common.config import positive_int, positive_ints, require
 from mlpipe.common.provenance import machine_info
 from mlpipe.measure.backends import BACKENDS, BenchContext, Target, Unavailable
 from mlpipe.measure.cost import analytic_columns, best_of, device_peaks_for, model_cost
-from mlpipe.measure.loadgen import MODES, LoadSettings, Stability, run_until_stable
+from mlpipe.measure.loadgen import LoadSettings, Workers, run_until_stable
 from mlpipe.measure.roofline import DevicePeaks
+from mlpipe.measure.rounds import Stability
+from mlpipe.measure.served import Requests, served_point, window_row
 from mlpipe.measure.tables import PlotStyle, bench_plots, bench_table
 
 log = logging.getLogger(__name__)
@@ -45,52 +48,56 @@ def check_bench_config(bench_cfg: Mapping[str, Any]) -> None:
     )
     for key in ("batch_sizes", "concurrency", "inprocess_concurrency"):
         positive_ints(bench_cfg[key], f"bench.{key}")
-    one_of(bench_cfg["load"]["mode"], MODES, "bench.load.mode")
     positive_int(bench_cfg["requests"], "bench.requests")
     positive_int(bench_cfg["warmup"], "bench.warmup", minimum=0)
-    positive_int(bench_cfg["load"]["processes"], "bench.load.processes")
-
-
-def load_settings(bcfg: Mapping[str, Any], mode: str) -> LoadSettings:
-    load = bcfg["load"]
-    return LoadSettings(
-        mode, float(load["timeout_s"]), float(load["join_timeout_s"]), int(load["processes"])
-    )
+    LoadSettings.from_config(bench_cfg["load"], "bench.load")
+    Stability.from_config(bench_cfg["stability"], "bench.stability")
 
 
 def measure_cell(
     target: Target, batch: int, concurrency: int, bcfg: Mapping[str, Any], factory: Any
 ) -> dict[str, Any]:
-    """Run the stability loop for one cell and summarise it as a row."""
-    stab = bcfg["stability"]
-    res = run_until_stable(
-        factory,
-        concurrency,
-        int(bcfg["requests"]),
-        int(bcfg["warmup"]),
-        Stability(float(stab["rel_tol"]), int(stab["min_windows"]), int(stab["max_windows"])),
-        load_settings(bcfg, target.mode),
-    )
-    w = res.window
-    lat = w.latency()
+    """Run the stability loop for one cell and summarise it as a row: a served backend through
+    the one served-point measurement (with Triton's mean server batch), the others in-process."""
+    load = LoadSettings.from_config(bcfg["load"], "bench.load")
+    settings = dataclasses.replace(load, mode=target.mode)
+    stability = Stability.from_config(bcfg["stability"], "bench.stability")
+    requests, warmup = int(bcfg["requests"]), int(bcfg["warmup"])
+    if target.server is not None:
+        sends = Requests(factory.images, requests, warmup, factory.protocol)
+        with Workers(factory, concurrency, settings) as workers:
+            point = served_point(target.server, factory.model, workers, stability, sends)
+    else:
+        res = run_until_stable(factory, concurrency, requests, warmup, stability, settings)
+        point = window_row(res.window, res.p50_history_ms, res.stable)
+    return bench_row(target, batch, concurrency, point)
+
+
+def bench_row(
+    target: Target, batch: int, concurrency: int, point: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One bench row from a measured point (its last window)."""
+    lat, timed = point["latency"], point["wall_s"] > 0
     row: dict[str, Any] = {
         "backend": target.backend,
         "device": target.device,
-        "status": "ok",
+        "status": point["status"],
         "batch": batch,
         "concurrency": concurrency,
-        "requests": w.requests,
-        "errors": w.errors,
+        "requests": point["requests"],
+        "errors": point["errors"],
         **{k: lat[k] for k in ("p50_ms", "p90_ms", "p99_ms")},
-        "mean_ms": lat["mean_ms"] if w.requests else None,
-        "throughput_req_s": w.throughput_rps if w.wall_s else None,
-        "throughput_samples_s": w.throughput_rps * batch if w.wall_s else None,
-        "windows": len(res.p50_history_ms),
-        "stable": res.stable,
-        "p50_history_ms": [round(x, 4) for x in res.p50_history_ms],
+        "mean_ms": lat["mean_ms"] if point["requests"] else None,
+        "throughput_req_s": point["throughput_rps"] if timed else None,
+        "throughput_samples_s": point["throughput_rps"] * batch if timed else None,
+        "windows": point["windows"],
+        "stable": point["stable"],
+        "p50_history_ms": point["p50_history_ms"],
     }
-    if w.errors:
-        row.update(status="error", reason=w.first_error)
+    if "server" in point:
+        row["mean_server_batch"] = point["server"]["mean_server_batch"]
+    if point["status"] != "ok":
+        row["reason"] = point["reason"]
     return row
 
 

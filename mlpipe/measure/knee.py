@@ -33,7 +33,7 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mlpipe import config_dir
@@ -41,10 +41,19 @@ from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, positive_int, positive_ints, require
 from mlpipe.common.errors import ConfigError
 from mlpipe.common.provenance import machine_info
+from mlpipe.common.stats import time_calls
 from mlpipe.measure.cost import ModelCost
-from mlpipe.measure.loadgen import Stability
-from mlpipe.measure.roofline import FLOP_CONVENTION, DevicePeaks, check_dtype, plot_roofline
-from mlpipe.measure.tables import PlotStyle
+from mlpipe.measure.profile import profile_network, untrained_network
+from mlpipe.measure.roofline import (
+    FLOP_CONVENTION,
+    DevicePeaks,
+    check_dtype,
+    measure_copy_bandwidth,
+    measure_matmul_flops,
+    plot_roofline,
+)
+from mlpipe.measure.rounds import Stability, until_settled
+from mlpipe.measure.tables import PlotStyle, knee_points_table, knee_table
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +81,6 @@ class KneeSettings:
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> KneeSettings:
         k = "profile.knee"
-        stab = node["stability"]
         settings = cls(
             max_batch=positive_int(node["max_batch"], f"{k}.max_batch"),
             time_budget_s=as_float(node["time_budget_s"], f"{k}.time_budget_s"),
@@ -81,11 +89,7 @@ class KneeSettings:
             repeats=positive_int(node["repeats"], f"{k}.repeats"),
             min_sample_s=as_float(node["min_sample_s"], f"{k}.min_sample_s"),
             max_inner=positive_int(node["max_inner"], f"{k}.max_inner"),
-            stability=Stability(
-                as_float(stab["rel_tol"], f"{k}.stability.rel_tol"),
-                positive_int(stab["min_rounds"], f"{k}.stability.min_rounds"),
-                positive_int(stab["max_rounds"], f"{k}.stability.max_rounds"),
-            ),
+            stability=Stability.from_config(node["stability"], f"{k}.stability"),
             peak_fraction=as_float(node["peak_fraction"], f"{k}.peak_fraction"),
             time_step=as_float(node["time_step"], f"{k}.time_step"),
         )
@@ -110,15 +114,9 @@ class LayerCost:
 # -- one batch ---------------------------------------------------------------------------------
 def best_of_rounds(sample: Sampler, repeats: int, stability: Stability) -> tuple[float, bool, int]:
     """(best seconds per call, settled?, rounds): rounds of best-of-`repeats` samples until two
-    consecutive round bests differ by at most `rel_tol` (at least `min_windows` rounds)."""
-    bests: list[float] = []
-    for _ in range(stability.max_windows):
-        bests.append(min(sample() for _ in range(repeats)))
-        if len(bests) >= max(2, stability.min_windows):
-            prev, cur = bests[-2], bests[-1]
-            if abs(cur - prev) <= stability.rel_tol * prev:
-                return min(bests), True, len(bests)
-    return min(bests), False, len(bests)
+    consecutive round bests settle (the one convergence loop, `until_settled`)."""
+    bests, settled = until_settled(lambda _: min(sample() for _ in range(repeats)), stability)
+    return min(bests), settled, len(bests)
 
 
 def point(
@@ -213,8 +211,9 @@ def sweep_layer(
 
 # -- timing a real layer -----------------------------------------------------------------------
 def _clocked(call: Callable[[], Any], device: str) -> Callable[[int], float]:
-    """inner -> seconds per call of `inner` back-to-back calls: perf_counter on the CPU, CUDA
-    events on a GPU (device time, no host sync inside the loop)."""
+    """inner -> seconds per call of `inner` back-to-back calls: the one timing primitive on the
+    CPU (`mlpipe.common.stats.time_calls`), CUDA events on a GPU (device time, no host sync
+    inside the loop)."""
     if device == "cuda":
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
@@ -230,10 +229,8 @@ def _clocked(call: Callable[[], Any], device: str) -> Callable[[int], float]:
         return cuda_timed
 
     def cpu_timed(inner: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            call()
-        return (time.perf_counter() - t0) / inner
+        (seconds,) = time_calls(call, 0, 1, inner)
+        return seconds
 
     return cpu_timed
 
@@ -334,10 +331,6 @@ def knee_peaks(
     layers are timed there too. The FLOP/s peak is the best of `peak_repeats` matmuls at each of
     `peak_matmul_sizes` (short ones too: on a shared machine a long call is rarely left alone,
     which would depress the peak and inflate every share of it); the copy peak is the preset's."""
-    from omegaconf import OmegaConf
-
-    from mlpipe.measure.roofline import measure_copy_bandwidth, measure_matmul_flops
-
     path = Path(device_dir) / f"{preset}.yaml"
     cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
     require(
@@ -368,8 +361,6 @@ def knee_peaks(
 def measure_knees(cfg: DictConfig) -> dict[str, Any]:
     """Sweep every matmul/conv and elementwise layer of the configured model (untrained: speed
     does not depend on the weights) on the `profile.knee.device` preset's device."""
-    from mlpipe.measure.profile import profile_network, untrained_network
-
     pc, kc = cfg.profile, cfg.profile.knee
     settings = KneeSettings.from_config(kc)
     if kc.torch_threads is not None:
@@ -409,8 +400,6 @@ def measure_knees(cfg: DictConfig) -> dict[str, Any]:
 
 def write_knees(result: Mapping[str, Any], out_dir: Path, style: PlotStyle) -> Path:
     """`<model>.json`, `<model>.md` and `<model>_<device>.png` (measured points, analytic roof)."""
-    from mlpipe.measure.tables import knee_points_table, knee_table
-
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / str(result["model"])
     dev = result["device"]
@@ -443,8 +432,6 @@ def write_knees(result: Mapping[str, Any], out_dir: Path, style: PlotStyle) -> P
 
 def knee(cfg: DictConfig) -> dict[str, Any]:
     """Measure, write, print the summary table."""
-    from mlpipe.measure.tables import knee_table
-
     result = measure_knees(cfg)
     path = write_knees(result, Path(cfg.profile.knee.out_dir), PlotStyle.from_config(cfg.plot))
     log.info("wrote %s", path)

@@ -27,15 +27,17 @@ import multiprocessing as mp
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 
+from mlpipe.common.config import as_float, one_of, positive_int, require
 from mlpipe.common.errors import ConfigError
-from mlpipe.common.stats import latency_summary
+from mlpipe.common.stats import latency_summary, now, timed
+from mlpipe.measure.rounds import Stability, until_settled
 
 Caller = Callable[[], Any]
 CallerFactory = Callable[[], Caller]
@@ -61,13 +63,16 @@ class LoadSettings:
             raise ConfigError(f"load generator processes must be >= 1, got {self.processes}")
 
     @classmethod
-    def from_config(cls, node: Any) -> LoadSettings:
-        """From a `load:` config node (mode, timeout_s, join_timeout_s, processes)."""
+    def from_config(cls, node: Mapping[str, Any], key: str) -> LoadSettings:
+        """From a `load:` config node (mode, timeout_s, join_timeout_s, processes); each error
+        names its `<key>.<field>`."""
+        seconds = {f: as_float(node[f], f"{key}.{f}") for f in ("timeout_s", "join_timeout_s")}
+        for field_name, value in seconds.items():
+            require(value > 0, f"{key}.{field_name}", f"must be > 0, got {node[field_name]!r}")
         return cls(
-            str(node["mode"]),
-            float(node["timeout_s"]),
-            float(node["join_timeout_s"]),
-            int(node["processes"]),
+            str(one_of(node["mode"], MODES, f"{key}.mode")),
+            processes=positive_int(node["processes"], f"{key}.processes"),
+            **seconds,
         )
 
 
@@ -104,17 +109,16 @@ class _WorkerOut:
 
 def _timed(call: Caller, requests: int) -> _WorkerOut:
     """The timed part of a blocking worker's window: `requests` calls back to back."""
-    out = _WorkerOut(start=time.perf_counter())  # CLOCK_MONOTONIC: comparable across processes
+    out = _WorkerOut(start=now())  # the one clock: comparable across processes
     for _ in range(requests):
-        t0 = time.perf_counter()
         try:
-            call()
+            _, seconds = timed(call)
         except Exception as err:
             out.errors += 1
             out.first_error = out.first_error or f"{type(err).__name__}: {err}"
             continue
-        out.latencies_s.append(time.perf_counter() - t0)
-    out.end = time.perf_counter()
+        out.latencies_s.append(seconds)
+    out.end = now()
     return out
 
 
@@ -128,23 +132,23 @@ def _timed_async(call: Any, requests: int, inflight: int, timeout_s: float) -> _
     def done(started: float, result: Any, error: Any) -> None:  # tritonclient: result=, error=
         with lock:
             if error is None:
-                out.latencies_s.append(time.perf_counter() - started)
+                out.latencies_s.append(now() - started)
             else:
                 out.errors += 1
                 out.first_error = out.first_error or str(error)
         window.release()
 
-    out.start = time.perf_counter()
+    out.start = now()
     for _ in range(requests):
         if not window.acquire(timeout=timeout_s):
             raise TimeoutError(
                 f"no response within {timeout_s} s with {inflight} requests in flight"
             )
-        call.submit(partial(done, time.perf_counter()))
+        call.submit(partial(done, now()))
     for _ in range(inflight):  # drain: every request in flight has answered
         if not window.acquire(timeout=timeout_s):
             raise TimeoutError(f"requests still unanswered after {timeout_s} s")
-    out.end = time.perf_counter()
+    out.end = now()
     return out
 
 
@@ -280,6 +284,14 @@ class Workers:
         start."""
         if requests < 1 or warmup < 0:
             raise ConfigError(f"need requests >= 1 and warmup >= 0, got {requests}, {warmup}")
+        return self._run(warmup, requests)
+
+    def warm_up(self, warmup: int) -> WindowResult:
+        """`warmup` untimed calls per request slot and nothing timed: what comes before the
+        windows whose server statistics must hold their own requests only."""
+        return self._run(warmup, 0)
+
+    def _run(self, warmup: int, requests: int) -> WindowResult:
         for c in self._commands:
             c.put((warmup, requests))
         outs = self._collect()
@@ -320,21 +332,6 @@ def run_window(
         return workers.window(warmup, requests)
 
 
-@dataclass(frozen=True)
-class Stability:
-    """Repeat windows until p50 moves less than `rel_tol`; `min_windows`..`max_windows` of them."""
-
-    rel_tol: float
-    min_windows: int
-    max_windows: int
-
-    def __post_init__(self) -> None:
-        if self.max_windows < 1 or self.min_windows > self.max_windows:
-            raise ConfigError(
-                f"need 1 <= min_windows <= max_windows, got {self.min_windows}, {self.max_windows}"
-            )
-
-
 @dataclass
 class StableResult:
     """The last window of a stability loop plus how the loop went."""
@@ -360,19 +357,14 @@ def run_until_stable(
 def until_stable(
     workers: Workers, requests: int, warmup: int, stability: Stability
 ) -> StableResult:
-    """Repeat windows of running workers until p50 settles (see :class:`Stability`).
+    """Repeat windows of running workers until p50 settles (the one convergence loop,
+    :func:`mlpipe.measure.rounds.until_settled`). Warm-up runs before the first window only;
+    a window with errors ends the loop (it would not settle)."""
+    last = [WindowResult(np.empty(0), 0.0, 0)]
 
-    Warm-up runs before the first window only. Stops early on errors (they would not settle).
-    """
-    history: list[float] = []
-    window = WindowResult(np.empty(0), 0.0, 0)
-    for i in range(stability.max_windows):
-        window = workers.window(warmup if i == 0 else 0, requests)
-        if window.errors:
-            break
-        history.append(window.latency()["p50_ms"])
-        if len(history) >= max(2, stability.min_windows):
-            prev, cur = history[-2], history[-1]
-            if abs(cur - prev) <= stability.rel_tol * prev:
-                return StableResult(window, history, True)
-    return StableResult(window, history, False)
+    def p50(i: int) -> float | None:
+        last[0] = workers.window(warmup if i == 0 else 0, requests)
+        return None if last[0].errors else last[0].latency()["p50_ms"]
+
+    history, stable = until_settled(p50, stability)
+    return StableResult(last[0], history, stable)

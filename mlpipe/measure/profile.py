@@ -23,7 +23,7 @@ from torch import nn
 from mlpipe import config_dir  # absolute conf/ path: console scripts need it
 from mlpipe.common import repro
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import positive_int
+from mlpipe.common.config import names, positive_int
 from mlpipe.common.errors import ConfigError
 from mlpipe.measure.roofline import (
     FLOP_CONVENTION,
@@ -275,7 +275,7 @@ def profile(cfg: DictConfig) -> dict[str, Any]:
     """Profile the configured model; write `<out_dir>/<model>.json`, `.md` and the roofline PNG."""
     pc = cfg.profile
     repro.guard(cfg.repro, Path(cfg.paths.root_dir), [pc.out_dir])
-    devices = resolve_devices(list(pc.devices), pc.device_dir, pc.dtype)
+    devices = resolve_devices(names(pc.devices, "profile.devices"), pc.device_dir, pc.dtype)
     net = untrained_network(cfg)
     result = profile_network(net, list(pc.sample_shape), pc.batch_size, pc.dtype, devices)
     result["model"] = str(pc.model_name)

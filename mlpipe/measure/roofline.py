@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from mlpipe.common.errors import ConfigError
+from mlpipe.common.stats import time_calls
 from mlpipe.measure.tables import PlotStyle, new_figure, save_plot
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,7 @@ def measure_matmul_flops(dtype: str, size: int, repeats: int, device: str = "cpu
     a = torch.randn(size, size, device=device).to(storage)
     b = torch.randn(size, size, device=device).to(storage)
     torch.matmul(a, b)  # warm-up: first call allocates and picks kernels
-    best = math.inf
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * size**3 / best
+    return 2.0 * size**3 / _best_seconds(lambda: torch.matmul(a, b), repeats, device)
 
 
 def measure_copy_bandwidth(nbytes: int, repeats: int, device: str = "cpu") -> float:
@@ -102,16 +93,21 @@ def measure_copy_bandwidth(nbytes: int, repeats: int, device: str = "cpu") -> fl
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    best = math.inf
-    for _ in range(repeats):
+    return 2.0 * nbytes / _best_seconds(lambda: dst.copy_(src), repeats, device)
+
+
+def _best_seconds(call: Callable[[], Any], repeats: int, device: str) -> float:
+    """Best of `repeats` timings of `call` (the one timing primitive), the device synchronized
+    before and after each, so a CUDA call is timed to its end."""
+
+    def synced() -> None:
+        call()
         if device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * nbytes / best
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return min(time_calls(synced, 0, repeats))
 
 
 def device_peaks(device_cfg: Mapping[str, Any], dtype: str) -> DevicePeaks:

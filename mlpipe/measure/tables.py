@@ -145,15 +145,9 @@ def _latency_plot(ok: Sequence[Mapping[str, Any]], path: Path, style: PlotStyle)
             xs, p50, p99 = zip(*pts, strict=True)
             (line,) = ax.plot(xs, p50, marker="o", label=f"{backend} p50")
             ax.plot(xs, p99, ls=":", color=line.get_color(), lw=1)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="batch size",
-        ylabel="latency [ms] (p50; dotted p99)",
-        title="latency vs batch (concurrency 1)",
-    )
-    int_ticks(ax, sorted({r["batch"] for r in ok}))
-    return save_plot(fig, ax, path, style)
+    ticks = sorted({r["batch"] for r in ok})
+    labels = ("batch size", "latency [ms] (p50; dotted p99)", "latency vs batch (concurrency 1)")
+    return _save_loglog(fig, ax, ticks, labels, path, style)
 
 
 def _throughput_plot(ok: Sequence[Mapping[str, Any]], path: Path, style: PlotStyle) -> Path:
@@ -168,14 +162,18 @@ def _throughput_plot(ok: Sequence[Mapping[str, Any]], path: Path, style: PlotSty
             if len(pts) > 1:
                 xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker="o", label=f"{backend} batch {batch}")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="client concurrency",
-        ylabel="throughput [samples/s]",
-        title="throughput vs concurrency",
-    )
-    int_ticks(ax, sorted({r["concurrency"] for r in ok}))
+    ticks = sorted({r["concurrency"] for r in ok})
+    labels = ("client concurrency", "throughput [samples/s]", "throughput vs concurrency")
+    return _save_loglog(fig, ax, ticks, labels, path, style)
+
+
+def _save_loglog(
+    fig: Any, ax: Any, ticks: list[int], labels: tuple[str, str, str], path: Path, style: PlotStyle
+) -> Path:
+    """Log-log axes with integer ticks, labelled (x, y, title), saved."""
+    xlabel, ylabel, title = labels
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    int_ticks(ax, ticks)
     return save_plot(fig, ax, path, style)
 
 

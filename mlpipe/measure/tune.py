@@ -35,10 +35,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import as_float, plain, positive_int, positive_ints, require
+from mlpipe.common.config import as_float, one_of, plain, positive_int, positive_ints, require
 from mlpipe.common.errors import ArtifactMissingError, UserError
 from mlpipe.common.provenance import machine_info
-from mlpipe.measure.loadgen import LoadSettings, Stability, Workers, until_stable
+from mlpipe.data import SPLITS, load_split
+from mlpipe.export.triton_repo import write_python_model
+from mlpipe.measure.loadgen import LoadSettings, Workers
+from mlpipe.measure.pareto import at, choose, pareto_front
+from mlpipe.measure.rounds import Stability, interleaved
+from mlpipe.measure.served import Requests, served_point
+from mlpipe.measure.tables import PlotStyle, pareto_plot, tune_markdown
+from mlpipe.serving.client import TritonCaller
+from mlpipe.serving.server import TritonServer
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +152,9 @@ def check_tune_config(tc: Mapping[str, Any], max_batch_size: int) -> None:
     positive_int(tc["confirm"]["rounds"], "tune.confirm.rounds", minimum=0)
     positive_int(tc["requests_per_slot"], "tune.requests_per_slot")
     positive_int(tc["warmup"], "tune.warmup", minimum=0)
-    LoadSettings.from_config(tc["load"])
+    one_of(tc["split"], SPLITS, "tune.split")
+    Stability.from_config(tc["stability"], "tune.stability")
+    LoadSettings.from_config(tc["load"], "tune.load")
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -152,8 +162,6 @@ def build_sweep_repository(
     cands: Sequence[Candidate], onnx_path: Path, triton_cfg: Mapping[str, Any], path: Path
 ) -> None:
     """One python-backend model per candidate, in a fresh folder."""
-    from mlpipe.export.triton_repo import write_python_model
-
     if not onnx_path.is_file():
         raise ArtifactMissingError(
             f"{onnx_path} not found: the tuner serves the exported model; run `mlpipe-export` "
@@ -171,49 +179,36 @@ def build_sweep_repository(
         )
 
 
-def _caller(server: Any, name: str, tc: Mapping[str, Any], images: np.ndarray) -> Any:
-    from mlpipe.serving.client import TritonCaller
-
-    return TritonCaller("grpc", server.grpc_address, name, images, float(tc["load"]["timeout_s"]))
-
-
 def measure_point(
-    server: Any, workers: Workers, cand: Candidate, tc: Mapping[str, Any], images: np.ndarray
+    server: TritonServer,
+    workers: Workers,
+    cand: Candidate,
+    tc: Mapping[str, Any],
+    images: np.ndarray,
 ) -> dict[str, Any]:
-    """Throughput, p50 and p99 of one candidate at the workers' concurrency (stability loop)."""
-    from mlpipe.serving.client import TritonClient
-
-    stab = tc["stability"]
-    workers.retarget(_caller(server, cand.name, tc, images))
-    admin = server.admin_grpc_headers  # statistics are a restricted API (mlpipe-serve's key)
-    with TritonClient(
-        "grpc", server.grpc_address, cand.name, tc["load"]["timeout_s"], admin
-    ) as client:
-        before = client.batch_stats()
-        res = until_stable(
-            workers,
-            int(tc["requests_per_slot"]),
-            int(tc["warmup"]),
-            Stability(float(stab["rel_tol"]), int(stab["min_windows"]), int(stab["max_windows"])),
-        )
-        after = client.batch_stats()
-    w, lat = res.window, res.window.latency()
-    executions = after["execution_count"] - before["execution_count"]
-    inferences = after["inference_count"] - before["inference_count"]
+    """Throughput, p50 and p99 of one candidate at the workers' concurrency: one served point
+    (stability loop; the mean server batch of its last window alone)."""
+    point = served_point(
+        server,
+        cand.name,
+        workers,
+        Stability.from_config(tc["stability"], "tune.stability"),
+        Requests(images, int(tc["requests_per_slot"]), int(tc["warmup"])),
+    )
     row = {
         "config": cand.name,
-        "concurrency": workers.concurrency,
-        "status": "ok" if not w.errors else "error",
-        "throughput_rps": w.throughput_rps,
-        "p50_ms": lat["p50_ms"],
-        "p99_ms": lat["p99_ms"],
-        "requests": w.requests,
-        "windows": len(res.p50_history_ms),
-        "stable": res.stable,
-        "mean_server_batch": inferences / executions if executions else None,
+        "concurrency": point["concurrency"],
+        "status": point["status"],
+        "throughput_rps": point["throughput_rps"],
+        "p50_ms": point["latency"]["p50_ms"],
+        "p99_ms": point["latency"]["p99_ms"],
+        "requests": point["requests"],
+        "windows": point["windows"],
+        "stable": point["stable"],
+        "mean_server_batch": point["server"]["mean_server_batch"],
     }
-    if w.errors:
-        row["reason"] = w.first_error
+    if "reason" in point:
+        row["reason"] = point["reason"]
     return row
 
 
@@ -230,13 +225,11 @@ def sweep(cfg: DictConfig, cands: Sequence[Candidate], images: np.ndarray) -> di
 
     One set of load workers per concurrency serves the whole sweep (retargeted per candidate),
     so process start-up is paid once, not per point."""
-    from mlpipe.serving.server import TritonServer
-
     tc = plain(cfg.tune)
-    settings = LoadSettings.from_config(tc["load"])
+    settings = LoadSettings.from_config(tc["load"], "tune.load")
     started, rows, skipped = time.monotonic(), [], []
     with TritonServer.from_config(sweep_server_config(cfg, cands)) as server, ExitStack() as stack:
-        first = _caller(server, cands[0].name, tc, images)
+        first = TritonCaller("grpc", server.grpc_address, cands[0].name, images, settings.timeout_s)
         pools = [stack.enter_context(Workers(first, int(c), settings)) for c in tc["concurrency"]]
         for cand in cands:
             if cand.untuned is None and time.monotonic() - started > tc["time_budget_s"]:
@@ -254,7 +247,7 @@ def sweep(cfg: DictConfig, cands: Sequence[Candidate], images: np.ndarray) -> di
 
 
 def confirm(
-    server: Any,
+    server: TritonServer,
     workers: Workers,
     cands: Sequence[Candidate],
     rows: list[dict[str, Any]],
@@ -285,7 +278,7 @@ def confirm(
 
 
 def _confirm_round(
-    server: Any,
+    server: TritonServer,
     workers: Workers,
     cands: Sequence[Candidate],
     rows: list[dict[str, Any]],
@@ -295,10 +288,12 @@ def _confirm_round(
 ) -> list[dict[str, Any]]:
     """`confirm.rounds` more interleaved windows of `names`; their rows become medians."""
     conc, by_name = workers.concurrency, {c.name: c for c in cands}
-    runs = {n: [r for r in at(rows, conc) if r["config"] == n] for n in names}
-    for _ in range(int(tc["confirm"]["rounds"])):
-        for n in names:
-            runs[n].append(measure_point(server, workers, by_name[n], tc, images))
+    more = interleaved(
+        names,
+        int(tc["confirm"]["rounds"]),
+        lambda n: measure_point(server, workers, by_name[n], tc, images),
+    )
+    runs = {n: [r for r in at(rows, conc) if r["config"] == n] + more[n] for n in names}
     log.info(
         "confirmed at %d clients: %s", conc, {n: _brief(median_row(r)) for n, r in runs.items()}
     )
@@ -325,33 +320,7 @@ def _brief(row: Mapping[str, Any]) -> str:
     )
 
 
-# -- choosing ----------------------------------------------------------------------------------
-def pareto_front(points: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Configs no other point dominates (as much throughput or more at as low a p99 or lower,
-    one of them strictly), in order of p99."""
-    ok = [p for p in points if p["status"] == "ok"]
-
-    def dominated(p: Mapping[str, Any]) -> bool:
-        return any(
-            q["throughput_rps"] >= p["throughput_rps"]
-            and q["p99_ms"] <= p["p99_ms"]
-            and (q["throughput_rps"] > p["throughput_rps"] or q["p99_ms"] < p["p99_ms"])
-            for q in ok
-        )
-
-    return [p["config"] for p in sorted(ok, key=lambda p: p["p99_ms"]) if not dominated(p)]
-
-
-def at(rows: Sequence[Mapping[str, Any]], concurrency: int) -> list[Mapping[str, Any]]:
-    return [r for r in rows if r["concurrency"] == concurrency]
-
-
-def choose(points: Sequence[Mapping[str, Any]], budget_ms: float) -> Mapping[str, Any] | None:
-    """Highest throughput among the points whose p99 meets the budget (ties: lower p99)."""
-    meeting = [p for p in points if p["status"] == "ok" and p["p99_ms"] <= budget_ms]
-    return max(meeting, key=lambda p: (p["throughput_rps"], -p["p99_ms"]), default=None)
-
-
+# -- choosing ---------------------------------------------------------------------------------
 def checks(points: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) -> dict[str, Any]:
     """The two targets on the tuner's own measurement: the chosen config is on the front, and
     its throughput is at least that of every untuned config at the same concurrency."""
@@ -371,8 +340,6 @@ def checks(points: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any]) -> di
 def write_tuned_repository(cfg: DictConfig, chosen: Candidate) -> Path:
     """A copy of the exported python repository plus the chosen config as `tune.tuned_model`:
     the export's DVC outputs are never modified; the baselines stay beside the tuned model."""
-    from mlpipe.export.triton_repo import write_python_model
-
     source, target = Path(cfg.export.triton.python_repository), Path(cfg.tune.repository)
     if not source.is_dir():
         raise ArtifactMissingError(
@@ -410,9 +377,6 @@ def select(cfg: DictConfig, rows: Sequence[Mapping[str, Any]]) -> Mapping[str, A
 
 def tune(cfg: DictConfig) -> dict[str, Any]:
     """Sweep, choose, write the tuned repository and the report; returns the results."""
-    from mlpipe.data import load_split
-    from mlpipe.measure.tables import PlotStyle, pareto_plot, tune_markdown
-
     tc = cfg.tune
     check_tune_config(tc, int(cfg.export.triton.max_batch_size))
     cands = candidates(tc.space, cfg.export.triton)

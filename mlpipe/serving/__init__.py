@@ -1,6 +1,6 @@
-"""Serving stage: `server` (tritonserver lifecycle, `mlpipe-serve`), `client` (the one Triton
-client), `accuracy` (served == ONNX Runtime, `mlpipe-client`), `targets` (`mlpipe-serve-targets`),
-and the hardening around the server: `admin` (restricted APIs behind a key), `gateway` +
-`gateway_js` (nginx in front), `supervisor` (watchdog, restarts, draining stop), `lifecycle` +
-`reaper` (children and /dev/shm never outlive mlpipe-serve), `repository` (checks before launch),
-`network`, `soak` (load through the gateway with bad requests)."""
+"""Serving stage, the runtime only: `supervisor` (`mlpipe-serve`: server + gateway under the
+watchdog, draining stop), `server` (tritonserver), `gateway` + `gateway_js` (nginx in front),
+`process` (the one child-process lifecycle under both), `lifecycle` + `reaper` (children and
+/dev/shm never outlive mlpipe-serve), `admin` (restricted APIs behind a key), `repository`
+(checks before launch), `network`, `client` (the one Triton client) and `accuracy`
+(`mlpipe-client`: served == ONNX Runtime). Everything that times it lives in `mlpipe.measure`."""

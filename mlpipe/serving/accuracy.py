@@ -9,7 +9,6 @@ writes ``client.report_path``.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,11 @@ from omegaconf import DictConfig
 
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import one_of, positive_int
-from mlpipe.common.errors import ArtifactMissingError, ConfigError, ParityError
-from mlpipe.common.stats import latency_summary
+from mlpipe.common.config import as_float, one_of, positive_int, require
+from mlpipe.common.errors import ConfigError, ParityError
+from mlpipe.common.stats import latency_summary, timed
+from mlpipe.data import SPLITS, load_split
+from mlpipe.export.reference import reference_logits
 from mlpipe.serving.client import PROTOCOLS, TritonClient
 from mlpipe.serving.server import TritonServer
 
@@ -29,8 +30,10 @@ from mlpipe.serving.server import TritonServer
 def validate_client_cfg(ccfg: DictConfig) -> None:
     """Reject bad client values before any server starts; each error names its key."""
     one_of(ccfg.protocol, PROTOCOLS, "client.protocol")
+    one_of(ccfg.split, SPLITS, "client.split")
     positive_int(ccfg.batch_size, "client.batch_size")
     positive_int(ccfg.warmup, "client.warmup", minimum=0)
+    require(as_float(ccfg.timeout_s, "client.timeout_s") > 0, "client.timeout_s", "must be > 0")
 
 
 def server_address(cfg: DictConfig, server: TritonServer | None, protocol: str) -> str:
@@ -46,41 +49,24 @@ def server_address(cfg: DictConfig, server: TritonServer | None, protocol: str) 
     return f"{cfg.client.host}:{port}"
 
 
-def offline_logits(cfg: DictConfig, images: np.ndarray) -> np.ndarray:
-    """ONNX Runtime's logits for `images` on the exported file: the reference."""
-    from mlpipe.export.run import ort_session, run_ort
-
-    onnx_path = Path(cfg.export.onnx_path)
-    if not onnx_path.is_file():
-        raise ArtifactMissingError(
-            f"ONNX model not found at {onnx_path}; create it with `mlpipe-export` (or `make "
-            "export`)"
-        )
-    session = ort_session(onnx_path, list(cfg.export.parity.providers))
-    return run_ort(session, images, int(cfg.client.batch_size))  # (N, classes)
-
-
 def served_logits(
     client: TritonClient, images: np.ndarray, batch: int, warmup: int
 ) -> tuple[np.ndarray, list[float]]:
     """The server's logits for `images` in batches, and each batch's round-trip seconds."""
     for _ in range(warmup):
         client.infer(images[:batch])
-    outs, times = [], []
-    for start in range(0, len(images), batch):
-        t0 = time.perf_counter()
-        outs.append(client.infer(images[start : start + batch]))
-        times.append(time.perf_counter() - t0)
-    return np.concatenate(outs, axis=0), times
+    answers = [
+        timed(lambda s=s: client.infer(images[s : s + batch])) for s in range(0, len(images), batch)
+    ]
+    return np.concatenate([out for out, _ in answers], axis=0), [t for _, t in answers]
 
 
 def classify_split(cfg: DictConfig, server: TritonServer | None) -> dict[str, Any]:
     """Send the configured split in batches; compare with offline ORT on the same ONNX."""
-    from mlpipe.data import load_split
-
     ccfg = cfg.client
     images, labels = load_split(cfg.data, str(ccfg.split))  # (N, 1, 8, 8), (N,)
-    offline = offline_logits(cfg, images)
+    providers = list(cfg.export.parity.providers)
+    offline = reference_logits(cfg.export.onnx_path, providers, images, int(ccfg.batch_size))
     protocol = str(ccfg.protocol)
     address = server_address(cfg, server, protocol)
     with TritonClient(protocol, address, str(ccfg.model), float(ccfg.timeout_s)) as client:

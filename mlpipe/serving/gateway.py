@@ -35,8 +35,8 @@ from mlpipe.common.config import as_float, positive_int, require
 from mlpipe.common.errors import ConfigError, ServerError
 from mlpipe.serving.admin import GRPC_HEADER_PREFIX
 from mlpipe.serving.gateway_js import check_script
-from mlpipe.serving.lifecycle import Reaper, describe_exit, die_with_parent
-from mlpipe.serving.network import bracketed, check_port_free, free_port, is_loopback
+from mlpipe.serving.network import bracketed, is_loopback, port_number
+from mlpipe.serving.process import ManagedProcess
 from mlpipe.serving.repository import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -270,9 +270,14 @@ http {{
 
 
 def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
-    """Every count and limit a positive integer, every timeout a positive number (names the key)."""
+    """Every count and limit a positive integer, every timeout a positive number, every port a
+    port (names the key): checked before tritonserver starts."""
     for key in ("worker_processes", "worker_connections"):
         positive_int(cfg[key], f"gateway.{key}")
+    for key in ("http_port", "grpc_port"):
+        port_number(cfg, key, "gateway")
+    for key in ("ready_timeout_s", "stop_timeout_s", "poll_interval_s", "health_timeout_s"):
+        require(as_float(cfg[key], f"gateway.{key}") > 0, f"gateway.{key}", "must be > 0")
     for key, value in cfg["limits"].items():
         positive_int(value, f"gateway.limits.{key}")
     for key, value in cfg["timeouts"].items():
@@ -290,8 +295,10 @@ def _prepare_runtime(runtime: Path, cfg: Mapping[str, Any]) -> None:
             path.chmod(0o700)
 
 
-class Gateway:
+class Gateway(ManagedProcess):
     """An nginx process in front of one TritonServer (start/stop/is_running, like the server)."""
+
+    name, group = "nginx", "gateway"
 
     def __init__(
         self, cfg: Mapping[str, Any], specs: Mapping[str, ModelSpec], upstream: Upstream
@@ -300,36 +307,17 @@ class Gateway:
         for name in specs:
             require(bool(_MODEL_NAME.match(name)), "serve.models", f"{name!r}: use [A-Za-z0-9_.-]")
         validate_gateway_cfg(cfg)
+        ports = {which: port_number(cfg, f"{which}_port", "gateway") for which in ("http", "grpc")}
+        super().__init__(str(cfg["host"]), ports)
         self.cfg, self.specs, self.upstream = dict(cfg), dict(specs), upstream
-        self.host = str(cfg["host"])
         search = os.pathsep.join(str(p) for p in cfg["search_path"])
         self.binary = shutil.which(str(cfg["binary"])) or shutil.which(
             str(cfg["binary"]), path=search
         )
-        self.ports = {"http": int(cfg["http_port"]), "grpc": int(cfg["grpc_port"])}
-        self.process: subprocess.Popen[bytes] | None = None
         self.paths: GatewayPaths | None = None
-        self.expected_stop = False
 
-    @property
-    def http_url(self) -> str:
-        return f"http://{bracketed(self.host)}:{self.ports['http']}"
-
-    @property
-    def http_address(self) -> str:
-        return f"{bracketed(self.host)}:{self.ports['http']}"
-
-    @property
-    def grpc_address(self) -> str:
-        return f"{bracketed(self.host)}:{self.ports['grpc']}"
-
-    def _resolve(self) -> GatewayPaths:
-        restart = self.paths is not None  # ports held before: their TIME_WAIT ends block bind()
-        for which, port in self.ports.items():
-            if port == 0:
-                self.ports[which] = free_port(self.host)
-            elif not restart:  # nginx binds with SO_REUSEADDR and fails loudly if really taken
-                check_port_free(self.host, port, f"{which}_port", "gateway")
+    def _paths(self) -> GatewayPaths:
+        """This instance's files, named after its resolved HTTP port."""
         runtime = Path(str(self.cfg["runtime_dir"])).resolve() / f"gateway-{self.ports['http']}"
         logs = Path(str(self.cfg["log_dir"])).resolve()
         logs.mkdir(parents=True, exist_ok=True)
@@ -346,18 +334,9 @@ class Gateway:
         )
 
     def _nginx(self, *args: str) -> list[str]:
-        assert self.paths is not None and self.binary is not None
         p = self.paths
-        return [
-            self.binary,
-            "-p",
-            f"{p.runtime_dir}/",
-            "-e",
-            str(p.error_log),
-            "-c",
-            str(p.config),
-            *args,
-        ]
+        files = ["-p", f"{p.runtime_dir}/", "-e", str(p.error_log), "-c", str(p.config)]
+        return [self.binary, *files, *args]
 
     def _write_check(self) -> None:
         check = self.cfg["check"]
@@ -371,6 +350,16 @@ class Gateway:
             )
         self.paths.check_script.write_text(check_script(self.specs, int(check["max_json_depth"])))
 
+    def _write_config(self) -> None:
+        """nginx.conf (and check.js), checked with ``nginx -t`` before anything listens."""
+        self._write_check()
+        self.paths.config.write_text(render_config(self.cfg, self.specs, self.upstream, self.paths))
+        check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
+        if check.returncode != 0:
+            raise ServerError(
+                f"nginx rejects the generated {self.paths.config}: {' '.join(check.stderr.split())}"
+            )
+
     def start(self) -> Gateway:
         """Write nginx.conf, check it with ``nginx -t``, start nginx, wait until it proxies."""
         if self.binary is None:
@@ -379,25 +368,17 @@ class Gateway:
                 "Debian's nginx-light (`apt-get install nginx-light`) or serve on loopback only "
                 "with gateway=off"
             )
-        self.paths = self._resolve()
-        self._write_check()
-        self.paths.config.write_text(render_config(self.cfg, self.specs, self.upstream, self.paths))
-        check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
-        if check.returncode != 0:
-            raise ServerError(
-                f"nginx rejects the generated {self.paths.config}: {' '.join(check.stderr.split())}"
-            )
-        self.expected_stop = False
-        self.process = subprocess.Popen(
-            self._nginx(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,  # nginx logs to error_log
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
+        self.resolve_ports()
+        self.paths = self._paths()
+        self._write_config()
+        started = time.perf_counter()
+        self.spawn(self._nginx(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # error_log
+        self.wait_ready(
+            started,
+            float(self.cfg["ready_timeout_s"]),
+            float(self.cfg["poll_interval_s"]),
+            self._live,
         )
-        Reaper.shared().watch_group(self.process.pid)
-        self._wait_ready()
         log.info("gateway ready: %s, grpc %s", self.http_url, self.grpc_address)
         return self
 
@@ -409,46 +390,12 @@ class Gateway:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + float(self.cfg["ready_timeout_s"])
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                code = self.process.returncode
-                self.stop()
-                raise ServerError(
-                    f"nginx exited ({describe_exit(code)}); see {self.paths.error_log}"
-                )
-            if self._live():
-                return
-            time.sleep(float(self.cfg["poll_interval_s"]))
-        self.stop()
-        raise ServerError(
-            f"the gateway did not answer within gateway.ready_timeout_s="
-            f"{self.cfg['ready_timeout_s']} s; see {self.paths.error_log}"
-        )
-
-    def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    def failure(self, why: str) -> ServerError:
+        return ServerError(f"the gateway (nginx) {why}; see {self.paths.error_log}")
 
     def stop(self) -> int | None:
         """Graceful: SIGQUIT (stop accepting, finish in-flight requests), then SIGKILL the group."""
-        process, self.process = self.process, None
-        if process is None:
-            return None
-        self.expected_stop = True
-        if process.poll() is None:
-            process.send_signal(signal.SIGQUIT)
-            try:
-                process.wait(timeout=float(self.cfg["stop_timeout_s"]))
-            except subprocess.TimeoutExpired:
-                log.warning("nginx did not finish within gateway.stop_timeout_s; killing it")
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-        Reaper.shared().release_group(process.pid)
-        return process.returncode
+        return self.terminate(signal.SIGQUIT, float(self.cfg["stop_timeout_s"]))
 
 
 def from_config(

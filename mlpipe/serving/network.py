@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from collections.abc import Mapping
+from typing import Any
 
+from mlpipe.common.config import is_int, require
 from mlpipe.common.errors import PortInUseError
 
 
@@ -19,6 +22,18 @@ def is_loopback(host: str) -> bool:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def port_number(node: Mapping[str, Any], key: str, group: str) -> int:
+    """A TCP port from config: an integer in [0, 65535] (0: a free one), or ConfigError naming
+    ``<group>.<key>`` (``serve.http_port=abc`` is a user mistake, not a traceback)."""
+    value = node[key]
+    require(
+        is_int(value) and 0 <= value <= 65535,
+        f"{group}.{key}",
+        f"must be a port number in [0, 65535] (0: a free one), got {value!r}",
+    )
+    return int(value)
 
 
 def free_port(host: str) -> int:

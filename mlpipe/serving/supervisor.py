@@ -1,4 +1,4 @@
-"""Supervision for mlpipe-serve: ready must mean "answers".
+"""mlpipe-serve: tritonserver and the gateway under a watchdog; ready must mean "answers".
 
 ``/v2/health/ready`` stays READY when a model's python stub has died (every request then fails
 after ~2 s), so the watchdog sends a **real inference** (one zero sample built from the model's
@@ -22,13 +22,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from mlpipe import config_dir
+from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, plain, positive_int, require
 from mlpipe.common.errors import ServerError
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.gateway import Gateway, Upstream
+from mlpipe.serving.gateway import Gateway, Upstream, validate_gateway_cfg
 from mlpipe.serving.gateway import from_config as gateway_from_config
 from mlpipe.serving.lifecycle import describe_exit
 from mlpipe.serving.server import TritonServer
@@ -111,7 +114,7 @@ class Supervisor:
         return None
 
     def _server_exit(self) -> str:
-        code = self.server.process.returncode if self.server.process else None
+        code = self.server.returncode
         return f"tritonserver exited ({describe_exit(code)}); log {self.server.log_path}"
 
     def _server_died(self) -> str | None:
@@ -124,8 +127,7 @@ class Supervisor:
         if not self.server.is_running():
             return self._server_exit()
         if self.gateway is not None and not self.gateway.is_running():
-            code = self.gateway.process.returncode if self.gateway.process else None
-            return f"the gateway (nginx) exited ({describe_exit(code)})"
+            return f"the gateway (nginx) exited ({describe_exit(self.gateway.returncode)})"
         return None
 
     def _restart(self) -> None:
@@ -217,14 +219,21 @@ def banner(server: TritonServer, gateway: Gateway | None) -> str:
     return "\n".join(lines)
 
 
-def start_stack(cfg: DictConfig, server: TritonServer) -> Gateway | None:
-    """Start tritonserver, then the gateway in front of it (None with gateway=off)."""
-    server.start()
-    gateway_cfg = plain(cfg.gateway) if "gateway" in cfg else {"enabled": False}
+def gateway_for(gateway_cfg: Mapping[str, Any], server: TritonServer) -> Gateway | None:
+    """The gateway in front of a started server (None with ``gateway=off``)."""
     upstream = Upstream(
         server.host, server.ports["http"], server.ports["grpc"], server.admin.header
     )
-    gateway = gateway_from_config(gateway_cfg, server.specs, upstream)
+    return gateway_from_config(gateway_cfg, server.specs, upstream)
+
+
+def start_stack(cfg: DictConfig, server: TritonServer) -> Gateway | None:
+    """Start tritonserver, then the gateway in front of it (None with gateway=off)."""
+    gateway_cfg = plain(cfg.gateway) if "gateway" in cfg else {"enabled": False}
+    if gateway_cfg.get("enabled", False):
+        validate_gateway_cfg(gateway_cfg)  # a bad gateway value is named before anything starts
+    server.start()
+    gateway = gateway_for(gateway_cfg, server)
     if gateway is not None:
         gateway.start()
     return gateway
@@ -263,3 +272,14 @@ def run_service(cfg: DictConfig) -> None:
         shutdown(server, gateway)  # idempotent; on every path
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve")
+@entry_point
+def main(cfg: DictConfig) -> None:
+    """CLI: ``mlpipe-serve [serve.http_port=8000] [gateway.host=0.0.0.0] ...``."""
+    run_service(cfg)
+
+
+if __name__ == "__main__":
+    main()

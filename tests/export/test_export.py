@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from mlpipe.common import repro
 from mlpipe.common.errors import ParityError
 from mlpipe.common.provenance import sha256_file, source_digest
-from mlpipe.export.run import check_parity, export, export_onnx, ort_session, run_ort
+from mlpipe.export.reference import ort_session, run_ort
+from mlpipe.export.run import check_parity, export, export_onnx
 from mlpipe.export.tensorrt import TensorRTUnavailable
 from mlpipe.train.module import load_network
 

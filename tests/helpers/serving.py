@@ -100,9 +100,9 @@ def alive(pid: int) -> bool:
 
 
 def start_cli(overrides: list[str], timeout: float = 120) -> tuple[subprocess.Popen[str], str]:
-    """`python -m mlpipe.serving.server` (mlpipe-serve) until its banner; (process, banner)."""
+    """`python -m mlpipe.serving.supervisor` (mlpipe-serve) until its banner; (process, banner)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlpipe.serving.server", *overrides],
+        [sys.executable, "-m", "mlpipe.serving.supervisor", *overrides],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

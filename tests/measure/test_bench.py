@@ -20,14 +20,9 @@ from mlpipe.common.errors import ConfigError
 from mlpipe.measure.backends import BACKENDS, BenchContext, Unavailable
 from mlpipe.measure.bench import bench, check_bench_config
 from mlpipe.measure.cost import ModelCost, analytic_columns
-from mlpipe.measure.loadgen import (
-    LoadSettings,
-    Stability,
-    Workers,
-    run_until_stable,
-    run_window,
-)
+from mlpipe.measure.loadgen import LoadSettings, Workers, run_until_stable, run_window
 from mlpipe.measure.roofline import DevicePeaks
+from mlpipe.measure.rounds import Stability
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -108,7 +103,7 @@ def test_loadgen_rejects_bad_arguments() -> None:
         LoadSettings("fiber", 1.0, 1.0)
     with pytest.raises(ConfigError, match="concurrency must be >= 1"):
         run_window(_sleeper(0), 0, 1, 0, THREADS)
-    with pytest.raises(ConfigError, match="min_windows <= max_windows"):
+    with pytest.raises(ConfigError, match="min_rounds <= max_rounds"):
         Stability(0.1, 3, 2)
 
 

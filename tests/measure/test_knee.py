@@ -25,9 +25,9 @@ from mlpipe.measure.knee import (
     layer_costs,
     sweep_layer,
 )
-from mlpipe.measure.loadgen import Stability
 from mlpipe.measure.profile import profile_network
 from mlpipe.measure.roofline import DevicePeaks
+from mlpipe.measure.rounds import Stability
 
 # A synthetic accelerator: 100 TFLOP/s, 2 TB/s (ridge 50 FLOP/B), 6 us per call.
 SYNTH = DevicePeaks("synthetic", "fp32", 100e12, 2e12, "test: known peaks", "measured")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers.compose import compose_app
 
+from mlpipe.common.errors import ConfigError
 from mlpipe.measure import relu_bench
 
 TINY = (
@@ -51,13 +52,14 @@ def test_tiny_run_writes_every_column(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("relu_bench.sizes=[0]", "relu_bench.sizes must be positive integers"),
-        ("relu_bench.sizes=[abc]", "relu_bench.sizes must be positive integers"),
-        ("relu_bench.dtypes=[int8]", "relu_bench.dtypes must be float32"),
-        ("relu_bench.warm.calls=0", "relu_bench.warm.calls must be a positive number"),
+        ("relu_bench.sizes=[0]", "relu_bench.sizes: must be a non-empty list of positive int"),
+        ("relu_bench.sizes=[abc]", "relu_bench.sizes: must be a non-empty list of positive int"),
+        ("relu_bench.dtypes=[int8]", "relu_bench.dtypes: must be float32"),
+        ("relu_bench.warm.calls=0", "relu_bench.warm.calls: must be an integer >= 1"),
+        ("relu_bench.min_sample_s=abc", "relu_bench.min_sample_s: must be a number, got 'abc'"),
     ],
 )
 def test_bad_values_are_one_line_errors(override: str, message: str, tmp_path: Path) -> None:
     cfg = compose_app("relu_bench", tmp_path, override).relu_bench
-    with pytest.raises(relu_bench.ReluBenchConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         relu_bench.run(cfg)

@@ -9,20 +9,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from helpers.compose import EPHEMERAL, compose_app
+from omegaconf import DictConfig
 
-from mlpipe.common.errors import ArtifactMissingError, ConfigError, UserError
-from mlpipe.export.run import export
-from mlpipe.export.triton_repo import parse_pbtxt
+from mlpipe.common.config import plain
+from mlpipe.common.errors import ArtifactError, ArtifactMissingError, ConfigError, UserError
+from mlpipe.common.provenance import sha256_file
+from mlpipe.export.run import export, export_onnx
+from mlpipe.export.triton_repo import SHA256_PARAMETER, build_python_repository, parse_pbtxt
+from mlpipe.measure.pareto import choose, pareto_front
 from mlpipe.measure.tune import (
+    build_sweep_repository,
+    candidate,
     candidates,
     check_tune_config,
     checks,
-    choose,
-    pareto_front,
     select,
     tune,
+    write_tuned_repository,
 )
+from mlpipe.serving.repository import check_repository
+from mlpipe.serving.server import TritonServer
+from mlpipe.train.nets import CNN
 
 TRITON = {
     "instance_group": {"count": 1},
@@ -94,7 +103,8 @@ def test_no_config_within_budget_says_what_to_change(tmp_path: Path) -> None:
         ("tune.select_concurrency=8", r"select_concurrency: must be one of tune.concurrency"),
         ("tune.p99_budget_ms=0", "tune.p99_budget_ms: must be > 0"),
         ("tune.confirm.rounds=-1", "tune.confirm.rounds: must be an integer >= 0"),
-        ("tune.load.mode=carrier_pigeon", "unknown load generator mode"),
+        ("tune.load.mode=carrier_pigeon", r"tune.load.mode: must be one of \[.thread.,"),
+        ("tune.stability.max_rounds=0", "tune.stability.max_rounds: must be an integer >= 1"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, override: str, match: str) -> None:
@@ -107,6 +117,51 @@ def test_missing_export_names_the_command(tmp_path: Path, dvc_data: Path) -> Non
     cfg = compose_app("tune", tmp_path, *EPHEMERAL)
     with pytest.raises(ArtifactMissingError, match=r"model.onnx not found.*mlpipe-export"):
         tune(cfg)
+
+
+@pytest.fixture
+def small_export(tmp_path: Path) -> DictConfig:
+    """The tune config on an untrained small CNN's ONNX and its exported python repository."""
+    cfg = compose_app("tune", tmp_path, *EPHEMERAL, "export.onnx.dynamo=false")
+    torch.manual_seed(0)
+    net = CNN(1, 8, 10, [4], 3, 2, 16, 0.0, "torch").eval()
+    export_onnx(net, torch.rand(2, 1, 8, 8), Path(cfg.export.onnx_path), cfg.export.onnx)
+    build_python_repository(Path(cfg.export.onnx_path), cfg.export.triton)
+    return cfg
+
+
+def _swap_model(model_dir: Path) -> str:
+    """Put other bytes in a model's ONNX file; returns the sha256 the config recorded."""
+    config = parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    onnx_file = model_dir / "1" / config.parameters["onnx_file"].string_value
+    recorded = config.parameters[SHA256_PARAMETER].string_value
+    assert recorded == sha256_file(onnx_file)
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    return recorded
+
+
+def test_every_sweep_model_carries_and_checks_its_sha256(small_export: DictConfig) -> None:
+    cfg = small_export
+    cands = candidates(cfg.tune.space, cfg.export.triton)
+    sweep = Path(cfg.tune.sweep_repository)
+    build_sweep_repository(cands, Path(cfg.export.onnx_path), cfg.export.triton, sweep)
+    check_repository(sweep, [c.name for c in cands])  # every candidate passes as written
+    recorded = _swap_model(sweep / cands[-1].name)
+    with pytest.raises(ArtifactError, match=f"recorded {recorded}"):
+        check_repository(sweep, [c.name for c in cands])
+
+
+def test_tampered_tuned_model_is_refused(small_export: DictConfig) -> None:
+    """The tuned model is served only if its ONNX is the exported one, like every other."""
+    cfg = small_export
+    model_dir = write_tuned_repository(cfg, candidate(2, True, 300, [8]))
+    recorded = _swap_model(model_dir)
+    serve = {**plain(cfg.serve), "model_repository": cfg.tune.repository}
+    serve["models"] = {**serve["models"], str(cfg.tune.tuned_model): True}
+    server = TritonServer.from_config(serve)
+    with pytest.raises(ArtifactError, match=f"recorded {recorded} .*refusing to serve"):
+        server.start()
+    assert server.process is None  # refused before anything was launched
 
 
 @pytest.mark.slow

@@ -15,12 +15,14 @@ from helpers.serving import children_of
 from omegaconf import OmegaConf
 
 from mlpipe.common.errors import ArtifactMissingError, ConfigError, ServerError
-from mlpipe.measure.loadgen import LoadSettings, run_window
+from mlpipe.measure.loadgen import LoadSettings, Workers, run_window
+from mlpipe.measure.rounds import Stability
+from mlpipe.measure.served import Requests, served_point
+from mlpipe.measure.targets import measure_targets, meets
 from mlpipe.measure.tune import tune
 from mlpipe.serving.accuracy import run_client
 from mlpipe.serving.client import TritonCaller, TritonClient
 from mlpipe.serving.server import TritonServer
-from mlpipe.serving.targets import measure_targets, meets
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,27 @@ def test_async_load_reports_server_errors(server: TritonServer) -> None:
     window = run_window(caller, 2, 3, 0, LoadSettings("async", 30.0, 5.0, 2))
     assert window.errors == 6 and window.requests == 0
     assert "unexpected shape" in window.first_error
+
+
+@pytest.mark.parametrize("model", ["digits", "digits_nobatch"])
+def test_served_point_counts_its_own_window_only(server: TritonServer, model: str) -> None:
+    """Triton's statistics of a served point cover its reported window alone: not the warm-up,
+    not the earlier windows, not an earlier measurement of the same model (bug (b) of issue 17:
+    statistics accumulated since the start mixed them all)."""
+    batch = np.zeros((2, 1, 8, 8), np.float32)
+    sends = Requests(batch, per_window=5, warmup=3)
+    twice = Stability(rel_tol=1e-9, min_rounds=2, max_rounds=2)  # two windows, never settled
+    caller = TritonCaller("grpc", server.grpc_address, model, batch, 30.0)
+    with Workers(caller, 4, LoadSettings("async", 30.0, 5.0, 2)) as workers:
+        points = [served_point(server, model, workers, twice, sends) for _ in range(2)]
+    for point in points:
+        assert point["status"] == "ok" and point["windows"] == 2 and point["requests"] == 20
+        stats = point["server"]
+        assert stats["inference_count"] == point["requests"] * 2  # samples of this window alone
+        assert 1 <= stats["execution_count"] <= point["requests"]
+        assert stats["mean_server_batch"] == stats["inference_count"] / stats["execution_count"]
+    if model == "digits_nobatch":  # batcher off: one request per execution
+        assert points[-1]["server"]["mean_server_batch"] == 2.0
 
 
 def test_unknown_protocol_lists_the_choices() -> None:
@@ -192,7 +215,7 @@ def test_serving_targets_report_every_target(exported_dir: Path) -> None:
 @pytest.mark.slow
 def test_soak_through_the_gateway_has_no_unexpected_answer(exported_dir: Path) -> None:
     """A short soak: bad requests all get a 4xx, good ones equal ONNX Runtime, nothing lost."""
-    from mlpipe.serving.soak import soak
+    from mlpipe.measure.soak import soak
 
     cfg = compose_app(
         "serve_soak",

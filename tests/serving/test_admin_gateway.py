@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from mlpipe.common.config import plain
 from mlpipe.common.errors import ConfigError
 from mlpipe.data import load_split
-from mlpipe.export.run import ort_session, run_ort
+from mlpipe.export.reference import ort_session, run_ort
 from mlpipe.serving.admin import AdminSettings, make_key
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway, GatewayPaths, Upstream, render_config

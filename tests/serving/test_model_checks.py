@@ -124,10 +124,11 @@ def test_case13_model_py_refuses_on_its_own(server: TritonServer, tmp_path: Path
     repo = _copy_repository(server, tmp_path)
     _set_recorded_sha(repo, "digits_nobatch", "0" * 64)
     other = _server_on(server, repo, tmp_path)
-    other._resolve_ports()  # skip mlpipe-serve's own pre-check: launch tritonserver directly
+    other.resolve_ports()  # skip mlpipe-serve's own pre-check: launch tritonserver directly
     other._launch()
+    s = other.settings
     with pytest.raises(ServerError) as caught:
-        other._wait_ready(time.perf_counter())
+        other.wait_ready(time.perf_counter(), s.ready_timeout_s, s.poll_interval_s, other._ready)
     first = str(caught.value).splitlines()[0]
     assert "failed to load 'digits_nobatch'" in first and f"recorded {'0' * 64}" in first, first
     assert other.process is None

@@ -32,16 +32,13 @@ from helpers.serving import Seen, children_of, start_cli
 from omegaconf import DictConfig, OmegaConf
 from tritonclient.utils import InferenceServerException
 
+from mlpipe.common.errors import PortInUseError
 from mlpipe.data import load_split
-from mlpipe.export.run import export, ort_session, run_ort
+from mlpipe.export.reference import ort_session, run_ort
+from mlpipe.export.run import export
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.server import (
-    PortInUseError,
-    TritonServer,
-    check_port_free,
-    free_port,
-    is_loopback,
-)
+from mlpipe.serving.network import check_port_free, free_port, is_loopback
+from mlpipe.serving.server import TritonServer
 
 
 def server_processes() -> list[Seen]:

@@ -1,12 +1,13 @@
 """mlpipe-serve-targets: the serving targets, measured on one fresh tritonserver.
 
 Start -> ready time; batch-1 p50 over loopback (HTTP and gRPC) next to in-process ONNX Runtime;
-throughput with N requests in flight (the load generator's async gRPC mode, like perf_analyzer's
-concurrency mode) of the config mlpipe-tune chose and of both untuned ones (batcher on / off),
-all served from the tuned repository, in interleaved rounds. Targets: the chosen config lies on
-the tuner's measured Pareto front, and here its throughput is at least that of both untuned
-configs (the median of the per-round ratios). Latency is client-observed, serialization
-included. Writes ``targets.report_path``.
+throughput with N requests in flight (:func:`mlpipe.measure.served.served_point`, the load
+generator's async gRPC mode, like perf_analyzer's concurrency mode) of the config mlpipe-tune
+chose and of both untuned ones (batcher on / off), all served from the tuned repository, in
+interleaved rounds; the mean server batch of each is Triton's count over its window alone.
+Targets: the chosen config lies on the tuner's measured Pareto front, and here its throughput is
+at least that of both untuned configs (the median of the per-round ratios). Latency is
+client-observed, serialization included. Writes ``targets.report_path``.
 """
 
 from __future__ import annotations
@@ -22,34 +23,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import plain, positive_int
-from mlpipe.common.errors import ArtifactMissingError
+from mlpipe.common.config import one_of, plain, positive_int
+from mlpipe.common.errors import ArtifactMissingError, ServerError
 from mlpipe.common.stats import latency_summary, time_calls
-from mlpipe.measure.loadgen import LoadSettings, run_window
+from mlpipe.data import SPLITS, load_split
+from mlpipe.export.reference import ort_session
+from mlpipe.measure.loadgen import LoadSettings, Workers
+from mlpipe.measure.pareto import at, pareto_front
+from mlpipe.measure.rounds import Stability, interleaved
+from mlpipe.measure.served import Requests, served_point
 from mlpipe.serving.client import PROTOCOLS, TritonCaller, TritonClient
 from mlpipe.serving.server import TritonServer
+from mlpipe.serving.supervisor import gateway_for
 
 
-def validate_targets_cfg(tcfg: DictConfig) -> None:
+def validate_targets_cfg(tcfg: DictConfig) -> LoadSettings:
     """Reject bad measurement values before the server starts; each error names its key."""
     for key in ("latency_requests", "concurrency", "requests_per_slot", "rounds"):
         positive_int(tcfg[key], f"targets.{key}")
     positive_int(tcfg.latency_warmup, "targets.latency_warmup", minimum=0)
-    positive_int(tcfg.load.processes, "targets.load.processes")
-
-
-def load_settings(tcfg: DictConfig) -> LoadSettings:
-    load = tcfg.load
-    return LoadSettings(
-        str(load.mode), float(load.timeout_s), float(load.join_timeout_s), int(load.processes)
-    )
+    one_of(tcfg.split, SPLITS, "targets.split")
+    return LoadSettings.from_config(tcfg.load, "targets.load")
 
 
 def ort_batch1(cfg: DictConfig, one: np.ndarray) -> dict[str, float]:
     """In-process ONNX Runtime batch-1 latency: the floor every served figure is compared with."""
-    from mlpipe.export.run import ort_session
-
-    session = ort_session(Path(cfg.export.onnx_path), list(cfg.export.parity.providers))
+    session = ort_session(cfg.export.onnx_path, list(cfg.export.parity.providers))
     feed = {session.get_inputs()[0].name: one}
     tcfg = cfg.targets
     return latency_summary(
@@ -59,76 +58,62 @@ def ort_batch1(cfg: DictConfig, one: np.ndarray) -> dict[str, float]:
     )
 
 
-def served_batch1(
-    cfg: DictConfig, server: TritonServer, protocol: str, one: np.ndarray
-) -> dict[str, float]:
-    """Batch-1 latency of `targets.latency_model` over one protocol."""
-    tcfg = cfg.targets
-    address = server.http_address if protocol == "http" else server.grpc_address
-    with TritonClient(protocol, address, str(tcfg.latency_model), float(tcfg.load.timeout_s)) as c:
+def batch1(tcfg: DictConfig, protocol: str, address: str, one: np.ndarray) -> dict[str, float]:
+    """Batch-1 latency of `targets.latency_model` over one protocol, one request at a time."""
+    model, timeout_s = str(tcfg.latency_model), float(tcfg.load.timeout_s)
+    with TritonClient(protocol, address, model, timeout_s) as client:
         return latency_summary(
-            time_calls(lambda: c.infer(one), int(tcfg.latency_warmup), int(tcfg.latency_requests))
+            time_calls(
+                lambda: client.infer(one), int(tcfg.latency_warmup), int(tcfg.latency_requests)
+            )
         )
 
 
-def throughput(
-    cfg: DictConfig, server: TritonServer, model: str, one: np.ndarray
-) -> dict[str, Any]:
-    """Requests/s and latency with `targets.concurrency` async gRPC requests in flight."""
-    tcfg = cfg.targets
-    caller = TritonCaller("grpc", server.grpc_address, model, one, float(tcfg.load.timeout_s))
-    window = run_window(
-        caller,
-        int(tcfg.concurrency),
-        int(tcfg.requests_per_slot),
-        int(tcfg.latency_warmup),
-        load_settings(tcfg),
-    )
-    if window.errors:
-        raise RuntimeError(
-            f"{window.errors} requests to {model!r} failed during the load run; "
-            f"first: {window.first_error}"
+def throughput_row(point: Mapping[str, Any], settings: LoadSettings) -> dict[str, Any]:
+    """A served point as a targets row; a point with failed requests is a failed measurement."""
+    if point["status"] != "ok":
+        raise ServerError(
+            f"{point['errors']} requests to {point['model']!r} failed during the load run; "
+            f"first: {point['reason']}"
         )
-    timeout_s, admin = float(tcfg.load.timeout_s), server.admin_grpc_headers  # restricted API
-    with TritonClient("grpc", server.grpc_address, model, timeout_s, admin) as client:
-        server_stats = client.batch_stats()
+    keys = ("protocol", "model", "concurrency", "batch_size", "wall_s", "requests")
     return {
-        "protocol": "grpc",
-        "model": model,
-        "concurrency": int(tcfg.concurrency),
-        "processes": min(int(tcfg.load.processes), int(tcfg.concurrency)),
-        "batch_size": int(one.shape[0]),
-        "wall_s": window.wall_s,
-        "requests": window.requests,
-        "throughput_rps": window.throughput_rps,
-        "latency": window.latency(),
-        "server": server_stats,
+        **{key: point[key] for key in keys},
+        "processes": min(settings.processes, point["concurrency"]),
+        "throughput_rps": point["throughput_rps"],
+        "latency": point["latency"],
+        "server": point["server"],  # Triton's counters over this window alone
     }
 
 
 def interleaved_throughput(
-    cfg: DictConfig, server: TritonServer, one: np.ndarray
+    cfg: DictConfig, server: TritonServer, one: np.ndarray, settings: LoadSettings
 ) -> dict[str, dict[str, Any]]:
-    """`targets.rounds` windows per model, the order rotated each round.
-
-    On a shared machine the load drifts within seconds: measured one after another, the first
-    model and the last see different machines. Interleaved, each round compares the models
-    under the same conditions; each model's row is its median-throughput window, with every
-    round's figure beside it (``rounds_rps``)."""
+    """`targets.rounds` windows per model with `targets.concurrency` async gRPC requests in
+    flight, interleaved (:func:`mlpipe.measure.rounds.interleaved`) on one set of workers. Each
+    model's row is its median-throughput window, with every round's figure beside it
+    (``rounds_rps``)."""
     tcfg = cfg.targets
-    labels = list(tcfg.batching_models)
-    windows: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
-    for round_index in range(int(tcfg.rounds)):
-        shift = round_index % len(labels)
-        for label in labels[shift:] + labels[:shift]:
-            model = str(tcfg.batching_models[label])
-            windows[label].append(throughput(cfg, server, model, one))
+    models = {str(label): str(model) for label, model in tcfg.batching_models.items()}
+    requests = Requests(one, int(tcfg.requests_per_slot), int(tcfg.latency_warmup))
+    once = Stability(rel_tol=1.0, min_rounds=1, max_rounds=1)  # the rounds are the repeats
+    first = TritonCaller(
+        "grpc", server.grpc_address, next(iter(models.values())), one, settings.timeout_s
+    )
+    with Workers(first, int(tcfg.concurrency), settings) as workers:
+        runs = interleaved(
+            list(models),
+            int(tcfg.rounds),
+            lambda label: throughput_row(
+                served_point(server, models[label], workers, once, requests), settings
+            ),
+        )
     rows = {}
-    for label, runs in windows.items():
-        ranked = sorted(runs, key=lambda run: run["throughput_rps"])
+    for label, windows in runs.items():
+        ranked = sorted(windows, key=lambda run: run["throughput_rps"])
         rows[label] = {
             **ranked[len(ranked) // 2],
-            "rounds_rps": [run["throughput_rps"] for run in runs],
+            "rounds_rps": [run["throughput_rps"] for run in windows],
         }
     return rows
 
@@ -162,8 +147,6 @@ def tuned_serve_config(cfg: DictConfig) -> dict[str, Any]:
 
 def tuning_checks(tcfg: DictConfig, runs: Mapping[str, Any]) -> dict[str, Any]:
     """Is the tuner's choice on its measured front; how does it compare here with the untuned?"""
-    from mlpipe.measure.tune import at, pareto_front
-
     results = json.loads(Path(tcfg.tuning_results).read_text())
     chosen = results["chosen"]
     front = pareto_front(at(results["rows"], int(chosen["concurrency"])))
@@ -190,30 +173,15 @@ def tuning_checks(tcfg: DictConfig, runs: Mapping[str, Any]) -> dict[str, Any]:
 
 def gateway_batch1(cfg: DictConfig, server: TritonServer, one: np.ndarray) -> dict[str, Any]:
     """Batch-1 p50 through the nginx gateway next to the same server direct: what it adds."""
-    from mlpipe.serving.gateway import Upstream
-    from mlpipe.serving.gateway import from_config as gateway_from_config
-
-    upstream = Upstream(
-        server.host, server.ports["http"], server.ports["grpc"], server.admin.header
-    )
-    gateway = gateway_from_config(plain(cfg.gateway), server.specs, upstream)
+    gateway = gateway_for(plain(cfg.gateway), server)
     if gateway is None:
         return {"enabled": False}
-    tcfg, report = cfg.targets, {"enabled": True}
+    report: dict[str, Any] = {"enabled": True}
     gateway.start()  # returns once nginx proxies /v2/health/live
     try:
         for protocol in PROTOCOLS:
             address = gateway.http_address if protocol == "http" else gateway.grpc_address
-            model, timeout_s = str(tcfg.latency_model), float(tcfg.load.timeout_s)
-            with TritonClient(protocol, address, model, timeout_s) as client:
-                summary = latency_summary(
-                    time_calls(
-                        lambda c=client: c.infer(one),
-                        int(tcfg.latency_warmup),
-                        int(tcfg.latency_requests),
-                    )
-                )
-            report[protocol] = summary
+            report[protocol] = batch1(cfg.targets, protocol, address, one)
     finally:
         gateway.stop()
     return report
@@ -238,10 +206,8 @@ def meets(report: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, bo
 
 def measure_targets(cfg: DictConfig) -> dict[str, Any]:
     """The serving targets on one fresh server; writes ``targets.report_path``."""
-    from mlpipe.data import load_split
-
     tcfg = cfg.targets
-    validate_targets_cfg(tcfg)
+    settings = validate_targets_cfg(tcfg)
     images, _ = load_split(cfg.data, str(tcfg.split))
     one = np.ascontiguousarray(images[:1])  # (1, 1, 8, 8)
     report: dict[str, Any] = {"targets": OmegaConf.to_container(tcfg.goals)}
@@ -249,7 +215,8 @@ def measure_targets(cfg: DictConfig) -> dict[str, Any]:
     with TritonServer.from_config(tuned_serve_config(cfg)) as server:
         report["ready_seconds"] = server.ready_seconds
         for protocol in PROTOCOLS:
-            report[f"{protocol}_batch1"] = served = served_batch1(cfg, server, protocol, one)
+            address = server.http_address if protocol == "http" else server.grpc_address
+            report[f"{protocol}_batch1"] = served = batch1(tcfg, protocol, address, one)
             served["overhead_vs_ort_p50_ms"] = (
                 served["p50_ms"] - report["ort_in_process_batch1"]["p50_ms"]
             )
@@ -259,7 +226,7 @@ def measure_targets(cfg: DictConfig) -> dict[str, Any]:
                 via[protocol]["overhead_vs_direct_p50_ms"] = (
                     via[protocol]["p50_ms"] - report[f"{protocol}_batch1"]["p50_ms"]
                 )
-        runs: dict[str, Any] = interleaved_throughput(cfg, server, one)
+        runs: dict[str, Any] = interleaved_throughput(cfg, server, one, settings)
     runs["throughput_ratio_batched_vs_unbatched"] = paired_ratio(runs, "batched", "unbatched")
     report["dynamic_batching"] = runs
     report["tuning"] = tuning_checks(tcfg, runs)

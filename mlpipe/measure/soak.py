@@ -1,6 +1,6 @@
-"""Load through the gateway with bad requests mixed in: the hardening issue's load figures.
+"""mlpipe-serve-soak: load through the gateway with bad requests mixed in.
 
-``python -m mlpipe.serving.soak`` starts tritonserver and the nginx gateway on free loopback
+``mlpipe-serve-soak`` starts tritonserver and the nginx gateway on free loopback
 ports and runs the one load generator (:mod:`mlpipe.measure.loadgen`, thread mode) with
 ``soak.clients`` closed-loop clients through the gateway. Every ``soak.bad_every``-th request is
 a bad one (NaN input, deep JSON, compressed body, a 2**32+1 batch, an unknown model), which must
@@ -26,7 +26,10 @@ from omegaconf import DictConfig
 
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import positive_int
+from mlpipe.common.config import as_float, one_of, positive_int, require
+from mlpipe.common.errors import ServerError
+from mlpipe.data import SPLITS, load_split
+from mlpipe.export.reference import reference_logits
 from mlpipe.measure.loadgen import LoadSettings, Workers
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway
@@ -134,55 +137,67 @@ def stack_rss_mib(server: TritonServer, gateway: Gateway) -> dict[str, float]:
     return {"tritonserver": tree(server.process.pid), "gateway": tree(gateway.process.pid)}
 
 
-def _caller(cfg: DictConfig, gateway: Gateway) -> SoakCaller:
-    from mlpipe.data import load_split
-    from mlpipe.export.run import ort_session, run_ort
+def validate_soak_cfg(scfg: DictConfig) -> LoadSettings:
+    """Reject bad soak values before anything starts; each error names its key."""
+    for key in ("clients", "requests_per_client", "windows"):
+        positive_int(scfg[key], f"soak.{key}")
+    positive_int(scfg.warmup, "soak.warmup", minimum=0)
+    positive_int(scfg.bad_every, "soak.bad_every", minimum=2)
+    require(as_float(scfg.atol, "soak.atol") >= 0, "soak.atol", f"must be >= 0, got {scfg.atol}")
+    one_of(scfg.split, SPLITS, "soak.split")
+    return LoadSettings.from_config(scfg.load, "soak.load")
 
-    scfg = cfg.soak
+
+def _caller(cfg: DictConfig, gateway: Gateway) -> SoakCaller:
+    scfg, parity = cfg.soak, cfg.export.parity
     images, _ = load_split(cfg.data, str(scfg.split))
-    session = ort_session(Path(cfg.export.onnx_path), list(cfg.export.parity.providers))
-    expected = run_ort(session, images, int(cfg.export.parity.batch_size))
+    expected = reference_logits(
+        cfg.export.onnx_path, list(parity.providers), images, int(parity.batch_size)
+    )
     return SoakCaller(
         gateway.http_address,
         gateway.grpc_address,
         str(scfg.model),
         images,
         expected,
-        positive_int(scfg.bad_every, "soak.bad_every", minimum=2),
+        int(scfg.bad_every),
         float(scfg.atol),
         float(scfg.load.timeout_s),
     )
 
 
+def _windows(
+    scfg: DictConfig, workers: Workers, server: TritonServer, gateway: Gateway
+) -> list[dict[str, Any]]:
+    """`soak.windows` windows of load, resident memory read around each."""
+    windows = []
+    for i in range(int(scfg.windows)):
+        before = stack_rss_mib(server, gateway)
+        window = workers.window(int(scfg.warmup) if i == 0 else 0, int(scfg.requests_per_client))
+        windows.append(
+            {
+                "requests": window.requests + window.errors,
+                "unexpected": window.errors,
+                "first_unexpected": window.first_error,
+                "wall_s": window.wall_s,
+                "latency": window.latency(),
+                "rss_mib_before": before,
+                "rss_mib_after": stack_rss_mib(server, gateway),
+            }
+        )
+    return windows
+
+
 def soak(cfg: DictConfig) -> dict[str, Any]:
     """Windows of load through the gateway; requests, unexpected outcomes, latency, RSS."""
     scfg = cfg.soak
-    clients = positive_int(scfg.clients, "soak.clients")
-    settings = LoadSettings(
-        str(scfg.load.mode), float(scfg.load.timeout_s), float(scfg.load.join_timeout_s)
-    )
+    settings = validate_soak_cfg(scfg)
     server = TritonServer.from_config(cfg.serve)
     gateway = start_stack(cfg, server)
-    report: dict[str, Any] = {"clients": clients, "bad_every": int(scfg.bad_every), "windows": []}
+    report: dict[str, Any] = {"clients": int(scfg.clients), "bad_every": int(scfg.bad_every)}
     try:
-        caller = _caller(cfg, gateway)
-        with Workers(caller, clients, settings) as workers:
-            for i in range(positive_int(scfg.windows, "soak.windows")):
-                before = stack_rss_mib(server, gateway)
-                window = workers.window(
-                    int(scfg.warmup) if i == 0 else 0, int(scfg.requests_per_client)
-                )
-                report["windows"].append(
-                    {
-                        "requests": window.requests + window.errors,
-                        "unexpected": window.errors,
-                        "first_unexpected": window.first_error,
-                        "wall_s": window.wall_s,
-                        "latency": window.latency(),
-                        "rss_mib_before": before,
-                        "rss_mib_after": stack_rss_mib(server, gateway),
-                    }
-                )
+        with Workers(_caller(cfg, gateway), int(scfg.clients), settings) as workers:
+            report["windows"] = _windows(scfg, workers, server, gateway)
         report["server_still_running"] = server.is_running() and gateway.is_running()
     finally:
         shutdown(server, gateway)
@@ -205,14 +220,25 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def check_outcome(report: dict[str, Any], path: str) -> None:
+    """A soak that saw an unexpected answer, or lost its server, fails in one line."""
+    unexpected = sum(w["unexpected"] for w in report["windows"])
+    if unexpected:
+        first = next(w["first_unexpected"] for w in report["windows"] if w["unexpected"])
+        raise ServerError(
+            f"{unexpected} unexpected outcomes under load (first: {first}); see {path}"
+        )
+    if not report["server_still_running"]:
+        raise ServerError(f"tritonserver or the gateway died under load; see {path} and their logs")
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve_soak")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    """CLI: ``python -m mlpipe.serving.soak [soak.clients=32] [soak.requests_per_client=200]``."""
+    """CLI: ``mlpipe-serve-soak [soak.clients=32] [soak.requests_per_client=200]``."""
     report = soak(cfg)
     print("\n".join(summary_lines(report)))
-    if any(w["unexpected"] for w in report["windows"]) or not report["server_still_running"]:
-        raise SystemExit(1)
+    check_outcome(report, str(cfg.soak.report_path))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""Throughput against p99 latency: the measured Pareto front and the choice within a budget.
+
+Points are measured rows (``config``, ``concurrency``, ``status``, ``throughput_rps``,
+``p99_ms``), from the tuner's sweep (:mod:`mlpipe.measure.tune`); the serving targets
+(:mod:`mlpipe.measure.targets`) read the same front back from its results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Point = Mapping[str, Any]
+
+
+def at(rows: Sequence[Point], concurrency: int) -> list[Point]:
+    """The rows measured at one client concurrency."""
+    return [r for r in rows if r["concurrency"] == concurrency]
+
+
+def pareto_front(points: Sequence[Point]) -> list[str]:
+    """Configs no other point dominates (as much throughput or more at as low a p99 or lower,
+    one of them strictly), in order of p99."""
+    ok = [p for p in points if p["status"] == "ok"]
+
+    def dominated(p: Point) -> bool:
+        return any(
+            q["throughput_rps"] >= p["throughput_rps"]
+            and q["p99_ms"] <= p["p99_ms"]
+            and (q["throughput_rps"] > p["throughput_rps"] or q["p99_ms"] < p["p99_ms"])
+            for q in ok
+        )
+
+    return [p["config"] for p in sorted(ok, key=lambda p: p["p99_ms"]) if not dominated(p)]
+
+
+def choose(points: Sequence[Point], budget_ms: float) -> Point | None:
+    """Highest throughput among the points whose p99 meets the budget (ties: lower p99)."""
+    meeting = [p for p in points if p["status"] == "ok" and p["p99_ms"] <= budget_ms]
+    return max(meeting, key=lambda p: (p["throughput_rps"], -p["p99_ms"]), default=None)
