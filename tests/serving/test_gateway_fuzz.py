@@ -1,0 +1,186 @@
+"""Request fuzz generated from the model signature, against the real nginx gateway and tritonserver.
+
+Every case of :mod:`helpers.signature_requests` (each dim off by one, zero, negative, huge; every
+other datatype; keys twice at every level; wrong types; unknown fields; broken binary headers;
+output parameters out of range; the same over gRPC) must get a 4xx with Triton's
+``{"error": ...}`` body (gRPC: a non-OK status) while tritonserver keeps its PID: 0 wrong answers,
+0 deaths. Then the gateway's own error statuses are checked to be JSON a client can read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as th
+from helpers.compose import EPHEMERAL, compose_app
+from helpers.serving import open_socket, raw_request
+from helpers.signature_requests import (
+    dump,
+    good_grpc,
+    good_request,
+    good_shape,
+    grpc_cases,
+    http_case,
+    http_cases,
+    sample_bytes,
+)
+from tritonclient.utils import InferenceServerException
+
+from mlpipe.serving.gateway import Gateway
+from mlpipe.serving.server import TritonServer
+from mlpipe.serving.supervisor import shutdown, start_stack
+
+GATEWAY = ("gateway.http_port=0", "gateway.grpc_port=0", "gateway.timeouts.client_body_s=3")
+
+
+@pytest.fixture(scope="module")
+def stack(hardening_export: Path) -> Iterator[tuple[Any, TritonServer, Gateway]]:
+    cfg = compose_app("serve", hardening_export, *EPHEMERAL, *GATEWAY)
+    server = TritonServer.from_config(cfg.serve)
+    gateway = start_stack(cfg, server)
+    assert gateway is not None
+    try:
+        yield cfg, server, gateway
+    finally:
+        shutdown(server, gateway)
+
+
+def _answers_one_sample(server: TritonServer, address: str, name: str) -> None:
+    """The control: the signature's own good request is answered (JSON, binary, gRPC)."""
+    spec = server.specs[name]
+    for binary in (False, True):
+        size = sample_bytes(spec, good_shape(spec)) if binary else None
+        case = http_case("good", good_request(spec, binary), size)
+        path = f"/v2/models/{name}/infer"
+        status, text = raw_request(address, "POST", path, case.body, case.headers)
+        assert status == 200, (binary, text)
+        assert json.loads(text)["outputs"][0]["shape"] == [1, *spec.outputs[0].dims]
+
+
+def test_every_generated_bad_http_request_gets_a_json_4xx(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    cfg, server, gateway = stack
+    pid, wrong = server.process.pid, []
+    depth = int(cfg.gateway.check.max_json_depth)
+    for name, spec in server.specs.items():
+        _answers_one_sample(server, gateway.http_address, name)
+        cases = http_cases(spec, depth)
+        assert len(cases) > 150
+        for case in cases:
+            path = f"/v2/models/{name}/infer"
+            status, text = raw_request(gateway.http_address, "POST", path, case.body, case.headers)
+            try:
+                error = json.loads(text).get("error")
+            except ValueError:
+                error = None
+            # A JSON 4xx, and never one for a bug in the check itself
+            if not (400 <= status < 500 and error) or "could not be checked" in error:
+                wrong.append((name, case.id, status, text[:200]))
+            assert server.process.pid == pid and server.is_running(), (case.id, wrong)
+        _answers_one_sample(server, gateway.http_address, name)
+    assert not wrong, "\n".join(map(str, wrong))
+
+
+def test_duplicate_keys_are_named(stack: tuple[Any, TritonServer, Gateway]) -> None:
+    """The issue's request: shape twice, the huge one first (Triton read it, the check the last)."""
+    _, server, gateway = stack
+    spec = server.specs["digits"]
+    request = good_request(spec, True)
+    entry = request["inputs"][0]
+    text = dump(request).replace(
+        '"shape":', f'"shape":[4294967297,{",".join(map(str, entry["shape"][1:]))}],"shape":', 1
+    )
+    case = http_case("dup", text, sample_bytes(spec, good_shape(spec)))
+    status, body = raw_request(
+        gateway.http_address, "POST", "/v2/models/digits/infer", case.body, case.headers
+    )
+    assert status == 400 and 'key \\"shape\\" appears twice' in body.decode(), body
+
+
+def test_every_generated_bad_grpc_request_is_refused(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    _, server, gateway = stack
+    pid, wrong = server.process.pid, []
+    with grpc.insecure_channel(gateway.grpc_address) as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda raw: raw,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        for spec in server.specs.values():
+            good = infer(good_grpc(spec).SerializeToString(), timeout=30)
+            assert list(good.outputs[0].shape) == [1, *spec.outputs[0].dims]
+            cases = grpc_cases(spec)
+            assert len(cases) > 40
+            for case_id, raw in cases:
+                try:
+                    answer = infer(raw, timeout=30)
+                    wrong.append((case_id, "OK", list(answer.outputs[0].shape)))
+                except grpc.RpcError as err:
+                    if err.code() == grpc.StatusCode.OK:
+                        wrong.append((case_id, err))
+                assert server.process.pid == pid and server.is_running(), (case_id, wrong)
+    assert not wrong, "\n".join(map(str, wrong))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v2/nothing", 404),
+        ("GET", "/v2/models/digits/infer", 403),
+        ("DELETE", "/v2/health/ready", 403),
+        ("TRACE", "/v2/health/ready", 403),
+        ("TRACE", "/v2/models/digits/infer", 403),
+    ],
+)
+def test_gateway_errors_are_triton_json(
+    stack: tuple[Any, TritonServer, Gateway], method: str, path: str, status: int
+) -> None:
+    _, _, gateway = stack
+    got, text = raw_request(gateway.http_address, method, path, b"{}" if method == "GET" else None)
+    assert got == status, text
+    assert json.loads(text)["error"].startswith("refused by the mlpipe gateway"), text
+
+
+def test_tritonclient_reads_the_gateway_errors(stack: tuple[Any, TritonServer, Gateway]) -> None:
+    """413 and 404 made by nginx reach tritonclient as messages, not "Parse error at offset 0"."""
+    _, server, gateway = stack
+    client = th.InferenceServerClient(gateway.http_address)
+    too_big = np.zeros((server.specs["digits"].max_batch_size * 64, 1, 8, 8), np.float32)
+    tensor = th.InferInput("images", list(too_big.shape), "FP32")
+    tensor.set_data_from_numpy(too_big)
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("digits", [tensor])
+        assert caught.value.status() == "413" and "too large" in caught.value.message()
+        with pytest.raises(InferenceServerException) as caught:
+            client.get_model_metadata("nosuch")
+        assert caught.value.status() == "404" and "not found" in caught.value.message()
+    finally:
+        client.close()
+
+
+def test_too_many_connections_is_a_json_429(stack: tuple[Any, TritonServer, Gateway]) -> None:
+    """Half-sent requests up to gateway.limits.connections_per_client: the next one is 429."""
+    cfg, _, gateway = stack
+    limit = int(cfg.gateway.limits.connections_per_client)
+    head = b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+    socks = [open_socket(gateway.http_address, 30) for _ in range(limit)]
+    try:
+        for sock in socks:
+            sock.sendall(head)
+        status, text = raw_request(gateway.http_address, "GET", "/v2/health/ready")
+        assert status == 429 and "too many connections" in json.loads(text)["error"], text
+    finally:
+        for sock in socks:
+            sock.close()
