@@ -165,3 +165,38 @@ def test_case15_bad_config_names_its_path(server: TritonServer, tmp_path: Path) 
     with pytest.raises(ArtifactError, match=rf"{config_path} is not a valid Triton config.pbtxt"):
         other.start()
     assert other.process is None
+
+
+def _lie_input_dims(config) -> None:
+    config.input[0].dims[-1] += 1
+
+
+def _lie_input_dtype(config) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config.input[0].data_type = mc.TYPE_FP64
+
+
+def _lie_output_dims(config) -> None:
+    del config.output[0].dims[:]
+    config.output[0].dims.append(5)
+
+
+@pytest.mark.parametrize("lie", [_lie_input_dims, _lie_input_dtype, _lie_output_dims])
+def test_config_that_lies_about_the_onnx_is_refused_before_launch(
+    server: TritonServer, tmp_path: Path, lie
+) -> None:
+    """The sha256 still matches (the ONNX is the exported one), config.pbtxt does not describe
+    it: refused in one line naming both signatures, before tritonserver starts."""
+    repo = _copy_repository(server, tmp_path)
+    config_path = repo / "digits" / "config.pbtxt"
+    config = parse_pbtxt(config_path.read_text())
+    lie(config)
+    config_path.write_text(config_to_pbtxt(config))
+    other = _server_on(server, repo, tmp_path)
+    with pytest.raises(ArtifactError) as caught:
+        other.start()
+    message = str(caught.value)
+    assert "\n" not in message and f"{config_path} declares" in message, message
+    assert "images FP32 [1, 8, 8]; logits FP32 [10]" in message, message
+    assert other.process is None
