@@ -10,7 +10,10 @@ error; a bad config.pbtxt names its path.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +203,24 @@ def test_config_that_lies_about_the_onnx_is_refused_before_launch(
     assert "\n" not in message and f"{config_path} declares" in message, message
     assert "images FP32 [1, 8, 8]; logits FP32 [10]" in message, message
     assert other.process is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading as another uid needs root to switch user")
+def test_shm_regions_are_unreadable_to_other_users(server: TritonServer, tmp_path: Path) -> None:
+    """Request tensors pass through the python backend's /dev/shm regions: 0600, and `nobody`
+    (the nginx workers' user) cannot read them. A 0644 file beside them shows it could."""
+    assert server.shm
+    control = Path("/dev/shm") / f"mlpipe-test-{os.getpid()}"
+    control.write_bytes(b"x")
+    control.chmod(0o644)
+    try:
+        readable = subprocess.run(["head", "-c", "1", str(control)], user="nobody", check=False)
+        assert readable.returncode == 0  # the test can fail: a 0644 region would be read
+        for region in server.shm:
+            assert stat.S_IMODE(region.stat().st_mode) == 0o600, region
+            read = subprocess.run(
+                ["head", "-c", "1", str(region)], user="nobody", capture_output=True, text=True
+            )
+            assert read.returncode != 0 and "Permission denied" in read.stderr, read
+    finally:
+        control.unlink()
