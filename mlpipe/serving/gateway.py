@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -328,6 +329,7 @@ worker_processes {int(cfg["worker_processes"])};
 {user}
 pid {paths.runtime_dir}/nginx.pid;
 error_log {paths.error_log} warn;
+worker_rlimit_nofile {_open_files(int(cfg["worker_connections"]))};
 events {{ worker_connections {int(cfg["worker_connections"])}; }}
 http {{
     {js}{settings}
@@ -335,6 +337,14 @@ http {{
 {_grpc_server(f"{host}:{paths.grpc_port}", limits, streams, conns, check)}
 }}
 """
+
+
+def _open_files(connections: int) -> int:
+    """Descriptors a worker needs: a client and an upstream side per connection, within the hard
+    limit (nginx raises its soft limit to this when it may)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = 2 * connections + 64
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 
 
 def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:

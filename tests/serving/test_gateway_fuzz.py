@@ -9,7 +9,12 @@ output parameters out of range; the same over gRPC) must get a 4xx with Triton's
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
+import socket
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ from helpers.signature_requests import (
 )
 from tritonclient.utils import InferenceServerException
 
+from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway
 from mlpipe.serving.server import TritonServer
 from mlpipe.serving.supervisor import shutdown, start_stack
@@ -184,3 +190,74 @@ def test_too_many_connections_is_a_json_429(stack: tuple[Any, TritonServer, Gate
     finally:
         for sock in socks:
             sock.close()
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream)
+        + payload
+    )
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """A header as an HPACK literal without indexing (names and values < 127 bytes)."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def _half_sent_model_infer(address: str, source: str, message: bytes) -> socket.socket:
+    """One h2c connection with one ModelInfer stream: headers and half the message, no end."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0))
+    headers = b"".join(
+        _hpack_literal(k, v)
+        for k, v in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/inference.GRPCInferenceService/ModelInfer"),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+    framed = b"\x00" + struct.pack(">I", len(message)) + message
+    sock.sendall(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + _h2_frame(4, 0, 0, b"")  # SETTINGS
+        + _h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
+        + _h2_frame(0, 0, 1, framed[: len(framed) // 2])  # DATA, no END_STREAM
+    )
+    return sock
+
+
+def test_h2_flood_leaves_room_for_legitimate_clients(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    """The issue's flood: 1,100 h2 connections from one address (127.0.0.2), each half a
+    ModelInfer; HTTP and gRPC clients from another address are still answered."""
+    _, server, gateway = stack
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1500:
+        pytest.skip(f"needs 1,500 open files for the flood, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1500), hard))
+    message = good_grpc(server.specs["digits"]).SerializeToString()
+    images = np.zeros((1, *server.specs["digits"].sample_dims), np.float32)
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            flood.append(_half_sent_model_infer(gateway.grpc_address, "127.0.0.2", message))
+        answer = (1, *server.specs["digits"].outputs[0].dims)
+        for _ in range(3):  # the flood trickles on (1 byte per stream per round); clients come
+            for sock in flood:
+                with contextlib.suppress(OSError):  # a stream nginx refused or timed out
+                    sock.sendall(_h2_frame(0, 0, 1, b"\0"))
+            for protocol in ("http", "grpc"):
+                address = gateway.http_address if protocol == "http" else gateway.grpc_address
+                with TritonClient(protocol, address, "digits", 30.0) as client:
+                    assert client.infer(images).shape == answer
+            time.sleep(1.0)
+    finally:
+        for sock in flood:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
