@@ -261,3 +261,20 @@ def test_h2_flood_leaves_room_for_legitimate_clients(
         for sock in flood:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_stream_infer_is_not_routed(stack: tuple[Any, TritonServer, Gateway]) -> None:
+    """ModelStreamInfer is UNIMPLEMENTED through the gateway (docs/serving.md says why)."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    _, server, gateway = stack
+    with grpc.insecure_channel(gateway.grpc_address) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda request: request.SerializeToString(),
+            response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stream(iter([good_grpc(server.specs["digits"])]), timeout=30))
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
