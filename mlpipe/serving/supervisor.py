@@ -10,11 +10,12 @@ restart in a row; the reason is logged. After ``max_restarts`` restarts in a row
 exits non-zero with a one-line reason. ``healthy_reset_s`` of good probes resets the count.
 
 A probe queues behind the clients' requests, so under legitimate overload it times out while the
-server is working hard. Liveness is therefore judged by **progress**: a probe that fails while
-the model's completed-inference counter (``nv_inference_request_success`` on tritonserver's own
+server is working hard. Liveness is therefore judged by **progress**: a probe that timed out
+while tritonserver's completed-inference counters (``nv_inference_request_success`` on its own
 metrics port, read with its own deadline) went up during the probe is "busy", never a reason to
-restart. A server that completes nothing (a dead stub, a hang) is restarted, and without waiting
-for nginx to drain requests stuck on it: they are lost with the server anyway.
+restart; an error answer (a dead stub) is a failure however busy the server is. A server that
+completes nothing (a hang) is restarted, and without waiting for nginx to drain requests stuck on
+it: they are lost with the server anyway.
 
 On SIGINT/SIGTERM the gateway stops first (nginx finishes in-flight requests and accepts no new
 ones), then tritonserver, so it is never torn down with requests in flight.
