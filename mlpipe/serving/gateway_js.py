@@ -182,18 +182,24 @@ function expectedShape(model, tensor) {
     return "[" + dims.join(", ") + "]";
 }
 
-function checkShape(model, tensor, shape, what) {
+function shapeOk(model, tensor, shape) {
     var batched = model.max_batch > 0, rank = tensor.dims.length + (batched ? 1 : 0);
-    var want = what + ": shape must be " + expectedShape(model, tensor) + ", got "
-        + JSON.stringify(shape);
-    if (!Array.isArray(shape) || shape.length !== rank) { bad(want); }
+    if (!Array.isArray(shape) || shape.length !== rank) { return false; }
     for (var i = 0; i < rank; i++) {
         var d = shape[i];
-        if (!isCount(d) || d >= DIM_LIMIT) { bad(want); }
+        if (!isCount(d) || d >= DIM_LIMIT) { return false; }
         var model_dim = batched ? (i === 0 ? -2 : tensor.dims[i - 1]) : tensor.dims[i];
-        if (model_dim === -2 && (d < 1 || d > model.max_batch)) { bad(want); }
-        if (model_dim === -1 && d < 1) { bad(want); }
-        if (model_dim >= 0 && d !== model_dim) { bad(want); }
+        if (model_dim === -2 && (d < 1 || d > model.max_batch)) { return false; }
+        if (model_dim === -1 && d < 1) { return false; }
+        if (model_dim >= 0 && d !== model_dim) { return false; }
+    }
+    return true;
+}
+
+function checkShape(model, tensor, shape, what) {
+    if (!shapeOk(model, tensor, shape)) {
+        bad(what + ": shape must be " + expectedShape(model, tensor) + ", got "
+            + JSON.stringify(shape));
     }
 }
 
