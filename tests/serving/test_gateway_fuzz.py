@@ -14,6 +14,7 @@ import json
 import resource
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +37,10 @@ from helpers.signature_requests import (
 )
 from tritonclient.utils import InferenceServerException
 
+from mlpipe.common.config import plain
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.gateway import Gateway
+from mlpipe.serving.gateway import Gateway, Upstream
+from mlpipe.serving.network import free_port
 from mlpipe.serving.server import TritonServer
 from mlpipe.serving.supervisor import shutdown, start_stack
 
@@ -278,3 +281,28 @@ def test_stream_infer_is_not_routed(stack: tuple[Any, TritonServer, Gateway]) ->
         with pytest.raises(grpc.RpcError) as caught:
             list(stream(iter([good_grpc(server.specs["digits"])]), timeout=30))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_unreachable_upstream_is_a_json_502(
+    stack: tuple[Any, TritonServer, Gateway], tmp_path: Path
+) -> None:
+    """A second gateway whose tritonserver port has nothing behind it: 502 as Triton's JSON."""
+    cfg, server, _ = stack
+    dead = Upstream(server.host, free_port(server.host), free_port(server.host), "x-admin")
+    other = Gateway({**plain(cfg.gateway), "runtime_dir": str(tmp_path)}, server.specs, dead)
+    other.resolve_ports()
+    other.paths = other._paths()
+    other._write_config()  # what start() does, without waiting for a healthy upstream
+    other.spawn(other._nginx(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, text = raw_request(other.http_address, "GET", "/v2/health/ready")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the second gateway did not listen"
+                time.sleep(0.1)
+        assert status == 502 and "not answering" in json.loads(text)["error"], text
+    finally:
+        other.stop()
