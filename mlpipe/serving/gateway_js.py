@@ -228,7 +228,7 @@ function checkClassification(tensor, k, what) {
 
 // -- HTTP -----------------------------------------------------------------------------------
 var REQUEST_FIELDS = {id: 1, parameters: 1, inputs: 1, outputs: 1};
-var REQUEST_PARAMETERS = {binary_data_output: 1};
+var REQUEST_PARAMETERS = {binary_data_output: 1, priority: 1, timeout: 1};
 var INPUT_FIELDS = {name: 1, shape: 1, datatype: 1, parameters: 1, data: 1};
 var INPUT_PARAMETERS = {binary_data_size: 1};
 var OUTPUT_FIELDS = {name: 1, parameters: 1};
@@ -303,6 +303,13 @@ function httpOutputs(model, outputs) {
     }
 }
 
+// priority and timeout (microseconds): what tritonclient sends when they are set
+function checkScheduling(key, value) {
+    if (value !== undefined && !(isCount(value) && value < DIM_LIMIT)) {
+        bad(key + " must be an integer in [0, 2^31), got " + show(value));
+    }
+}
+
 function checkRequest(model, request, binary) {
     onlyFields("the request", request, REQUEST_FIELDS);
     if (request.id !== undefined && typeof request.id !== "string") { bad("id must be a string"); }
@@ -313,6 +320,8 @@ function checkRequest(model, request, binary) {
         if (flag !== undefined && typeof flag !== "boolean") {
             bad("binary_data_output must be true or false, got " + show(flag));
         }
+        checkScheduling("priority", params.priority);
+        checkScheduling("timeout", params.timeout);
     }
     var inputs = request.inputs, seen = {}, bytes = 0;
     if (!Array.isArray(inputs)) { bad("inputs must be a list of the model's inputs"); }
@@ -489,6 +498,18 @@ function grpcOutputs(buf, model, outputs) {
     }
 }
 
+function grpcRequestParameters(buf, entries) {
+    var params = grpcParameters(buf, entries, "request");
+    for (var key in params) {
+        var p = params[key];
+        if (key !== "priority" && key !== "timeout") {
+            bad("request has an unknown parameter " + JSON.stringify(key)
+                + " (allowed: priority, timeout)");
+        }
+        checkScheduling(key, p.kind === "int64_param" || p.kind === "uint64_param" ? p.value : NaN);
+    }
+}
+
 function grpcError(body) {
     if (body === undefined || body.length < 5) { return "gRPC message missing"; }
     if (body[0] !== 0) { return "compressed gRPC messages are refused"; }
@@ -501,7 +522,7 @@ function grpcError(body) {
         if (!/^[0-9]*$/.test(text(body, request.model_version) || "")) {
             return "model_version must be a number";
         }
-        if (request.parameters) { return "request parameters are not accepted"; }
+        grpcRequestParameters(body, request.parameters);
         grpcInputs(body, model, request);
         grpcOutputs(body, model, request.outputs);
         return null;

@@ -134,7 +134,9 @@ def value_cases(spec: ModelSpec) -> Iterator[HttpCase]:
         ),
         ("id=1", ("id",), 1),
         ("parameters=[]", ("parameters",), []),
-        ("request-parameter", ("parameters",), {"priority": 1}),
+        ("request-parameter", ("parameters",), {"sequence_id": 1}),
+        *((f"priority={v!r}", ("parameters",), {"priority": v}) for v in (-1, 2**31, "1", 1.5)),
+        *((f"timeout={v!r}", ("parameters",), {"timeout": v}) for v in (-1, 2**63, None)),
         ("shared-memory", ("inputs", 0, "parameters"), {"shared_memory_region": "x"}),
         ("unknown-top", ("x",), 1),
         ("unknown-input", ("inputs", 0, "x"), 1),
@@ -321,8 +323,14 @@ def _grpc_structure_cases(spec: ModelSpec) -> list[tuple[str, bytes]]:
         "version-x": lambda r: setattr(r, "model_version", "x"),
         "output-name": lambda r: setattr(r.outputs[0], "name", spec.outputs[0].name + "x"),
         "two-outputs": lambda r: r.outputs.add().CopyFrom(r.outputs[0]),
-        "request-parameter": lambda r: r.parameters["priority"].MergeFrom(
-            type(r.parameters["priority"])(int64_param=1)
+        "request-parameter": lambda r: r.parameters["sequence_id"].MergeFrom(
+            type(r.parameters["sequence_id"])(int64_param=1)
+        ),
+        "priority-huge": lambda r: r.parameters["priority"].MergeFrom(
+            type(r.parameters["priority"])(int64_param=2**32 + 1)
+        ),
+        "timeout-string": lambda r: r.parameters["timeout"].MergeFrom(
+            type(r.parameters["timeout"])(string_param="1")
         ),
         "contents": lambda r: r.inputs[0].contents.fp32_contents.extend([0.0] * 4),
     }

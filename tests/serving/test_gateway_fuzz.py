@@ -306,3 +306,23 @@ def test_unreachable_upstream_is_a_json_502(
         assert status == 502 and "not answering" in json.loads(text)["error"], text
     finally:
         other.stop()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_scheduling_parameters_pass(
+    stack: tuple[Any, TritonServer, Gateway], protocol: str
+) -> None:
+    """What tritonclient sends for `priority` and `timeout` is a request the gateway allows."""
+    import tritonclient.grpc as tg
+
+    _, server, gateway = stack
+    module = th if protocol == "http" else tg
+    address = gateway.http_address if protocol == "http" else gateway.grpc_address
+    client = module.InferenceServerClient(address)
+    tensor = module.InferInput("images", [1, 1, 8, 8], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
+    try:
+        result = client.infer("digits", [tensor], request_id="7", priority=1, timeout=10_000_000)
+        assert result.as_numpy("logits").shape == (1, 10)
+    finally:
+        client.close()
