@@ -336,9 +336,21 @@ function checkRequest(model, request, binary) {
     return bytes;
 }
 
+// A header sent twice could be read as its first copy by one side and its last by the other.
+function headerTwice(r, name) {
+    var raw = r.rawHeadersIn, n = 0;
+    for (var i = 0; i < raw.length; i++) {
+        if (raw[i][0].toLowerCase() === name) { n++; }
+    }
+    return n > 1;
+}
+
 function httpError(r, model) {
     var body = r.requestBuffer;
     if (body === undefined) { return "request body missing or not buffered"; }
+    if (headerTwice(r, "inference-header-content-length")) {
+        return "Inference-Header-Content-Length sent twice: send it once";
+    }
     var hlen = r.headersIn["Inference-Header-Content-Length"];
     var end = hlen === undefined ? body.length : Number(hlen);
     if (!(end <= body.length)) { return "Inference-Header-Content-Length exceeds the body"; }

@@ -326,3 +326,23 @@ def test_scheduling_parameters_pass(
         assert result.as_numpy("logits").shape == (1, 10)
     finally:
         client.close()
+
+
+def test_binary_header_length_twice_is_refused(stack: tuple[Any, TritonServer, Gateway]) -> None:
+    """Two Inference-Header-Content-Length headers: the check and Triton could read different
+    ones, so the request is refused."""
+    _, server, gateway = stack
+    spec = server.specs["digits"]
+    case = http_case("twice", good_request(spec, True), sample_bytes(spec, good_shape(spec)))
+    length = case.headers["Inference-Header-Content-Length"]
+    head = (
+        "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Content-Length: {len(case.body)}\r\nInference-Header-Content-Length: 10\r\n"
+        f"Inference-Header-Content-Length: {length}\r\n\r\n"
+    )
+    with open_socket(gateway.http_address, 30) as sock:
+        sock.sendall(head.encode() + case.body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"sent twice" in answer, answer[:300]
