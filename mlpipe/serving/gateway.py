@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _GRPC_OPEN = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
 _REFUSED = "refused by the mlpipe gateway: "
+# A body buffer one HTTP/2 frame (16 KiB) larger than the body limit: a body without a length
+# (gRPC, chunked) is then refused with 413 when it passes the limit, before nginx would spill
+# the full buffer to a temp file (a worker that cannot write there made that a 500).
+_SPILL_SLACK = 16384 + 1024
 # Every status the gateway makes itself, as Triton's own {"error": ...} body, so tritonclient
 # shows the reason (an nginx HTML page reads as "Parse error at offset 0"). No quote, no $: the
 # text goes into nginx's `return`.
@@ -142,7 +146,8 @@ def _http_errors() -> str:
 
 def _grpc_errors() -> str:
     """error_page for the gRPC server: a trailers-only answer with grpc-status and the reason."""
-    pages = [f"error_page {code} @mlpipe_grpc_{code};" for code in _GRPC_ERRORS]
+    # =200: a gRPC status travels in a 200 answer; any other HTTP status reads as UNKNOWN
+    pages = [f"error_page {code} =200 @mlpipe_grpc_{code};" for code in _GRPC_ERRORS]
     for code, (status, text) in _GRPC_ERRORS.items():
         message = urllib.parse.quote(_REFUSED + text)
         pages.append(
@@ -177,7 +182,7 @@ def _http_server(
             internal;
             limit_except POST {{ deny all; }}
             client_max_body_size {size};
-            client_body_buffer_size {size};
+            client_body_buffer_size {size + _SPILL_SLACK};
             client_body_in_single_buffer on;
             set $mlpipe_model {name};
             rewrite ^/_mlpipe_{kind}/([^/]+)(/.*)$ /v2/models/$1$2 break;
@@ -221,7 +226,7 @@ def _grpc_server(
         if ($http_grpc_encoding !~ "^(identity)?$") {{ return 415; }}
         location = /inference.GRPCInferenceService/ModelInfer {{
             client_max_body_size {limits.grpc_infer};
-            client_body_buffer_size {limits.grpc_infer};
+            client_body_buffer_size {limits.grpc_infer + _SPILL_SLACK};
             client_body_in_single_buffer on;
             {forward}
         }}

@@ -179,6 +179,26 @@ def test_tritonclient_reads_the_gateway_errors(stack: tuple[Any, TritonServer, G
         client.close()
 
 
+def test_grpc_gateway_errors_carry_status_and_reason(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    """A message over the gRPC body limit: RESOURCE_EXHAUSTED with the reason, not INTERNAL."""
+    import tritonclient.grpc as tg
+
+    _, server, gateway = stack
+    client = tg.InferenceServerClient(gateway.grpc_address)
+    too_big = np.zeros((server.specs["digits"].max_batch_size * 64, 1, 8, 8), np.float32)
+    tensor = tg.InferInput("images", list(too_big.shape), "FP32")
+    tensor.set_data_from_numpy(too_big)
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("digits", [tensor])
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED", caught.value
+        assert "too large" in caught.value.message(), caught.value
+    finally:
+        client.close()
+
+
 def test_too_many_connections_is_a_json_429(stack: tuple[Any, TritonServer, Gateway]) -> None:
     """Half-sent requests up to gateway.limits.connections_per_client: the next one is 429."""
     cfg, _, gateway = stack

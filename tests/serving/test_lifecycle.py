@@ -315,6 +315,8 @@ def test_killed_reaper_is_replaced_and_nothing_is_orphaned(hardening_export: Pat
     nginx worker is left holding the gateway's ports."""
     proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
     try:
+        key_file = re.search(r"admin\s+key in (\S+)", banner).group(1)
+        assert Path(key_file).is_absolute(), banner  # the banner's paths are all absolute
         children = descendants(proc.pid)
         assert len([p for p in children if p.name() == "nginx"]) >= 2  # master + worker
         first = _reaper(proc.pid)
