@@ -129,9 +129,13 @@ class Supervisor:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             timed_out = isinstance(err, TimeoutError) or "timed out" in first.lower()
             return f"model {name!r} did not answer a probe inference ({first})", timed_out
-        if logits.shape[0] != 1 or not np.all(np.isfinite(logits)):
+        dims = spec.outputs[0].dims if spec.outputs else logits.shape[1:]
+        declared = all(d == got or d < 0 for d, got in zip(dims, logits.shape[1:], strict=False))
+        shape_ok = logits.shape[0] == 1 and len(dims) == logits.ndim - 1 and declared
+        if not shape_ok or not np.all(np.isfinite(logits)):  # the signature's shape, finite
             return (
-                f"model {name!r} answered a probe with {logits.shape} non-finite/odd logits",
+                f"model {name!r} answered a probe with shape {logits.shape} (its signature: "
+                f"(1, {', '.join(map(str, dims))})) or non-finite values",
                 False,
             )
         return None, False

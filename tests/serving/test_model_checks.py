@@ -9,6 +9,7 @@ error; a bad config.pbtxt names its path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -31,7 +32,9 @@ from tritonclient.utils import InferenceServerException
 from mlpipe.common.errors import ArtifactError, ServerError
 from mlpipe.common.provenance import sha256_file
 from mlpipe.export.triton_repo import SHA256_PARAMETER, config_to_pbtxt, parse_pbtxt
+from mlpipe.serving.repository import TensorSignature
 from mlpipe.serving.server import TritonServer
+from mlpipe.serving.supervisor import Supervisor, WatchdogSettings
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +227,21 @@ def test_shm_regions_are_unreadable_to_other_users(server: TritonServer, tmp_pat
             assert read.returncode != 0 and "Permission denied" in read.stderr, read
     finally:
         control.unlink()
+
+
+def test_watchdog_probe_holds_the_answer_to_the_signature(
+    server: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer whose shape is not the signature's fails the probe (the issue's server that
+    answered [N, 10] while its metadata said [-1, 5])."""
+    cfg = compose_app("serve", tmp_path, *EPHEMERAL)
+    supervisor = Supervisor(server, None, WatchdogSettings.from_config(cfg.serve.watchdog))
+    try:
+        assert supervisor.probe() is None
+        spec = server.specs["digits"]
+        lying = dataclasses.replace(spec, outputs=(TensorSignature("logits", "FP32", (5,)),))
+        monkeypatch.setitem(server.specs, "digits", lying)
+        reason, timed_out = supervisor._probe_model("digits")
+        assert not timed_out and "shape (1, 10) (its signature: (1, 5))" in reason, reason
+    finally:
+        supervisor._close_clients()
