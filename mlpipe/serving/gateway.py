@@ -12,7 +12,10 @@ server. What the gateway enforces, in front of every bug of Triton 2.51 it conta
 * a ``Content-Encoding`` (or a gRPC message encoding) is refused with 415: Triton 2.51 leaks the
   inflated buffer of a compressed body it cannot parse;
 * header and body timeouts and a per-client connection limit stop slow-loris; bodies are
-  buffered whole by nginx, so Triton never holds a half-sent request.
+  buffered whole by nginx, so Triton never holds a half-sent request;
+* every request body is checked against the model signature (:mod:`mlpipe.serving.gateway_js`);
+* every error the gateway makes itself is Triton's ``{"error": ...}`` JSON (gRPC: a status and
+  its message), so clients show the reason.
 """
 
 from __future__ import annotations
