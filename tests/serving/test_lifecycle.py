@@ -246,10 +246,10 @@ def _reaper(proc_pid: int) -> psutil.Process | None:
 
 
 def test_busy_server_is_never_restarted(hardening_export: Path) -> None:
-    """Overload, not death: probes time out (50 ms deadline) behind 8 clients sending full
+    """Overload, not death: probes time out (5 ms deadline) behind 8 clients sending full
     batches, but the model keeps completing requests, so the server is never restarted."""
     proc, banner = start_cli(
-        [*tmp_path_overrides(hardening_export), *CLI, "serve.watchdog.timeout_s=0.05"]
+        [*tmp_path_overrides(hardening_export), *CLI, "serve.watchdog.timeout_s=0.005"]
     )
     output = drain_output(proc)
     direct = banner_address(banner, "HTTP")
@@ -263,7 +263,7 @@ def test_busy_server_is_never_restarted(hardening_export: Path) -> None:
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 60
-        while sum("busy, not restarting" in line for line in output) < 3:
+        while sum("busy, not restarting" in line for line in output) < 2:
             assert time.monotonic() < deadline, "no probe timed out under load: " + "".join(output)
             assert proc.poll() is None and not RESTART.search("".join(output)), "".join(output)
             time.sleep(0.2)
