@@ -119,9 +119,14 @@ def _as_served(spec: TensorSignature, batched: bool) -> TensorSignature:
 
 def check_signature(model_file: Path, config_path: Path, spec: ModelSpec) -> None:
     """Refuse a ``config.pbtxt`` whose tensors are not the ONNX graph's (one line, both sides)."""
+    from google.protobuf.message import DecodeError
+
     from mlpipe.export.triton_repo import onnx_signature
 
-    onnx_sig = onnx_signature(model_file)
+    try:
+        onnx_sig = onnx_signature(model_file)
+    except (DecodeError, ArtifactError):
+        return  # not a readable one-in-one-out graph: ONNX Runtime names the problem at load
     batched = spec.max_batch_size > 0
     expected = (_as_served(onnx_sig.input, batched), _as_served(onnx_sig.output, batched))
     declared = (spec.inputs[0], spec.outputs[0]) if len(spec.outputs) == 1 else None
