@@ -21,6 +21,7 @@ from the thread that lives as long as they do (mlpipe-serve's main thread; a tes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -147,6 +148,8 @@ class Reaper:
                 cls._shared = cls()
                 if old is not None:
                     log.warning("the process-group watchdog died; replaced it")
+                    with contextlib.suppress(OSError):  # its end of the pipe is gone
+                        old.process.stdin.close()
                     for pgid in sorted(old.groups):
                         cls._shared.watch_group(pgid)
                     cls._shared.watch_files(Path(f) for f in sorted(old.files))
