@@ -12,19 +12,25 @@ server. What the gateway enforces, in front of every bug of Triton 2.51 it conta
 * a ``Content-Encoding`` (or a gRPC message encoding) is refused with 415: Triton 2.51 leaks the
   inflated buffer of a compressed body it cannot parse;
 * header and body timeouts and a per-client connection limit stop slow-loris; bodies are
-  buffered whole by nginx, so Triton never holds a half-sent request.
+  buffered whole by nginx, so Triton never holds a half-sent request;
+* every request body is checked against the model signature (:mod:`mlpipe.serving.gateway_js`);
+* every error the gateway makes itself is Triton's ``{"error": ...}`` JSON (gRPC: a status and
+  its message), so clients show the reason.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +49,38 @@ log = logging.getLogger(__name__)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _GRPC_OPEN = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
+_REFUSED = "refused by the mlpipe gateway: "
+# A body buffer one HTTP/2 frame (16 KiB) larger than the body limit: a body without a length
+# (gRPC, chunked) is then refused with 413 when it passes the limit, before nginx would spill
+# the full buffer to a temp file (a worker that cannot write there made that a 500).
+_SPILL_SLACK = 16384 + 1024
+# Every status the gateway makes itself, as Triton's own {"error": ...} body, so tritonclient
+# shows the reason (an nginx HTML page reads as "Parse error at offset 0"). No quote, no $: the
+# text goes into nginx's `return`.
+_HTTP_ERRORS = {
+    400: "malformed HTTP request",
+    403: "method not allowed on this route (GET for health and metadata, POST for inference)",
+    404: "not found: only inference, health and metadata of the served models are routed",
+    413: "request body too large for this model (max_batch_size x one sample; binary tensors "
+    "for large batches)",
+    414: "request line too long",
+    415: "compressed bodies (Content-Encoding) are refused",
+    429: "too many connections from this client (gateway.limits.connections_per_client)",
+    494: "request headers too large",
+    500: "internal gateway error",
+    502: "tritonserver is not answering (restarting?); retry",
+    503: "tritonserver is not answering (restarting?); retry",
+    504: "tritonserver did not answer in time (gateway.timeouts.upstream_read_s)",
+}
+# The same for gRPC: a trailers-only answer with the gRPC status code.
+_GRPC_ERRORS = {
+    404: (12, "method not routed: only inference, health and metadata"),
+    413: (8, "message too large for this model (max_batch_size x one sample)"),
+    415: (3, "compressed messages are refused"),
+    429: (8, "too many concurrent streams from this client"),
+    502: (14, "tritonserver is not answering (restarting?); retry"),
+    504: (4, "tritonserver did not answer in time"),
+}
 
 
 @dataclass(frozen=True)
@@ -98,8 +136,43 @@ def _proxy_settings(cfg: Mapping[str, Any], admin_header: str) -> str:
     grpc_send_timeout {t["upstream_read_s"]}s;"""
 
 
+def _http_errors() -> str:
+    """error_page for every status nginx makes, each a JSON body; 405 (TRACE) is 403 like the
+    other methods a route does not take."""
+    pages = [f"error_page {code} @mlpipe_{code};" for code in _HTTP_ERRORS]
+    pages.append("error_page 405 =403 @mlpipe_403;")
+    for code, text in _HTTP_ERRORS.items():
+        body = json.dumps({"error": _REFUSED + text})
+        pages.append(f"location @mlpipe_{code} {{ return {code} '{body}'; }}")
+    return "\n        ".join(pages)
+
+
+def _grpc_errors() -> str:
+    """error_page for the gRPC server: a trailers-only answer with grpc-status and the reason."""
+    # =200: a gRPC status travels in a 200 answer; any other HTTP status reads as UNKNOWN
+    pages = [f"error_page {code} =200 @mlpipe_grpc_{code};" for code in _GRPC_ERRORS]
+    for code, (status, text) in _GRPC_ERRORS.items():
+        message = urllib.parse.quote(_REFUSED + text)
+        pages.append(
+            f"location @mlpipe_grpc_{code} {{ default_type application/grpc; "
+            f"add_header grpc-status {status} always; "
+            f'add_header grpc-message "{message}" always; return 200; }}'
+        )
+    return "\n        ".join(pages)
+
+
+def _bad_header(digits: int) -> str:
+    text = f"Inference-Header-Content-Length must be a byte count of 1 to {digits} digits"
+    return json.dumps({"error": _REFUSED + text})
+
+
 def _http_server(
-    listen: str, specs: Mapping[str, ModelSpec], limits: BodyLimits, connections: int, check: bool
+    listen: str,
+    specs: Mapping[str, ModelSpec],
+    limits: BodyLimits,
+    connections: int,
+    check: bool,
+    header_digits: int,
 ) -> str:
     models = "|".join(re.escape(name) for name in specs)
     forward = "js_content check.checkHttp;" if check else "proxy_pass http://triton_http;"
@@ -112,7 +185,7 @@ def _http_server(
             internal;
             limit_except POST {{ deny all; }}
             client_max_body_size {size};
-            client_body_buffer_size {size};
+            client_body_buffer_size {size + _SPILL_SLACK};
             client_body_in_single_buffer on;
             set $mlpipe_model {name};
             rewrite ^/_mlpipe_{kind}/([^/]+)(/.*)$ /v2/models/$1$2 break;
@@ -123,8 +196,10 @@ def _http_server(
         listen {listen};
         limit_conn per_client {connections};
         client_max_body_size {limits.small};
+        default_type application/json;
+        {_http_errors()}
         if ($http_content_encoding) {{ return 415; }}
-        if ($mlpipe_body = bad) {{ return 400; }}
+        if ($mlpipe_body = bad) {{ return 400 '{_bad_header(header_digits)}'; }}
         rewrite ^/v2/models/({models})((/versions/[0-9]+)?/infer)$ /_mlpipe_$mlpipe_body/$1$2 last;
         location ~ ^/v2(/health/(live|ready)|/models/({models})(/versions/[0-9]+)?(/ready)?)?$ {{
             limit_except GET {{ deny all; }}
@@ -149,11 +224,12 @@ def _grpc_server(
         http2_max_concurrent_streams {streams};
         limit_conn per_client {connections};
         client_max_body_size {limits.small};
+        {_grpc_errors()}
         if ($http_content_encoding) {{ return 415; }}
         if ($http_grpc_encoding !~ "^(identity)?$") {{ return 415; }}
         location = /inference.GRPCInferenceService/ModelInfer {{
             client_max_body_size {limits.grpc_infer};
-            client_body_buffer_size {limits.grpc_infer};
+            client_body_buffer_size {limits.grpc_infer + _SPILL_SLACK};
             client_body_in_single_buffer on;
             {forward}
         }}
@@ -242,6 +318,7 @@ def render_config(
     user = f"user {cfg['worker_user']} {cfg['worker_group']};" if os.geteuid() == 0 else ""
     conns = int(lim["connections_per_client"])
     check = bool(cfg["check"]["enabled"])
+    digits = int(lim["binary_header_max_digits"])
     streams = int(lim["http2_max_concurrent_streams"])
     module = cfg["check"]["module"]  # null: njs is compiled into nginx (nixpkgs' nginxModules)
     load = f"load_module {module};" if check and module else ""
@@ -260,13 +337,22 @@ worker_processes {int(cfg["worker_processes"])};
 {user}
 pid {paths.runtime_dir}/nginx.pid;
 error_log {paths.error_log} warn;
+worker_rlimit_nofile {_open_files(int(cfg["worker_connections"]))};
 events {{ worker_connections {int(cfg["worker_connections"])}; }}
 http {{
     {js}{settings}
-{_http_server(f"{host}:{paths.http_port}", specs, limits, conns, check)}
+{_http_server(f"{host}:{paths.http_port}", specs, limits, conns, check, digits)}
 {_grpc_server(f"{host}:{paths.grpc_port}", limits, streams, conns, check)}
 }}
 """
+
+
+def _open_files(connections: int) -> int:
+    """Descriptors a worker needs: a client and an upstream side per connection, within the hard
+    limit (nginx raises its soft limit to this when it may)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = 2 * connections + 64
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 
 
 def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
@@ -393,9 +479,11 @@ class Gateway(ManagedProcess):
     def failure(self, why: str) -> ServerError:
         return ServerError(f"the gateway (nginx) {why}; see {self.paths.error_log}")
 
-    def stop(self) -> int | None:
-        """Graceful: SIGQUIT (stop accepting, finish in-flight requests), then SIGKILL the group."""
-        return self.terminate(signal.SIGQUIT, float(self.cfg["stop_timeout_s"]))
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """Graceful: SIGQUIT (stop accepting, finish in-flight requests), then after
+        ``timeout_s`` (default ``gateway.stop_timeout_s``) SIGKILL of the group."""
+        grace = float(self.cfg["stop_timeout_s"]) if timeout_s is None else timeout_s
+        return self.terminate(signal.SIGQUIT, grace)
 
 
 def from_config(

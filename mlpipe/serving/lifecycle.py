@@ -8,7 +8,12 @@ Two layers, because each covers what the other cannot:
 * :class:`Reaper` is a process-group watchdog (:mod:`mlpipe.serving.reaper`) in a session of its
   own: mlpipe-serve registers every process group (tritonserver + python stubs, nginx) and every
   /dev/shm region; when mlpipe-serve dies the watchdog's stdin closes and it kills the groups
-  and removes the regions.
+  and removes the regions. The reaper is watched in turn: :meth:`Reaper.shared` replaces a dead
+  one and registers everything again (mlpipe-serve's watchdog loop calls it every check), so a
+  killed reaper cannot leave nginx workers (which PR_SET_PDEATHSIG does not reach) holding the
+  gateway's ports after mlpipe-serve dies too.
+* Every child is started with umask 077: files it creates (the python backend's /dev/shm regions,
+  which hold request tensors) are its user's alone.
 
 PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so servers are started
 from the thread that lives as long as they do (mlpipe-serve's main thread; a test's thread).
@@ -16,6 +21,7 @@ from the thread that lives as long as they do (mlpipe-serve's main thread; a tes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -32,11 +38,17 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 SHM_DIR = Path("/dev/shm")
 
 
+#: Files a child creates are its user's alone (request data lands in /dev/shm).
+CHILD_UMASK = 0o077
+
+
 def die_with_parent(signum: int = signal.SIGKILL) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets ``signum`` when its parent dies (Linux only)."""
+    """A ``preexec_fn``: the child gets ``signum`` when its parent dies (Linux only), and
+    creates files with umask 077."""
     parent = os.getpid()
 
     def _preexec() -> None:
+        os.umask(CHILD_UMASK)
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
             os._exit(127)  # cannot promise to die with the parent: do not start at all
@@ -116,6 +128,8 @@ class Reaper:
     def __init__(self) -> None:
         script = Path(__file__).with_name("reaper.py")
         self._lock = threading.Lock()
+        self.groups: set[int] = set()  # what is registered, replayed to a replacement
+        self.files: set[str] = set()
         self.process = subprocess.Popen(
             [sys.executable, "-I", str(script)],
             stdin=subprocess.PIPE,
@@ -127,14 +141,26 @@ class Reaper:
 
     @classmethod
     def shared(cls) -> Reaper:
-        """This process's watchdog (restarted if it died)."""
+        """This process's watchdog (replaced, with every registration, if it died)."""
         with cls._shared_lock:
-            if cls._shared is None or cls._shared.process.poll() is not None:
+            old = cls._shared
+            if old is None or old.process.poll() is not None:
                 cls._shared = cls()
+                if old is not None:
+                    log.warning("the process-group watchdog died; replaced it")
+                    with contextlib.suppress(OSError):  # its end of the pipe is gone
+                        old.process.stdin.close()
+                    for pgid in sorted(old.groups):
+                        cls._shared.watch_group(pgid)
+                    cls._shared.watch_files(Path(f) for f in sorted(old.files))
             return cls._shared
 
     def _send(self, verb: str, arg: object) -> None:
         with self._lock:
+            if verb in ("group", "release"):
+                (self.groups.add if verb == "group" else self.groups.discard)(int(arg))
+            else:
+                (self.files.add if verb == "file" else self.files.discard)(str(arg))
             try:
                 assert self.process.stdin is not None
                 self.process.stdin.write(f"{verb} {arg}\n")

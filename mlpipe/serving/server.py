@@ -25,6 +25,7 @@ matching this interpreter's version is linked into a generated backend directory
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -282,7 +283,7 @@ class TritonServer(ManagedProcess):
         self.log_path = (self.settings.log_dir / f"tritonserver-{self.ports['http']}.log").resolve()
         key_file = Path(str(self.admin.key_file).format(port=self.ports["http"]))
         self.admin_key = make_key(dataclasses.replace(self.admin, key_file=key_file))
-        self.admin_key_file = key_file
+        self.admin_key_file = key_file.resolve()  # the banner prints absolute paths
         self._prepare_backends()
         stamp = f"=== mlpipe-serve {time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()} ===\n"
         with self.console_path.open("ab") as console:  # appended: a crash trace survives restarts
@@ -313,6 +314,9 @@ class TritonServer(ManagedProcess):
         )
         self.shm = shm_regions(process_tree(self.process.pid))  # the python stubs' regions
         Reaper.shared().watch_files(self.shm)
+        for region in self.shm:  # request tensors pass through them: 0600 even if the creator
+            with contextlib.suppress(FileNotFoundError):  # set its own mode past the umask
+                region.chmod(0o600)
         return self
 
     def failure(self, why: str) -> ServerError:

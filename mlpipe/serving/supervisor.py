@@ -3,10 +3,19 @@
 ``/v2/health/ready`` stays READY when a model's python stub has died (every request then fails
 after ~2 s), so the watchdog sends a **real inference** (one zero sample built from the model's
 signature) to every model every ``serve.watchdog.interval_s``, and checks between probes that
-tritonserver and the gateway still run. When a model stops answering or a process dies, the
-server (or the gateway) is restarted on the same ports, after a backoff that grows with each
+tritonserver and the gateway still run (and that tritonserver is not stopped: a SIGSTOPped
+server is alive to ``poll()`` and serves nothing). When a model stops answering or a process dies,
+the server (or the gateway) is restarted on the same ports, after a backoff that grows with each
 restart in a row; the reason is logged. After ``max_restarts`` restarts in a row mlpipe-serve
 exits non-zero with a one-line reason. ``healthy_reset_s`` of good probes resets the count.
+
+A probe queues behind the clients' requests, so under legitimate overload it times out while the
+server is working hard. Liveness is therefore judged by **progress**: a probe that timed out
+while tritonserver's completed-inference counters (``nv_inference_request_success`` on its own
+metrics port, read with its own deadline) went up during the probe is "busy", never a reason to
+restart; an error answer (a dead stub) is a failure however busy the server is. A server that
+completes nothing (a hang) is restarted, and without waiting for nginx to drain requests stuck on
+it: they are lost with the server anyway.
 
 On SIGINT/SIGTERM the gateway stops first (nginx finishes in-flight requests and accepts no new
 ones), then tritonserver, so it is never torn down with requests in flight.
@@ -15,15 +24,19 @@ ones), then tritonserver, so it is never torn down with requests in flight.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import hydra
 import numpy as np
+import psutil
 from omegaconf import DictConfig
 
 from mlpipe import config_dir
@@ -33,10 +46,21 @@ from mlpipe.common.errors import ServerError
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway, Upstream, validate_gateway_cfg
 from mlpipe.serving.gateway import from_config as gateway_from_config
-from mlpipe.serving.lifecycle import describe_exit
+from mlpipe.serving.lifecycle import Reaper, describe_exit
 from mlpipe.serving.server import TritonServer
 
 log = logging.getLogger(__name__)
+
+# 'nv_inference_request_success{model="digits",version="1"} 42' (Triton's Prometheus text)
+_SUCCESS = re.compile(r'^nv_inference_request_success\{[^}]*model="([^"]*)"[^}]*\}\s+(\S+)', re.M)
+
+
+def completed_inferences(metrics_text: str) -> dict[str, float]:
+    """Successful inference requests per model so far, from Triton's metrics text."""
+    counts: dict[str, float] = {}
+    for model, value in _SUCCESS.findall(metrics_text):
+        counts[model] = counts.get(model, 0.0) + float(value)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,7 @@ class WatchdogSettings:
 
     interval_s: float
     timeout_s: float
+    progress_timeout_s: float
     failures_before_restart: int
     check_interval_s: float
     restart_stop_timeout_s: float
@@ -83,13 +108,15 @@ class Supervisor:
         self.failures = 0
         self.last_restart = time.monotonic()
         self._clients: dict[str, TritonClient] = {}
+        self.busy_probes = 0  # probes that timed out on a server completing requests
 
     def _close_clients(self) -> None:
         for client in self._clients.values():
             client.close()
         self._clients = {}
 
-    def _probe_model(self, name: str) -> str | None:
+    def _probe_model(self, name: str) -> tuple[str | None, bool]:
+        """(why the model failed its probe or None, whether it only ran out of time)."""
         spec = self.server.specs[name]
         try:
             if name not in self._clients:
@@ -100,17 +127,58 @@ class Supervisor:
         except Exception as err:  # timeout, 500 "Stub process is not healthy", refused, ...
             self._clients.pop(name, None)
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            return f"model {name!r} did not answer a probe inference ({first})"
-        if logits.shape[0] != 1 or not np.all(np.isfinite(logits)):
-            return f"model {name!r} answered a probe with {logits.shape} non-finite/odd logits"
-        return None
+            timed_out = isinstance(err, TimeoutError) or "timed out" in first.lower()
+            return f"model {name!r} did not answer a probe inference ({first})", timed_out
+        dims = spec.outputs[0].dims if spec.outputs else logits.shape[1:]
+        declared = all(d == got or d < 0 for d, got in zip(dims, logits.shape[1:], strict=False))
+        shape_ok = logits.shape[0] == 1 and len(dims) == logits.ndim - 1 and declared
+        if not shape_ok or not np.all(np.isfinite(logits)):  # the signature's shape, finite
+            return (
+                f"model {name!r} answered a probe with shape {logits.shape} (its signature: "
+                f"(1, {', '.join(map(str, dims))})) or non-finite values",
+                False,
+            )
+        return None, False
+
+    def completed(self) -> float | None:
+        """Inferences tritonserver completed so far, all models (its metrics port, read with its
+        own deadline); None when it does not answer."""
+        try:
+            with urllib.request.urlopen(
+                self.server.metrics_url, timeout=self.settings.progress_timeout_s
+            ) as resp:
+                return sum(completed_inferences(resp.read().decode(errors="replace")).values())
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return None
 
     def probe(self) -> str | None:
-        """A real inference to every model; the first failure's reason, or None."""
+        """A real inference to every model; the first failure's reason, or None.
+
+        A probe that only ran out of time while the server completed other inferences meanwhile
+        is busy (the models share the CPU: one model's load starves another's probe), not
+        broken. An error answer (a dead stub) is a failure however busy the server is."""
+        before = self.completed()
         for name in self.server.specs:
-            reason = self._probe_model(name)
-            if reason is not None:
-                return reason
+            reason, timed_out = self._probe_model(name)
+            if reason is None:
+                continue
+            after = self.completed() if timed_out and self.stopped() is None else None
+            if before is not None and after is not None and after > before:
+                self.busy_probes += 1
+                log.info("busy, not restarting: %s, yet it completed requests meanwhile", reason)
+                before = after
+                continue
+            return reason
+        return None
+
+    def stopped(self) -> str | None:
+        """Why a running tritonserver serves nothing although it has not exited (SIGSTOP)."""
+        process = self.server.process
+        try:
+            if process is not None and psutil.Process(process.pid).status() == "stopped":
+                return f"tritonserver is stopped (SIGSTOP), pid {process.pid}"
+        except psutil.NoSuchProcess:
+            pass
         return None
 
     def _server_exit(self) -> str:
@@ -126,12 +194,16 @@ class Supervisor:
         """Why a process is down, or None."""
         if not self.server.is_running():
             return self._server_exit()
+        stopped = self.stopped()
+        if stopped is not None:
+            return stopped
         if self.gateway is not None and not self.gateway.is_running():
             return f"the gateway (nginx) exited ({describe_exit(self.gateway.returncode)})"
         return None
 
     def _restart(self) -> None:
         """Restart what is broken: the gateway alone when only it died, else the server."""
+        grace = self.settings.restart_stop_timeout_s
         if self.server.is_running() and self.gateway is not None and not self.gateway.is_running():
             self.gateway.stop()
             self.gateway.start()
@@ -139,9 +211,10 @@ class Supervisor:
         self._close_clients()
         if self.gateway is not None:
             # nginx's keep-alive connections to the old server would keep its ports taken (the
-            # server's ends linger in FIN_WAIT until nginx closes them): close them first.
-            self.gateway.stop()
-        self.server.stop(timeout_s=self.settings.restart_stop_timeout_s)
+            # server's ends linger in FIN_WAIT until nginx closes them): close them first. Not
+            # with the full drain: requests in flight on a broken server never finish.
+            self.gateway.stop(timeout_s=grace)
+        self.server.stop(timeout_s=grace)
         self.server.start()
         if self.gateway is not None:
             self.gateway.start()
@@ -180,6 +253,7 @@ class Supervisor:
         """Until ``stop_event``: check the processes often, probe the models every interval."""
         next_probe = time.monotonic() + self.settings.interval_s
         while not stop_event.wait(self.settings.check_interval_s):
+            Reaper.shared()  # a killed reaper is replaced (with every registration) at once
             reason = self.process_problem()
             if reason is None and time.monotonic() >= next_probe:
                 next_probe = time.monotonic() + self.settings.interval_s

@@ -452,6 +452,7 @@ def test_gateway_may_listen_beyond_loopback_triton_may_not(
         ("gateway.limits.json_max_bytes=-1", "gateway.limits.json_max_bytes"),
         ("gateway.timeouts.client_body_s=0", "gateway.timeouts.client_body_s"),
         ("serve.watchdog.interval_s=0", "serve.watchdog.interval_s"),
+        ("serve.watchdog.progress_timeout_s=0", "serve.watchdog.progress_timeout_s"),
         ("serve.admin.restricted=[inference]", "serve.admin.restricted"),
     ],
 )

@@ -27,6 +27,7 @@ from mlpipe.serving.network import check_port_free
 from mlpipe.serving.server import TritonServer
 
 CLI = (*EPHEMERAL, "gateway.http_port=0", "gateway.grpc_port=0")
+RESTART = re.compile(r"\brestart \d+/\d+|restarted after|giving up")
 pytestmark = pytest.mark.slow
 
 
@@ -213,3 +214,118 @@ def test_logs_appended_and_shm_removed_on_stop(hardening_export: Path) -> None:
     assert again.log_path == server.log_path and port == again.ports["http"]
     assert server.log_path.read_text().count("Started HTTPService") == 2
     assert server.console_path.read_text().count("=== mlpipe-serve") == 2
+
+
+def _load(address: str, images: np.ndarray, stop: threading.Event, results: dict) -> None:
+    """Requests back to back until `stop`; counts answers and errors (never raises)."""
+    while not stop.is_set():
+        try:
+            with TritonClient("http", address, "digits", 30.0) as client:
+                while not stop.is_set():
+                    client.infer(images)
+                    results["ok"] += 1
+        except Exception:
+            results["errors"] += 1
+            time.sleep(0.05)
+
+
+def _reaper(proc_pid: int) -> psutil.Process | None:
+    """mlpipe-serve's live reaper process (tolerates one that just died)."""
+    for child in psutil.Process(proc_pid).children():
+        try:
+            if "reaper.py" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:  # a zombie, or gone
+            continue
+    return None
+
+
+def test_busy_server_is_never_restarted(hardening_export: Path) -> None:
+    """Overload, not death: probes time out (5 ms deadline) behind 8 clients sending full
+    batches, but the model keeps completing requests, so the server is never restarted."""
+    proc, banner = start_cli(
+        [*tmp_path_overrides(hardening_export), *CLI, "serve.watchdog.timeout_s=0.005"]
+    )
+    output = drain_output(proc)
+    direct = banner_address(banner, "HTTP")
+    images = np.repeat(_images(hardening_export), 8, axis=0)  # a full batch of 64
+    stop, results = threading.Event(), {"ok": 0, "errors": 0}
+    threads = [
+        threading.Thread(target=_load, args=(direct, images, stop, results)) for _ in range(8)
+    ]
+    try:
+        pid = _triton(proc.pid).pid
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while sum("busy, not restarting" in line for line in output) < 2:
+            assert time.monotonic() < deadline, "no probe timed out under load: " + "".join(output)
+            assert proc.poll() is None and not RESTART.search("".join(output)), "".join(output)
+            time.sleep(0.2)
+        assert _triton(proc.pid).pid == pid and results["ok"] > 0, results
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert not RESTART.search("".join(output)), "".join(output)
+
+
+def test_hung_server_is_restarted_without_the_drain(hardening_export: Path) -> None:
+    """SIGSTOP of tritonserver with requests in flight through the gateway: the watchdog sees a
+    stopped process, kills it without waiting on nginx's drain, and serves again within 10 s."""
+    proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
+    output = drain_output(proc)
+    gateway = banner_address(banner, "gateway HTTP")
+    images = _images(hardening_export)
+    stop, results = threading.Event(), {"ok": 0, "errors": 0}
+    threads = [
+        threading.Thread(target=_load, args=(gateway, images, stop, results)) for _ in range(4)
+    ]
+    try:
+        _answer_within(gateway, images, 10)
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        hung = _triton(proc.pid)
+        hung.suspend()  # SIGSTOP, requests in flight
+        stopped_at = time.monotonic()
+        _wait_for_output(output, "restarted after: tritonserver is stopped", 30)
+        _, took = _answer_within(gateway, images, 30)
+        outage = time.monotonic() - stopped_at
+        assert not psutil.pid_exists(hung.pid) or hung.status() == psutil.STATUS_ZOMBIE
+        assert outage <= 10, f"serving again {outage:.1f} s after SIGSTOP: " + "".join(output)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        proc.kill()
+        proc.wait()
+    print(f"hang-to-serving {outage:.1f} s")
+
+
+def test_killed_reaper_is_replaced_and_nothing_is_orphaned(hardening_export: Path) -> None:
+    """kill -9 of the reaper, then of mlpipe-serve: a replacement reaper holds every group, so no
+    nginx worker is left holding the gateway's ports."""
+    proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
+    try:
+        key_file = re.search(r"admin\s+key in (\S+)", banner).group(1)
+        assert Path(key_file).is_absolute(), banner  # the banner's paths are all absolute
+        children = descendants(proc.pid)
+        assert len([p for p in children if p.name() == "nginx"]) >= 2  # master + worker
+        first = _reaper(proc.pid)
+        assert first is not None
+        first.kill()
+        deadline = time.monotonic() + 15
+        while (second := _reaper(proc.pid)) is None or second.pid == first.pid:
+            assert time.monotonic() < deadline, "the reaper was not replaced"
+            time.sleep(0.1)
+        addresses = [banner_address(banner, label) for label in ("HTTP", "gateway HTTP")]
+    finally:
+        proc.kill()
+        proc.wait()
+    _wait_gone([p.pid for p in children], set(), 15)
+    for address in addresses:
+        host, port = address.rsplit(":", 1)
+        check_port_free(host, int(port), "port")

@@ -9,8 +9,12 @@ error; a bad config.pbtxt names its path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
+import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +32,9 @@ from tritonclient.utils import InferenceServerException
 from mlpipe.common.errors import ArtifactError, ServerError
 from mlpipe.common.provenance import sha256_file
 from mlpipe.export.triton_repo import SHA256_PARAMETER, config_to_pbtxt, parse_pbtxt
+from mlpipe.serving.repository import TensorSignature
 from mlpipe.serving.server import TritonServer
+from mlpipe.serving.supervisor import Supervisor, WatchdogSettings
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +171,77 @@ def test_case15_bad_config_names_its_path(server: TritonServer, tmp_path: Path) 
     with pytest.raises(ArtifactError, match=rf"{config_path} is not a valid Triton config.pbtxt"):
         other.start()
     assert other.process is None
+
+
+def _lie_input_dims(config) -> None:
+    config.input[0].dims[-1] += 1
+
+
+def _lie_input_dtype(config) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config.input[0].data_type = mc.TYPE_FP64
+
+
+def _lie_output_dims(config) -> None:
+    del config.output[0].dims[:]
+    config.output[0].dims.append(5)
+
+
+@pytest.mark.parametrize("lie", [_lie_input_dims, _lie_input_dtype, _lie_output_dims])
+def test_config_that_lies_about_the_onnx_is_refused_before_launch(
+    server: TritonServer, tmp_path: Path, lie
+) -> None:
+    """The sha256 still matches (the ONNX is the exported one), config.pbtxt does not describe
+    it: refused in one line naming both signatures, before tritonserver starts."""
+    repo = _copy_repository(server, tmp_path)
+    config_path = repo / "digits" / "config.pbtxt"
+    config = parse_pbtxt(config_path.read_text())
+    lie(config)
+    config_path.write_text(config_to_pbtxt(config))
+    other = _server_on(server, repo, tmp_path)
+    with pytest.raises(ArtifactError) as caught:
+        other.start()
+    message = str(caught.value)
+    assert "\n" not in message and f"{config_path} declares" in message, message
+    assert "images FP32 [1, 8, 8]; logits FP32 [10]" in message, message
+    assert other.process is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading as another uid needs root to switch user")
+def test_shm_regions_are_unreadable_to_other_users(server: TritonServer, tmp_path: Path) -> None:
+    """Request tensors pass through the python backend's /dev/shm regions: 0600, and `nobody`
+    (the nginx workers' user) cannot read them. A 0644 file beside them shows it could."""
+    assert server.shm
+    control = Path("/dev/shm") / f"mlpipe-test-{os.getpid()}"
+    control.write_bytes(b"x")
+    control.chmod(0o644)
+    try:
+        readable = subprocess.run(["head", "-c", "1", str(control)], user="nobody", check=False)
+        assert readable.returncode == 0  # the test can fail: a 0644 region would be read
+        for region in server.shm:
+            assert stat.S_IMODE(region.stat().st_mode) == 0o600, region
+            read = subprocess.run(
+                ["head", "-c", "1", str(region)], user="nobody", capture_output=True, text=True
+            )
+            assert read.returncode != 0 and "Permission denied" in read.stderr, read
+    finally:
+        control.unlink()
+
+
+def test_watchdog_probe_holds_the_answer_to_the_signature(
+    server: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer whose shape is not the signature's fails the probe (the issue's server that
+    answered [N, 10] while its metadata said [-1, 5])."""
+    cfg = compose_app("serve", tmp_path, *EPHEMERAL)
+    supervisor = Supervisor(server, None, WatchdogSettings.from_config(cfg.serve.watchdog))
+    try:
+        assert supervisor.probe() is None
+        spec = server.specs["digits"]
+        lying = dataclasses.replace(spec, outputs=(TensorSignature("logits", "FP32", (5,)),))
+        monkeypatch.setitem(server.specs, "digits", lying)
+        reason, timed_out = supervisor._probe_model("digits")
+        assert not timed_out and "shape (1, 10) (its signature: (1, 5))" in reason, reason
+    finally:
+        supervisor._close_clients()
