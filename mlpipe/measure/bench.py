@@ -29,7 +29,7 @@ from mlpipe.common.provenance import machine_info
 from mlpipe.measure.backends import BACKENDS, BenchContext, Target, Unavailable
 from mlpipe.measure.cost import analytic_columns, best_of, device_peaks_for, model_cost
 from mlpipe.measure.loadgen import LoadSettings, Workers, run_until_stable
-from mlpipe.measure.roofline import DevicePeaks
+from mlpipe.measure.roofline import DevicePeaks, observed_vs_peak
 from mlpipe.measure.rounds import Stability
 from mlpipe.measure.served import Requests, served_point, window_row
 from mlpipe.measure.tables import PlotStyle, bench_plots, bench_table
@@ -153,11 +153,6 @@ def _add_analytic(
                     row["throughput_samples_s"],
                 )
             )
-    if any((r.get("mfu") or 0) > 1 for r in rows):
-        log.warning(
-            "rows exceed 100%% MFU: the measured peak is too low (busy machine while "
-            "measuring?); treat MFU as an upper bound"
-        )
 
 
 def run_cells(ctx: BenchContext, bcfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,6 +180,14 @@ def run_cells(ctx: BenchContext, bcfg: Mapping[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "cost": cost,
         "peaks": peaks,
+        "observed": {
+            d: observed_vs_peak(
+                [r["achieved_gflops"] * 1e9 for r in rows if r.get("device") == d and "mfu" in r],
+                p,
+            )
+            for d, p in peaks.items()
+            if p
+        },
         "notes": {t.backend: t.notes for t in targets if t.notes},
     }
 
@@ -209,6 +212,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
             "config": OmegaConf.to_container(bcfg, resolve=True),
             "model_cost": run["cost"].__dict__ if run["cost"] else None,
             "peaks": {d: p.as_dict() for d, p in run["peaks"].items() if p},
+            "observed": run["observed"],  # best achieved FLOP/s per device vs its peak
             "notes": run["notes"],
         },
         "rows": run["rows"],

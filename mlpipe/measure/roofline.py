@@ -7,17 +7,21 @@ profile JSON; the report and docs/measure.md quote it from there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mlpipe.common.config import positive_int, positive_ints, require
 from mlpipe.common.errors import ConfigError
 from mlpipe.common.stats import time_calls
+from mlpipe.measure.consistency import roof_for
+from mlpipe.measure.rounds import interleaved
 from mlpipe.measure.tables import PlotStyle, new_figure, save_plot
 
 log = logging.getLogger(__name__)
@@ -46,8 +50,18 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 @dataclass(frozen=True)
+class CacheRoof:
+    """The memory roof of one cache level: bandwidth measured with a working set that fits it."""
+
+    level: str  # "L1d", "L2", "L3" (sysfs names)
+    max_bytes: int  # working sets up to this size are served from this level
+    bandwidth: float  # byte/s
+
+
+@dataclass(frozen=True)
 class DevicePeaks:
-    """Peak compute and memory bandwidth of one device for one dtype."""
+    """Peak compute and memory bandwidth of one device for one dtype; `peak_bandwidth` is the
+    large-copy (DRAM) figure, `roofs` the higher ones of the cache levels (smallest first)."""
 
     name: str
     dtype: str
@@ -55,14 +69,25 @@ class DevicePeaks:
     peak_bandwidth: float  # byte/s
     source: str  # where the figures come from (datasheet URL, measurement)
     kind: str  # "measured" (stored), "datasheet" or "runtime" (measured by this run)
+    roofs: tuple[CacheRoof, ...] = ()
 
     @property
     def ridge(self) -> float:
         """Intensity (FLOP/byte) where the memory roof meets the compute roof."""
         return self.peak_flops / self.peak_bandwidth
 
+    def bandwidth_for(self, nbytes: float) -> float:
+        """The memory roof (byte/s) of the level a working set of `nbytes` fits."""
+        return roof_for(self.as_dict(), nbytes)[0]
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ridge": self.ridge}
+        return {**asdict(self), "roofs": [asdict(r) for r in self.roofs], "ridge": self.ridge}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DevicePeaks:
+        """Back from :meth:`as_dict` (a results JSON's `device` / `peaks` entry)."""
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "roofs"}
+        return cls(**fields, roofs=tuple(CacheRoof(**r) for r in d.get("roofs") or ()))
 
 
 def check_dtype(dtype: str) -> torch.dtype:
@@ -75,6 +100,46 @@ def check_dtype(dtype: str) -> torch.dtype:
 def available_presets(device_dir: str | Path) -> list[str]:
     """Names of the device presets (`conf/profile/device/*.yaml`)."""
     return sorted(p.stem for p in Path(device_dir).glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class PeakSettings:
+    """How a runtime preset measures its device (the preset's `measure:` node)."""
+
+    device: str  # "cpu" or "cuda"
+    matmul_sizes: tuple[int, ...]  # square matmuls; the peak FLOP/s is the best of them
+    threads: tuple[int, ...]  # torch thread counts to measure at (0: as set now)
+    copy_bytes: int  # the DRAM roof: a copy far beyond the last cache level
+    cache_fills: tuple[float, ...]  # cache roofs: working sets at these shares of each level
+    repeats: int  # samples per measurement and round
+    rounds: int  # interleaved rounds over every (size, threads) measurement
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], key: str) -> PeakSettings:
+        fills = tuple(float(f) for f in node.get("cache_fills") or ())
+        require(all(0 < f <= 1 for f in fills), f"{key}.cache_fills", "must be shares in (0, 1]")
+        require(str(node["device"]) in ("cpu", "cuda"), f"{key}.device", "must be cpu or cuda")
+        return cls(
+            device=str(node["device"]),
+            matmul_sizes=tuple(positive_ints(node["matmul_sizes"], f"{key}.matmul_sizes")),
+            threads=tuple(int(t) for t in node.get("threads") or (0,)),
+            copy_bytes=positive_int(node["copy_bytes"], f"{key}.copy_bytes"),
+            cache_fills=fills if node["device"] == "cpu" else (),
+            repeats=positive_int(node["repeats"], f"{key}.repeats"),
+            rounds=positive_int(node.get("rounds", 1), f"{key}.rounds"),
+        )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` torch threads (0: leave as set), then restore."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def measure_matmul_flops(dtype: str, size: int, repeats: int, device: str = "cpu") -> float:
@@ -94,6 +159,118 @@ def measure_copy_bandwidth(nbytes: int, repeats: int, device: str = "cpu") -> fl
     dst = torch.empty_like(src)
     dst.copy_(src)
     return 2.0 * nbytes / _best_seconds(lambda: dst.copy_(src), repeats, device)
+
+
+def measure_memory_bandwidth(working_set: int, repeats: int, device: str = "cpu") -> float:
+    """The best byte/s a working set of `working_set` bytes streams at: a copy (half read, half
+    written) or a sum (all read; what a matrix-vector product does with its weights). A small
+    working set is looped in one sample until ~`_SAMPLE_BYTES` have moved, so the clock
+    resolves it; its per-call overhead stays in the figure, as in a small layer's."""
+    half = max(1, working_set // 2)
+    src = torch.ones(half, dtype=torch.uint8, device=device)
+    dst, floats = torch.empty_like(src), torch.ones(max(1, working_set // 4), device=device)
+    inner = max(1, min(_MAX_INNER, _SAMPLE_BYTES // working_set))
+    best = 0.0
+    for call, moved in ((lambda: dst.copy_(src), 2 * half), (lambda: floats.sum(), working_set)):
+        call()  # warm-up: the working set into the level it fits
+        seconds = min(time_calls(call, 1, repeats, inner))
+        best = max(best, moved / seconds)
+    return best
+
+
+_SAMPLE_BYTES = 1 << 25  # bytes one timed sample of a small working set moves (32 MiB)
+_MAX_INNER = 10_000
+
+
+def cache_levels(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> list[tuple[str, int]]:
+    """(name, bytes) of every data or unified cache level of cpu0, smallest first; [] where
+    sysfs does not list them (then only the DRAM roof is drawn)."""
+    levels = []
+    for index in sorted(sysfs.glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if kind == "Instruction" or not size:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1].upper(), 1)
+        levels.append(
+            (f"L{level}{'d' if kind == 'Data' else ''}", int(size.rstrip("KMGkmg")) * scale)
+        )
+    return sorted(levels, key=lambda lv: lv[1])
+
+
+def measure_cache_roofs(settings: PeakSettings, dram: float) -> tuple[CacheRoof, ...]:
+    """One roof per cache level: the best bandwidth at working sets of `cache_fills` of its size
+    (every thread count). A level never reads slower than the ones behind it, so a level's roof
+    is at least every larger level's (and DRAM's) figure: a per-call overhead that makes a tiny
+    copy slow must not draw an L1 roof under the DRAM one."""
+    roofs: list[CacheRoof] = []
+    for name, size in cache_levels():
+        best = 0.0
+        for threads in settings.threads:
+            with torch_threads(threads):
+                for fill in settings.cache_fills:
+                    ws = int(size * fill)
+                    best = max(best, measure_memory_bandwidth(ws, settings.repeats))
+        roofs.append(CacheRoof(name, size, best))
+    floor = dram
+    for i in reversed(range(len(roofs))):
+        floor = max(floor, roofs[i].bandwidth)
+        roofs[i] = CacheRoof(roofs[i].level, roofs[i].max_bytes, floor)
+    return tuple(roofs)
+
+
+def measure_runtime_peaks(name: str, dtype: str, settings: PeakSettings) -> DevicePeaks:
+    """The device's peaks, measured now: every matmul size at every thread count and the large
+    copy, in `rounds` interleaved rounds (a busy moment hits one sample of each, not all of
+    one), the best of all; then one roof per cache level. On a shared machine a peak is only
+    ever measured too low, so the best of many short measurements is the closest bound."""
+    check_dtype(dtype)
+    sizes, threads = settings.matmul_sizes, settings.threads
+    labels = [f"{n}@{t}" for n in sizes for t in threads] + ["copy"]
+
+    def measure(label: str) -> float:
+        if label == "copy":
+            return measure_copy_bandwidth(settings.copy_bytes, settings.repeats, settings.device)
+        n, t = (int(x) for x in label.split("@"))
+        with torch_threads(t):
+            return measure_matmul_flops(dtype, n, settings.repeats, settings.device)
+
+    runs = interleaved(labels, settings.rounds, measure)
+    bandwidth = max(runs.pop("copy"))
+    flops = max(v for vs in runs.values() for v in vs)
+    roofs = measure_cache_roofs(settings, bandwidth) if settings.cache_fills else ()
+    source = (
+        f"measured now on this machine ({settings.device}): best of {settings.rounds} "
+        f"interleaved rounds of {settings.repeats} matmuls of each size {list(sizes)} at "
+        f"{_thread_names(threads)} in {dtype}, {settings.copy_bytes} B copy"
+        + (f"; cache roofs at {list(settings.cache_fills)} of each level" if roofs else "")
+    )
+    log.info(
+        "%s %s: %.3g FLOP/s, %.3g B/s, %d cache roofs", name, dtype, flops, bandwidth, len(roofs)
+    )
+    return DevicePeaks(name, dtype, flops, bandwidth, source, "runtime", roofs)
+
+
+def observed_vs_peak(achieved: Sequence[float], peaks: DevicePeaks) -> dict[str, Any]:
+    """The best FLOP/s any workload of the run achieved beside the measured peak: a peak below
+    it was measured too low (the report's consistency section names every such figure)."""
+    best = max(achieved, default=0.0)
+    if best > peaks.peak_flops:
+        log.warning(
+            "a workload achieved %.3g FLOP/s, above the measured peak %.3g: the peak was "
+            "measured too low (busy machine while measuring?)",
+            best,
+            peaks.peak_flops,
+        )
+    return {"best_flops": best, "peak_flops": peaks.peak_flops, "bounded": best <= peaks.peak_flops}
+
+
+def _thread_names(threads: Sequence[int]) -> str:
+    return " and ".join("all threads" if t == 0 else f"{t} thread(s)" for t in threads)
 
 
 def _best_seconds(call: Callable[[], Any], repeats: int, device: str) -> float:
@@ -120,20 +297,13 @@ def device_peaks(device_cfg: Mapping[str, Any], dtype: str) -> DevicePeaks:
     name = str(device_cfg["name"])
     use = str(device_cfg["use"])
     if use == "runtime":
-        m = device_cfg["measure"]
-        if m["device"] == "cuda" and not torch.cuda.is_available():
+        settings = PeakSettings.from_config(device_cfg["measure"], f"{name}.measure")
+        if settings.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 f"device preset {name!r} measures a CUDA GPU, and torch sees none here; "
                 "use cpu_measured or a datasheet preset (h100_sxm, a100, t4, rtx3090)"
             )
-        flops = measure_matmul_flops(dtype, int(m["matmul_size"]), int(m["repeats"]), m["device"])
-        bw = measure_copy_bandwidth(int(m["copy_bytes"]), int(m["repeats"]), m["device"])
-        source = (
-            f"measured now on this machine ({m['device']}): best of {m['repeats']} "
-            f"{m['matmul_size']}^3 matmuls in {dtype}, {m['copy_bytes']} B copy"
-        )
-        log.info("%s %s: %.3g FLOP/s, %.3g B/s", name, dtype, flops, bw)
-        return DevicePeaks(name, dtype, flops, bw, source, "runtime")
+        return measure_runtime_peaks(name, dtype, settings)
     sets = {k: device_cfg[k] for k in ("measured", "datasheet") if device_cfg.get(k)}
     if use not in sets:
         raise ConfigError(
@@ -214,13 +384,16 @@ def plot_roofline(
     lo = min(min(xs), peaks.ridge) / 10
     hi = max(max(xs), peaks.ridge) * 10
     grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    beyond = f" (working set > {_size(peaks.roofs[-1].max_bytes)})" if peaks.roofs else ""
     ax.plot(
         grid,
         [min(peaks.peak_flops, x * peaks.peak_bandwidth) for x in grid],
         "k-",
         lw=2,
-        label=f"roof: {peaks.peak_flops / 1e12:.3g} TFLOP/s, {peaks.peak_bandwidth / 1e9:.4g} GB/s",
+        label=f"roof: {peaks.peak_flops / 1e12:.3g} TFLOP/s, {peaks.peak_bandwidth / 1e9:.4g} GB/s"
+        + (f" DRAM{beyond}" if peaks.roofs else ""),
     )
+    _cache_roofs(ax, grid, peaks)
     ax.axvline(peaks.ridge, color="grey", ls=":", label=f"ridge {peaks.ridge:.3g} FLOP/B")
     _analytic_points(ax, pts, peaks)
     for label, series in measured.items():
@@ -233,6 +406,37 @@ def plot_roofline(
     )
     ax.set_title(title, fontsize=9)
     return save_plot(fig, ax, Path(path), style)
+
+
+def _size(nbytes: float) -> str:
+    """Bytes in KiB/MiB/GiB, as sysfs names cache sizes."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def _cache_roofs(ax: Any, grid: Sequence[float], peaks: DevicePeaks) -> None:
+    """One dashed memory roof per cache level (levels with one figure share a line), labelled
+    with the working sets it bounds."""
+    lower, groups = 0, []
+    for roof in peaks.roofs:
+        if groups and groups[-1][0].bandwidth == roof.bandwidth:
+            groups[-1].append(roof)
+        else:
+            groups.append([roof])
+    for group in groups:
+        names = group[0].level + (f"–{group[-1].level}" if len(group) > 1 else "")
+        bandwidth, upper = group[0].bandwidth, group[-1].max_bytes
+        ax.plot(
+            grid,
+            [min(peaks.peak_flops, x * bandwidth) for x in grid],
+            ls="--",
+            lw=1,
+            label=f"{names} roof {bandwidth / 1e9:.4g} GB/s (working set "
+            f"{_size(lower)}–{_size(upper)})",
+        )
+        lower = upper
 
 
 def _analytic_points(ax: Any, pts: Sequence[Mapping[str, Any]], peaks: DevicePeaks) -> None:
