@@ -227,9 +227,10 @@ def knee_table(result: Mapping[str, Any]) -> str:
 
 
 def knee_points_table(layer: Mapping[str, Any]) -> str:
-    """One row per measured batch of one layer: time, achieved FLOP/s and B/s, share of peak."""
+    """One row per measured batch of one layer: time, achieved FLOP/s and B/s, share of peak and
+    of the roof that applies (the memory level its working set fits)."""
     return github_table(
-        ["batch", "µs/call", "µs/sample", "GFLOP/s", "GB/s", "% of peak", "stable"],
+        ["batch", "µs/call", "µs/sample", "GFLOP/s", "GB/s", "% of peak", "% of roof", "stable"],
         [
             [
                 p["batch"],
@@ -238,11 +239,18 @@ def knee_points_table(layer: Mapping[str, Any]) -> str:
                 f"{p['achieved_flops'] / 1e9:.4g}",
                 f"{p['achieved_bandwidth'] / 1e9:.4g}",
                 f"{100 * p['fraction_of_peak']:.1f}",
+                _share_of_roof(p),
                 "yes" if p["stable"] else "no",
             ]
             for p in layer["points"]
         ],
     )
+
+
+def _share_of_roof(point: Mapping[str, Any]) -> str:
+    if point.get("fraction_of_roof") is None:  # a JSON from before the cache roofs
+        return "n/a"
+    return f"{100 * point['fraction_of_roof']:.1f} ({point['roof_level']})"
 
 
 def tune_table(result: Mapping[str, Any], concurrency: int) -> str:
