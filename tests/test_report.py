@@ -72,7 +72,13 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
         text,
     )
     _check_knee_and_tune_sections(text)
-    assert "| triton_grpc | 1       | 4      | 2.000" in text  # bench row, formatted
+    # bench rows, formatted: each Triton row names the served config it measured
+    assert (
+        "| triton_grpc:digits       | batcher on, delay 1000 µs, 1 inst. | 1       | 4      "
+        in text
+    )
+    assert "| triton_grpc:digits_tuned | batcher on, delay 0 µs, 1 inst.    | 1       | 1 " in text
+    assert "| ort_cpu                  | in-process " in text
     assert "**tensorrt**: unavailable: import tensorrt failed" in text
     assert "![latency vs batch](bench/latency_vs_batch.png)" in text
     assert "_(plot tiny_h100_sxm.png missing)_" in text  # linked only when the file exists
@@ -89,6 +95,11 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert "| git revision           | unknown" in text  # the copy is not a git checkout
     screen = capsys.readouterr().out
     assert "test acc 0.9833" in screen and "relu_module targets 1/2 pass" in screen
+    # the headline's batch-1 latency is a config without queue delay, and it says so
+    assert (
+        "batch-1 p50: ort_cpu 0.131 ms, triton_grpc:digits_tuned 0.580 ms (Triton configs "
+        "without a queue delay; digits left out: batch 1 alone waits its full queue delay)"
+    ) in screen
     assert "serving targets met 4/5" in screen
     assert "tiny flip→knee: 1 8→64, 3 4→>128" in screen
     assert "tuned i1_q0_pnone: 2000 req/s, p99 10.0 ms at 16 clients, on front True" in screen

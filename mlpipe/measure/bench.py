@@ -48,6 +48,13 @@ def check_bench_config(bench_cfg: Mapping[str, Any]) -> None:
     )
     for key in ("batch_sizes", "concurrency", "inprocess_concurrency"):
         positive_ints(bench_cfg[key], f"bench.{key}")
+    models = bench_cfg["triton_models"]
+    require(
+        bool(models) and all(isinstance(m, str) and m for m in models),
+        "bench.triton_models",
+        f"must be a non-empty list of served model names, e.g. [digits, digits_nobatch], "
+        f"got {models!r}",
+    )
     positive_int(bench_cfg["requests"], "bench.requests")
     positive_int(bench_cfg["warmup"], "bench.warmup", minimum=0)
     LoadSettings.from_config(bench_cfg["load"], "bench.load")
@@ -96,6 +103,8 @@ def bench_row(
     }
     if "server" in point:
         row["mean_server_batch"] = point["server"]["mean_server_batch"]
+    if "model_config" in target.notes:  # which served config: batcher, queue delay, instances
+        row["model_config"] = target.notes["model_config"]
     if point["status"] != "ok":
         row["reason"] = point["reason"]
     return row
@@ -104,10 +113,11 @@ def bench_row(
 def _start_targets(
     ctx: BenchContext, names: Sequence[str], rows: list[dict[str, Any]]
 ) -> list[Target]:
-    targets = []
+    targets: list[Target] = []
     for name in names:
         try:
-            targets.append(BACKENDS[name](ctx))
+            made = BACKENDS[name](ctx)
+            targets += made if isinstance(made, list) else [made]
         except Unavailable as err:
             log.info("%s unavailable: %s", name, err)
             rows.append({"backend": name, "status": "unavailable", "reason": str(err)})

@@ -41,6 +41,7 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
     table = github_table(
         [
             "backend",
+            "served config",
             "batch",
             "conc",
             "p50 ms",
@@ -55,6 +56,7 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
         [
             [
                 r["backend"],
+                served_config(r),
                 r["batch"],
                 r["concurrency"],
                 _fmt(r["p50_ms"], ".3f"),
@@ -77,6 +79,17 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
         if r["status"] != "ok"
     ]
     return table + ("\n\n" + "\n".join(other) if other else "") + "\n"
+
+
+def served_config(row: Mapping[str, Any]) -> str:
+    """A Triton row's model config in words (batcher, queue delay, instances); "in-process"
+    for the others."""
+    config = row.get("model_config")
+    if not config:
+        return "in-process"
+    if not config["dynamic_batching"]:
+        return f"batcher off, {config['instances']} inst."
+    return f"batcher on, delay {config['max_queue_delay_us']} µs, {config['instances']} inst."
 
 
 def layer_table(result: Mapping[str, Any], device: str) -> str:

@@ -84,8 +84,8 @@ PLANTED: list[tuple[str, str, Callable[[Any], None], str]] = [
     (
         consistency.PERCENTILES,
         "bench/results.json",
-        lambda d: _bench_row(d, "triton_grpc", 1).update(p90_ms=1.2),
-        "bench triton_grpc batch 1 × 1: p50 1.316 ms ≤ p90 1.200 ms ≤ p99 3.783 ms",
+        lambda d: _bench_row(d, "triton_grpc:digits", 1).update(p90_ms=1.2),
+        "bench triton_grpc:digits batch 1 × 1: p50 1.316 ms ≤ p90 1.200 ms ≤ p99 3.783 ms",
     ),
     (
         consistency.OVERHEAD,
@@ -96,8 +96,8 @@ PLANTED: list[tuple[str, str, Callable[[Any], None], str]] = [
     (
         consistency.LITTLE,  # 4 clients at p50 2 ms complete at most 2000 req/s (+ 15 % spread)
         "bench/results.json",
-        lambda d: _bench_row(d, "triton_grpc", 4).update(throughput_req_s=3000.0),
-        "bench triton_grpc batch 1 × 4: 3000 req/s, bound ≤ 4 / 2.000 ms × (1 + 0.15)",
+        lambda d: _bench_row(d, "triton_grpc:digits", 4).update(throughput_req_s=3000.0),
+        "bench triton_grpc:digits batch 1 × 4: 3000 req/s, bound ≤ 4 / 2.000 ms × (1 + 0.15)",
     ),
     (
         consistency.LITTLE,
