@@ -68,7 +68,8 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert re.search(
         r"\| throughput tuned / untuned at 16 clients "
         r"\(batched, unbatched; median of 3 interleaved rounds, range\) +"
-        r"\| 1\.10 \(1\.00–1\.30\) / 2\.06 \(2\.00–2\.20\) +\| ≥ 1\.0 each +\| yes",
+        r"\| 1\.10 \(1\.00–1\.30\) / 2\.06 \(2\.00–2\.20\) +\| ≥ 1\.0 each, within the measured "
+        r"spread \(± half the rounds' range\) +\| yes",
         text,
     )
     _check_knee_and_tune_sections(text)
@@ -118,6 +119,10 @@ def _check_knee_and_tune_sections(text: str) -> None:
     assert "_(plot tiny_cpu_measured.png missing)_" in text
     assert "**i1_q0_pnone** (1 instance(s), dynamic batching on, max queue delay 0 µs" in text
     assert "untuned_digits 1.67x, untuned_digits_nobatch 2.22x (≥ both: **True**)" in text
+    assert (
+        "Decision (replaces the hand-written config): i1_q0_pnone vs hand-written untuned_digits: "
+        "throughput +66.7%, p99 -50.0%, beyond the measured spread ε = 8.0%." in text
+    )
     assert "not measured (time budget): i2_q300_p8_16" in text
     # the front table lists only the front, the chosen point marked
     assert "| i1_q0_pnone | 2000    | 7.00     | 10.00    | 5.40" in text and "**chosen**" in text

@@ -303,6 +303,14 @@ def tune_table(result: Mapping[str, Any], concurrency: int) -> str:
     )
 
 
+def _decision(decision: Mapping[str, Any] | None) -> str:
+    """The noise-aware rule's verdict in one sentence (nothing for results from before it)."""
+    if not decision:
+        return ""
+    kept = "replaces the hand-written config" if decision["replaced"] else "hand-written kept"
+    return f"Decision ({kept}): {decision['reason']}.\n\n"
+
+
 def tune_intro(result: Mapping[str, Any]) -> str:
     """The choice in words, and the two checks on the tuner's own measurement."""
     cfg, c, chk = result["meta"]["config"], result["chosen"], result["checks"]
@@ -322,7 +330,8 @@ def tune_intro(result: Mapping[str, Any]) -> str:
         f"{'on' if c['dynamic_batching'] else 'off'}{batcher}): {c['throughput_rps']:.0f} req/s, "
         f"p99 {c['p99_ms']:.2f} ms; served as model `{c['model']}` from "
         f"`{Path(result['tuned_config']).parent.parent}`.\n\n"
-        f"Checks: on the measured Pareto front: **{chk['on_front']}**; throughput vs the untuned "
+        + _decision(result.get("decision"))
+        + f"Checks: on the measured Pareto front: **{chk['on_front']}**; throughput vs the untuned "
         f"configs: {ratios} (≥ both: **{chk['beats_untuned']}**). "
         f"Sweep: {len(result['candidates'])} configs, {result['meta']['wall_s']} s"
         + (f", not measured (time budget): {', '.join(skipped)}" if skipped else "")
