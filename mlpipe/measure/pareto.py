@@ -56,3 +56,13 @@ def eps_dominates(a: Point, b: Point, eps: float) -> bool:
     tell."""
     faster = a["throughput_rps"] > b["throughput_rps"] * (1 + eps)
     return faster and a["p99_ms"] <= b["p99_ms"] * (1 + eps)
+
+
+def on_front(points: Sequence[Point], config: str, eps: float = 0.0) -> bool:
+    """`config` lies on the measured front, or within ε of it: no point ε-dominates it (a
+    hand-written config the noise-aware rule kept is on the front as far as the run can tell)."""
+    if config in pareto_front(points):
+        return True
+    mine = [p for p in points if p["config"] == config and p["status"] == "ok"]
+    ok = [q for q in points if q["status"] == "ok"]
+    return bool(mine) and not any(eps_dominates(q, mine[0], eps) for q in ok)

@@ -29,7 +29,7 @@ from mlpipe.common.stats import latency_summary, time_calls
 from mlpipe.data import SPLITS, load_split
 from mlpipe.export.reference import ort_session
 from mlpipe.measure.loadgen import LoadSettings, Workers
-from mlpipe.measure.pareto import at, pareto_front
+from mlpipe.measure.pareto import at, on_front, pareto_front
 from mlpipe.measure.rounds import Stability, interleaved
 from mlpipe.measure.served import Requests, served_point
 from mlpipe.serving.client import PROTOCOLS, TritonCaller, TritonClient
@@ -159,7 +159,12 @@ def tuning_checks(tcfg: DictConfig, runs: Mapping[str, Any]) -> dict[str, Any]:
         "same_config_as": same[0] if same else None,
         "chosen_at_concurrency": chosen["concurrency"],
         "front": front,
-        "on_front": chosen["config"] in front,
+        # within the tuner's measured ε: a hand-written config it kept is on the front
+        "on_front": on_front(
+            at(results["rows"], int(chosen["concurrency"])),
+            chosen["config"],
+            (results.get("decision") or {}).get("epsilon") or 0.0,
+        ),
         "concurrency": int(tcfg.concurrency),
         "rounds": len(runs["tuned"]["rounds_rps"]),
         "throughput_ratio_tuned_vs": {

@@ -18,7 +18,7 @@ from mlpipe.common.errors import ArtifactError, ArtifactMissingError, ConfigErro
 from mlpipe.common.provenance import sha256_file
 from mlpipe.export.run import export, export_onnx
 from mlpipe.export.triton_repo import SHA256_PARAMETER, build_python_repository, parse_pbtxt
-from mlpipe.measure.pareto import choose, eps_dominates, pareto_front, spread
+from mlpipe.measure.pareto import choose, eps_dominates, on_front, pareto_front, spread
 from mlpipe.measure.tune import (
     build_sweep_repository,
     candidate,
@@ -127,6 +127,12 @@ def test_a_candidate_beyond_the_measured_spread_replaces_it() -> None:
     assert chosen is cand and decision["reason"].endswith(
         "no hand-written config meets the p99 budget"
     )
+
+
+def test_a_kept_config_is_on_the_front_within_its_epsilon() -> None:
+    pts = [_pt("untuned_digits", 1000, 12.0), _pt("i1_q0", 1030, 11.0)]
+    assert pareto_front(pts) == ["i1_q0"]
+    assert on_front(pts, "untuned_digits", 0.10) and not on_front(pts, "untuned_digits", 0.01)
 
 
 def test_no_config_within_budget_says_what_to_change(tmp_path: Path) -> None:
@@ -253,9 +259,14 @@ def test_short_sweep_on_the_real_server(
     )
     off = next(r for r in result["rows"] if r["config"] == "i2_off" and r["concurrency"] == 4)
     assert off["mean_server_batch"] == 1.0  # batcher off: one request per execution
-    chosen = result["chosen"]
+    chosen, decision = result["chosen"], result["decision"]
     at4 = [r for r in result["rows"] if r["concurrency"] == 4]
-    assert chosen["throughput_rps"] == max(r["throughput_rps"] for r in at4)
+    best = max(at4, key=lambda r: r["throughput_rps"])
+    assert decision["candidate"] == best["config"]
+    if decision["replaced"] or best["config"].startswith("untuned_"):
+        assert chosen["config"] == best["config"]
+    else:  # within the measured spread of the best hand-written config: that one is kept
+        assert chosen["config"] == decision["hand_written"] and decision["reason"].endswith("kept")
     assert result["checks"]["on_front"] and result["checks"]["beats_untuned"]
     tuned = Path(cfg.tune.repository) / "digits_tuned"
     config = parse_pbtxt((tuned / "config.pbtxt").read_text())
