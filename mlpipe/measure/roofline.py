@@ -81,7 +81,12 @@ class DevicePeaks:
         return roof_for(self.as_dict(), nbytes)[0]
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "roofs": [asdict(r) for r in self.roofs], "ridge": self.ridge}
+        """JSON-ready; `roofs` only when measured, so a stored preset's profile (a root DVC
+        output) keeps its bytes."""
+        d = {k: v for k, v in asdict(self).items() if k != "roofs"}
+        if self.roofs:
+            d["roofs"] = [asdict(r) for r in self.roofs]
+        return {**d, "ridge": self.ridge}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DevicePeaks:
