@@ -154,7 +154,7 @@ def section_bench(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sectio
     baseline = meta.get("config", {}).get("baseline", "ort_cpu")
     peaks = "; ".join(
         f"{d}: {p['name']} {p['peak_flops'] / 1e9:.4g} GFLOP/s, "
-        f"{p['peak_bandwidth'] / 1e9:.4g} GB/s ({p['kind']})"
+        f"{p['peak_bandwidth'] / 1e9:.4g} GB/s DRAM{_roofs(p)} ({p['kind']})"
         for d, p in meta.get("peaks", {}).items()
     )
     machine = meta.get("machine", {})
@@ -164,7 +164,7 @@ def section_bench(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sectio
             f"{machine.get('gpu') or 'none'}) in {meta.get('wall_s', '?')} s. Client-observed "
             "latency (serialization included for Triton); throughput = samples / wall time of the "
             "window. MFU = achieved FLOP/s / peak; p50/roofline = p50 / max(FLOPs/peak, "
-            "bytes/bandwidth). "
+            "bytes/bandwidth of the memory level one call's bytes fit). "
             f"Peaks: {peaks or 'n/a'}.",
             "",
             bench_table(rows, baseline),
@@ -202,6 +202,14 @@ def _batch1_headline(ok: Sequence[Mapping[str, Any]]) -> str:
             "batch 1 alone waits its full queue delay)"
         )
     return summary
+
+
+def _roofs(peaks: Mapping[str, Any]) -> str:
+    """The cache-level roofs of a peaks entry, as ', L2 (≤ 1 MiB) 96 GB/s, ...'."""
+    return "".join(
+        f", {r['level']} (≤ {r['max_bytes'] / 2**20:.3g} MiB) {r['bandwidth'] / 1e9:.4g} GB/s"
+        for r in peaks.get("roofs") or ()
+    )
 
 
 def section_served(rc: Mapping[str, Any], reports: Path) -> Section:
@@ -336,7 +344,8 @@ def section_knees(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Sectio
         image = _image(png, out_dir, f"measured roofline {k['model']}")
         parts.append(
             f"### {k['model']} ({k['dtype']}, {k['clock']}; peaks {dev['peak_flops'] / 1e9:.4g} "
-            f"GFLOP/s, {dev['peak_bandwidth'] / 1e9:.4g} GB/s: {dev['source']})\n\n{gap}\n\n"
+            f"GFLOP/s, {dev['peak_bandwidth'] / 1e9:.4g} GB/s DRAM{_roofs(dev)}: "
+            f"{dev['source']})\n\n{gap}\n\n"
             f"{table}\n\n{image}"
         )
         knees = [

@@ -117,6 +117,7 @@ def _check_knee_and_tune_sections(text: str) -> None:
     assert "| 3       | Linear | 4                     | > 128 " in text
     assert "93 % copy B/s (batch 256)" in text and "128 (time_budget)" in text
     assert "_(plot tiny_cpu_measured.png missing)_" in text
+    assert "10 GB/s DRAM, L2 (≤ 1 MiB) 40 GB/s: fixture)" in text  # the knee's cache roof
     assert "**i1_q0_pnone** (1 instance(s), dynamic batching on, max queue delay 0 µs" in text
     assert "untuned_digits 1.67x, untuned_digits_nobatch 2.22x (≥ both: **True**)" in text
     assert (
