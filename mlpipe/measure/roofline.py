@@ -112,7 +112,8 @@ class PeakSettings:
     """How a runtime preset measures its device (the preset's `measure:` node)."""
 
     device: str  # "cpu" or "cuda"
-    matmul_sizes: tuple[int, ...]  # square matmuls; the peak FLOP/s is the best of them
+    matmul_sizes: tuple[int, ...]  # square matmuls; the peak FLOP/s is the best of them ...
+    conv_probes: tuple[tuple[int, int, int], ...]  # ... and of 3x3 convs (batch, channels, size)
     threads: tuple[int, ...]  # torch thread counts to measure at (0: as set now)
     copy_bytes: int  # the DRAM roof: a copy far beyond the last cache level
     cache_fills: tuple[float, ...]  # cache roofs: working sets at these shares of each level
@@ -122,11 +123,20 @@ class PeakSettings:
     @classmethod
     def from_config(cls, node: Mapping[str, Any], key: str) -> PeakSettings:
         fills = tuple(float(f) for f in node.get("cache_fills") or ())
+        probes = node.get("conv_probes") or ()
+        require(
+            all(len(c) == 3 for c in probes),
+            f"{key}.conv_probes",
+            f"must be [batch, channels, size] triples, e.g. [[8, 256, 8]], got {probes!r}",
+        )
         require(all(0 < f <= 1 for f in fills), f"{key}.cache_fills", "must be shares in (0, 1]")
         require(str(node["device"]) in ("cpu", "cuda"), f"{key}.device", "must be cpu or cuda")
         return cls(
             device=str(node["device"]),
             matmul_sizes=tuple(positive_ints(node["matmul_sizes"], f"{key}.matmul_sizes")),
+            conv_probes=tuple(
+                tuple(positive_ints(c, f"{key}.conv_probes")) for c in node.get("conv_probes") or ()
+            ),
             threads=tuple(int(t) for t in node.get("threads") or (0,)),
             copy_bytes=positive_int(node["copy_bytes"], f"{key}.copy_bytes"),
             cache_fills=fills if node["device"] == "cpu" else (),
@@ -156,6 +166,24 @@ def measure_matmul_flops(dtype: str, size: int, repeats: int, device: str = "cpu
     b = torch.randn(size, size, device=device).to(storage)
     torch.matmul(a, b)  # warm-up: first call allocates and picks kernels
     return 2.0 * size**3 / _best_seconds(lambda: torch.matmul(a, b), repeats, device)
+
+
+def measure_conv_flops(
+    dtype: str, probe: Sequence[int], repeats: int, device: str = "cpu"
+) -> float:
+    """Best-of-`repeats` FLOP/s of a 3x3 same-padding convolution, channels -> channels, on
+    `probe` = (batch, channels, size) images: a library's direct convolution can beat its matmul
+    (oneDNN here: 123 against 105 GFLOP/s on one core), so a peak from matmuls alone would sit
+    below what a conv layer achieves."""
+    batch, channels, size = (int(x) for x in probe)
+    storage = check_dtype(dtype)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+    conv = conv.to(device=device, dtype=storage).eval()
+    x = torch.randn(batch, channels, size, size, device=device).to(storage)
+    flops = 2.0 * batch * channels * channels * 9 * size * size
+    with torch.inference_mode():
+        conv(x)  # warm-up: first call picks the kernel
+        return flops / _best_seconds(lambda: conv(x), repeats, device)
 
 
 def measure_copy_bandwidth(nbytes: int, repeats: int, device: str = "cpu") -> float:
@@ -235,14 +263,18 @@ def measure_runtime_peaks(name: str, dtype: str, settings: PeakSettings) -> Devi
     ever measured too low, so the best of many short measurements is the closest bound."""
     check_dtype(dtype)
     sizes, threads = settings.matmul_sizes, settings.threads
-    labels = [f"{n}@{t}" for n in sizes for t in threads] + ["copy"]
+    kernels = [f"mm{n}" for n in sizes] + [f"conv{i}" for i in range(len(settings.conv_probes))]
+    labels = [f"{k}@{t}" for k in kernels for t in threads] + ["copy"]
 
     def measure(label: str) -> float:
         if label == "copy":
             return measure_copy_bandwidth(settings.copy_bytes, settings.repeats, settings.device)
-        n, t = (int(x) for x in label.split("@"))
-        with torch_threads(t):
-            return measure_matmul_flops(dtype, n, settings.repeats, settings.device)
+        kernel, t = label.split("@")
+        with torch_threads(int(t)):
+            if kernel.startswith("conv"):
+                probe = settings.conv_probes[int(kernel[4:])]
+                return measure_conv_flops(dtype, probe, settings.repeats, settings.device)
+            return measure_matmul_flops(dtype, int(kernel[2:]), settings.repeats, settings.device)
 
     runs = interleaved(labels, settings.rounds, measure)
     bandwidth = max(runs.pop("copy"))
@@ -250,8 +282,13 @@ def measure_runtime_peaks(name: str, dtype: str, settings: PeakSettings) -> Devi
     roofs = measure_cache_roofs(settings, bandwidth) if settings.cache_fills else ()
     source = (
         f"measured now on this machine ({settings.device}): best of {settings.rounds} "
-        f"interleaved rounds of {settings.repeats} matmuls of each size {list(sizes)} at "
-        f"{_thread_names(threads)} in {dtype}, {settings.copy_bytes} B copy"
+        f"interleaved rounds of {settings.repeats} matmuls of each size {list(sizes)}"
+        + (
+            f" and 3x3 convs {[list(c) for c in settings.conv_probes]}"
+            if settings.conv_probes
+            else ""
+        )
+        + f" at {_thread_names(threads)} in {dtype}, {settings.copy_bytes} B copy"
         + (f"; cache roofs at {list(settings.cache_fills)} of each level" if roofs else "")
     )
     log.info(
@@ -275,7 +312,8 @@ def observed_vs_peak(achieved: Sequence[float], peaks: DevicePeaks) -> dict[str,
 
 
 def _thread_names(threads: Sequence[int]) -> str:
-    return " and ".join("all threads" if t == 0 else f"{t} thread(s)" for t in threads)
+    current = torch.get_num_threads()  # what 0 means: the thread count as set now
+    return " and ".join(f"{t or current} thread(s)" for t in threads)
 
 
 def _best_seconds(call: Callable[[], Any], repeats: int, device: str) -> float:

@@ -153,7 +153,8 @@ def test_cpu_measured_preset_measures_this_machine() -> None:
     cfg.measure.repeats, cfg.measure.rounds, cfg.measure.cache_fills = 2, 2, [0.25]
     peaks = device_peaks(cfg, "fp32")
     assert peaks.kind == "runtime" and peaks.peak_flops > 1e8 and peaks.peak_bandwidth > 1e8
-    assert "all threads and 1 thread(s)" in peaks.source and "[128, 256]" in peaks.source
+    threads = f"{torch.get_num_threads()} thread(s) and 1 thread(s)"
+    assert threads in peaks.source and "[128, 256]" in peaks.source and "3x3 convs" in peaks.source
     # one roof per cache level sysfs lists, smallest first, none under the DRAM roof
     assert [(r.level, r.max_bytes) for r in peaks.roofs] == cache_levels()
     assert all(r.bandwidth >= peaks.peak_bandwidth for r in peaks.roofs)
