@@ -386,8 +386,17 @@ def section_tune(rc: Mapping[str, Any], reports: Path, out_dir: Path) -> Section
     summary = (
         f"tuned {c['config']}: {c['throughput_rps']:.0f} req/s, p99 {c['p99_ms']:.1f} ms at "
         f"{conc} clients, on front {chk['on_front']}, beats untuned {chk['beats_untuned']}"
+        + _decision_brief(t.get("decision"))
     )
     return Section(title, body, summary)
+
+
+def _decision_brief(decision: Mapping[str, Any] | None) -> str:
+    """The noise-aware rule's verdict for the summary line (nothing before the rule existed)."""
+    if not decision or decision.get("epsilon") is None:
+        return ""
+    verdict = "replaced" if decision["replaced"] else "kept"
+    return f", hand-written {decision['hand_written']} {verdict} (ε {decision['epsilon']:.1%})"
 
 
 def _profile_rows(layers: list[Mapping[str, Any]], devices: list[str]) -> list[list[str]]:

@@ -103,7 +103,10 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     ) in screen
     assert "serving targets met 4/5" in screen
     assert "tiny flip→knee: 1 8→64, 3 4→>128" in screen
-    assert "tuned i1_q0_pnone: 2000 req/s, p99 10.0 ms at 16 clients, on front True" in screen
+    assert (
+        "tuned i1_q0_pnone: 2000 req/s, p99 10.0 ms at 16 clients, on front True, beats untuned "
+        "True, hand-written untuned_digits replaced (ε 8.0%)"
+    ) in screen
     assert "tiny flip batches: h100_sxm [" in screen
 
 
