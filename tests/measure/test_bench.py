@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlpipe.common.errors import ConfigError
 from mlpipe.measure.backends import BACKENDS, BenchContext, Unavailable
 from mlpipe.measure.bench import bench, check_bench_config
+from mlpipe.measure.consistency import bench_findings
 from mlpipe.measure.cost import ModelCost, analytic_columns
 from mlpipe.measure.loadgen import LoadSettings, Workers, run_until_stable, run_window
 from mlpipe.measure.roofline import DevicePeaks
@@ -255,6 +256,10 @@ def test_minimal_bench_end_to_end_against_real_server(exported: dict) -> None:
         # analytic columns from the profile of the checkpoint's net: flops scale with the batch
         assert r["flops_per_call"] == saved["meta"]["model_cost"]["flops_per_sample"] * r["batch"]
         assert 0 < r["mfu"] < 1
+    # the run's own figures pass the report's self-checks, and its best FLOP/s is under its peak
+    assert [f.line() for f in bench_findings(saved, 0.10) if not f.ok] == []
+    observed = saved["meta"]["observed"]["cpu"]
+    assert observed["bounded"] and 0 < observed["best_flops"] <= observed["peak_flops"]
     trt = [r for r in saved["rows"] if r["backend"] == "tensorrt"]
     assert trt and trt[0]["status"] == "unavailable" and trt[0]["reason"]
     assert any(r.get("speedup_vs_baseline") == 1.0 for r in ok if r["backend"] == "ort_cpu")

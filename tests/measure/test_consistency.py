@@ -97,13 +97,13 @@ PLANTED: list[tuple[str, str, Callable[[Any], None], str]] = [
         consistency.LITTLE,  # 4 clients at p50 2 ms complete at most 2000 req/s (+ 15 % spread)
         "bench/results.json",
         lambda d: _bench_row(d, "triton_grpc:digits", 4).update(throughput_req_s=3000.0),
-        "bench triton_grpc:digits batch 1 × 4: 3000 req/s, bound ≤ 4 / 2.000 ms × (1 + 0.15)",
+        "bench triton_grpc:digits batch 1 × 4: 3000 req/s, bound ≤ 4 / 2.000 ms (p50) × (1 + 0.15)",
     ),
     (
         consistency.LITTLE,
         "tune/results.json",
         lambda d: d["rows"][2].update(throughput_rps=3000.0),
-        "tune i1_q0_pnone at 16 clients: 3000 req/s, bound ≤ 16 / 7.000 ms × (1 + 0.10)",
+        "tune i1_q0_pnone at 16 clients: 3000 req/s, bound ≤ 16 / 7.000 ms (p50) × (1 + 0.10)",
     ),
     (
         consistency.ACCURACY,
@@ -144,6 +144,15 @@ def test_report_without_fail_on_violation_names_it_and_returns(fixture_root: Pat
     _edit(fixture_root, "serve/client.json", lambda d: d.update(served_acc=0.5))
     out = report(_cfg(fixture_root, "report.fail_on_violation=false"))
     assert f"- **{consistency.ACCURACY}: client grpc" in out.read_text()
+
+
+def test_littles_law_takes_the_mean_where_it_is_below_the_p50() -> None:
+    # 4 clients, half the requests 0.5 ms, half 2.0 ms: p50 2.0 ms, mean 1.25 ms, 3200 req/s
+    row = {"throughput_rps": 3200.0, "p50_ms": 2.0, "mean_ms": 1.25, "concurrency": 4}
+    (finding,) = consistency.little("bimodal", row, 0.05)
+    assert finding.ok and "4 / 1.250 ms (mean)" in finding.bound
+    (finding,) = consistency.little("bimodal", {**row, "throughput_rps": 3400.0}, 0.05)
+    assert not finding.ok
 
 
 def test_the_roof_of_the_cache_level_the_working_set_fits_applies() -> None:
