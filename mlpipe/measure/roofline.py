@@ -107,6 +107,10 @@ def available_presets(device_dir: str | Path) -> list[str]:
     return sorted(p.stem for p in Path(device_dir).glob("*.yaml"))
 
 
+_SAMPLE_BYTES = 1 << 25  # bytes one timed sample of a small working set moves (32 MiB)
+_MAX_INNER = 10_000  # at most this many calls in one sample
+
+
 @dataclass(frozen=True)
 class PeakSettings:
     """How a runtime preset measures its device (the preset's `measure:` node)."""
@@ -134,9 +138,7 @@ class PeakSettings:
         return cls(
             device=str(node["device"]),
             matmul_sizes=tuple(positive_ints(node["matmul_sizes"], f"{key}.matmul_sizes")),
-            conv_probes=tuple(
-                tuple(positive_ints(c, f"{key}.conv_probes")) for c in node.get("conv_probes") or ()
-            ),
+            conv_probes=tuple(tuple(positive_ints(c, f"{key}.conv_probes")) for c in probes),
             threads=tuple(int(t) for t in node.get("threads") or (0,)),
             copy_bytes=positive_int(node["copy_bytes"], f"{key}.copy_bytes"),
             cache_fills=fills if node["device"] == "cpu" else (),
@@ -209,10 +211,6 @@ def measure_memory_bandwidth(working_set: int, repeats: int, device: str = "cpu"
         seconds = min(time_calls(call, 1, repeats, inner))
         best = max(best, moved / seconds)
     return best
-
-
-_SAMPLE_BYTES = 1 << 25  # bytes one timed sample of a small working set moves (32 MiB)
-_MAX_INNER = 10_000
 
 
 def cache_levels(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> list[tuple[str, int]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -163,6 +164,21 @@ def test_cpu_measured_preset_measures_this_machine() -> None:
     )
     back = DevicePeaks.from_dict(json.loads(json.dumps(peaks.as_dict())))
     assert back == peaks  # a results JSON gives the same peaks, roofs included
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "match"),
+    [
+        ("conv_probes", [[8, 256]], r"cpu_measured.measure.conv_probes: must be \[batch, channels"),
+        ("cache_fills", [1.5], r"cpu_measured.measure.cache_fills: must be shares in \(0, 1\]"),
+        ("matmul_sizes", [0], r"cpu_measured.measure.matmul_sizes"),
+    ],
+)
+def test_bad_peak_settings_name_the_key(key: str, bad: Any, match: str) -> None:
+    cfg = OmegaConf.load(DEVICE_DIR / "cpu_measured.yaml")
+    cfg.measure[key] = bad
+    with pytest.raises(ConfigError, match=match):
+        device_peaks(cfg, "fp32")
 
 
 def test_cache_levels_are_read_from_sysfs(tmp_path: Path) -> None:
