@@ -481,12 +481,14 @@ def _cache_roofs(ax: Any, grid: Sequence[float], peaks: DevicePeaks) -> None:
 
 
 def _analytic_points(ax: Any, pts: Sequence[Mapping[str, Any]], peaks: DevicePeaks) -> None:
-    """Identical layers sit on one point: one marker, one label listing them."""
-    groups: dict[tuple[float, str, str], list[str]] = {}
+    """Identical layers sit on one point: one marker, one label listing them. A layer's
+    attainable rate is under the roof of the memory level its bytes fit (DRAM without roofs)."""
+    groups: dict[tuple[float, str, str, float], list[str]] = {}
     for r in pts:
-        groups.setdefault((round(r["intensity"], 9), r["type"], r["bound"]), []).append(r["name"])
-    for (x, typ, regime), names in groups.items():
-        attainable = min(peaks.peak_flops, x * peaks.peak_bandwidth)
+        key = (round(r["intensity"], 9), r["type"], r["bound"], peaks.bandwidth_for(r["bytes"]))
+        groups.setdefault(key, []).append(r["name"])
+    for (x, typ, regime, bandwidth), names in groups.items():
+        attainable = min(peaks.peak_flops, x * bandwidth)
         ax.scatter(x, attainable, marker="o" if regime == "compute" else "s", s=40, zorder=3)
         ax.annotate(
             f"{', '.join(names)} ({typ})",
