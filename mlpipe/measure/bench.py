@@ -29,7 +29,8 @@ from mlpipe.common.provenance import machine_info
 from mlpipe.measure.backends import BACKENDS, BenchContext, Target, Unavailable
 from mlpipe.measure.cost import analytic_columns, best_of, device_peaks_for, model_cost
 from mlpipe.measure.loadgen import LoadSettings, Workers, run_until_stable
-from mlpipe.measure.roofline import DevicePeaks, observed_vs_peak
+from mlpipe.measure.peaks import observed_vs_peak
+from mlpipe.measure.roofline import DevicePeaks
 from mlpipe.measure.rounds import Stability
 from mlpipe.measure.served import Requests, served_point, window_row
 from mlpipe.measure.tables import PlotStyle, bench_plots, bench_table

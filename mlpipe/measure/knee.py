@@ -44,11 +44,11 @@ from mlpipe.common.provenance import machine_info
 from mlpipe.common.stats import time_calls
 from mlpipe.measure.consistency import roof_for
 from mlpipe.measure.cost import ModelCost
+from mlpipe.measure.peaks import observed_vs_peak
 from mlpipe.measure.roofline import (
     FLOP_CONVENTION,
     DevicePeaks,
     check_dtype,
-    observed_vs_peak,
     plot_roofline,
 )
 from mlpipe.measure.rounds import Stability, until_settled
@@ -337,7 +337,7 @@ def knee_peaks(
     depress the peak and inflate every share of it); the copy and cache roofs are the preset's."""
     from omegaconf import OmegaConf
 
-    from mlpipe.measure.roofline import PeakSettings, measure_runtime_peaks
+    from mlpipe.measure.peaks import PeakSettings, measure_runtime_peaks
 
     path = Path(device_dir) / f"{preset}.yaml"
     cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
