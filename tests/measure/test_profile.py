@@ -1,6 +1,6 @@
-"""mlpipe.measure.profile / mlpipe.measure.roofline: hand-computed FLOPs and bytes, the flip_batch
-formula,
-device presets, bad input, and the Hydra app end to end."""
+"""mlpipe.measure.profile / roofline / peaks: hand-computed FLOPs and bytes, the flip_batch
+formula, device presets, peaks measured at run time with a roof per cache level, bad input, and
+the Hydra app end to end."""
 
 from __future__ import annotations
 
