@@ -12,7 +12,7 @@ The sections on measurements live in :mod:`mlpipe.measure.sections`; here the pi
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from mlpipe import config_dir  # absolute conf/ path: console scripts need it
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import require
-from mlpipe.common.errors import ArtifactError, DataError
+from mlpipe.common.errors import ArtifactError, ConsistencyError, DataError
 from mlpipe.common.provenance import data_version, git_revision, machine_info, sha256_file
+from mlpipe.measure import consistency
+from mlpipe.measure.consistency import Finding
 from mlpipe.measure.sections import (
     Missing,
     Section,
@@ -119,6 +121,75 @@ def section_export(rc: Mapping[str, Any], reports: Path) -> Section:
     return Section("Export parity", body, summary)
 
 
+def _measured_inputs(rc: Mapping[str, Any], reports: Path) -> list[tuple[str, Any]]:
+    """(kind, parsed JSON) of every measured input that is there; absent ones are skipped (their
+    sections say `not run`), unreadable ones too (their sections say so)."""
+    inputs = rc["inputs"]
+    paths = [(kind, reports / inputs[kind]) for kind in ("bench", "serving_targets", "client")]
+    paths.append(("tune", reports / inputs["tune"]))
+    kdir = reports / inputs["knee_dir"]
+    paths += [("knee", f) for f in (sorted(kdir.glob("*.json")) if kdir.is_dir() else [])]
+    found = []
+    for kind, path in paths:
+        try:
+            found.append((kind, read_json(path, "")))
+        except Missing:
+            continue
+    return found
+
+
+def findings(rc: Mapping[str, Any], reports: Path) -> list[Finding]:
+    """Every check over every measured figure the report prints."""
+    band = float(rc["checks"]["noise_band"])
+    runs = {
+        "bench": lambda d: consistency.bench_findings(d, band),
+        "serving_targets": lambda d: consistency.served_findings(d, band),
+        "client": consistency.client_findings,
+        "tune": lambda d: consistency.tune_findings(d, band),
+        "knee": consistency.knee_findings,
+    }
+    out: list[Finding] = []
+    for kind, data in _measured_inputs(rc, reports):
+        try:
+            out += list(runs[kind](data))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+            out.append(Finding("readable input", kind, f"malformed ({err!r})", "readable", False))
+    return out
+
+
+def section_consistency(found: Sequence[Finding], band: float) -> Section:
+    """How many figures each check held, and every violation by name."""
+    title = "Consistency checks"
+    rows = [
+        [
+            check,
+            sum(f.check == check for f in found),
+            sum(f.check == check and not f.ok for f in found),
+        ]
+        for check in (*consistency.CHECKS, "readable input")
+        if any(f.check == check for f in found) or check != "readable input"
+    ]
+    bad = [f for f in found if not f.ok]
+    verdict = (
+        "Violations (each a figure that contradicts its bound: a peak measured too low, a "
+        "wrong roof, or a broken measurement):\n\n" + "\n".join(f"- **{f.line()}**" for f in bad)
+        if bad
+        else "No violation: every figure lies within its bound."
+    )
+    body = (
+        "Every measured figure of this report held to the bound it cannot exceed "
+        "(mlpipe.measure.consistency). Comparisons of two timings (Little's law, overheads) "
+        f"allow a noise band of {band:.0%} or the row's own p50 spread, whichever is larger.\n\n"
+        + github_table(["check", "figures checked", "violations"], rows)
+        + "\n\n"
+        + verdict
+    )
+    summary = f"{len(found)} figures checked, " + (
+        f"{len(bad)} VIOLATION(S): {bad[0].line()}" if bad else "no violation"
+    )
+    return Section(title, body, summary)
+
+
 def section_provenance(rc: Mapping[str, Any]) -> Section:
     root = Path(rc["root_dir"])
     rows = [["git revision", git_revision(root)]]
@@ -136,10 +207,11 @@ def section_provenance(rc: Mapping[str, Any]) -> Section:
     return Section("Provenance", github_table(["item", "value"], rows))
 
 
-def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """Markdown text and the screen summary lines."""
+def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str], list[Finding]]:
+    """Markdown text, the screen summary lines and the consistency violations."""
     reports = Path(rc["reports_dir"])
     out_dir = Path(rc["output"]).parent
+    found = findings(rc, reports)
     sections = [
         section_data_and_training(rc, reports),
         section_export(rc, reports),
@@ -150,6 +222,7 @@ def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
         section_tune(rc, reports, out_dir),
         section_relu(rc, reports, out_dir),
         section_gpu(rc, reports, out_dir),
+        section_consistency(found, float(rc["checks"]["noise_band"])),
         section_provenance(rc),
     ]
     text = (
@@ -164,7 +237,7 @@ def build_report(rc: Mapping[str, Any]) -> tuple[str, list[str]]:
         for s in sections
         if s.title != "Provenance"
     ]
-    return text, summary
+    return text, summary, [f for f in found if not f.ok]
 
 
 def validate_report_cfg(rc: Mapping[str, Any]) -> None:
@@ -179,8 +252,15 @@ def validate_report_cfg(rc: Mapping[str, Any]) -> None:
         "report.lock_files",
         f"must be a list of file names, got {rc['lock_files']!r}",
     )
+    for key in ("write", "fail_on_violation"):
+        require(
+            isinstance(rc[key], bool), f"report.{key}", f"must be true or false, got {rc[key]!r}"
+        )
+    band = rc["checks"]["noise_band"]
     require(
-        isinstance(rc["write"], bool), "report.write", f"must be true or false, got {rc['write']!r}"
+        isinstance(band, (int, float)) and 0 <= band < 1,
+        "report.checks.noise_band",
+        f"must be a fraction in [0, 1), got {band!r}",
     )
 
 
@@ -198,14 +278,24 @@ def write_text(path: Path, text: str) -> None:
 
 def report(cfg: DictConfig) -> Path:
     """Write the report (unless `report.write=false`: summary only, e.g. after a no-op
-    `dvc repro`, leaving the DVC-tracked file alone); print a short summary; return its path."""
+    `dvc repro`, leaving the DVC-tracked file alone); print a short summary; return its path.
+    A figure that contradicts its bound raises ConsistencyError afterwards (one line, exit 1)
+    unless `report.fail_on_violation=false`."""
     rc = OmegaConf.to_container(cfg.report, resolve=True)
     validate_report_cfg(rc)
-    text, summary = build_report(rc)
+    text, summary, violations = build_report(rc)
     out = Path(rc["output"])
     if rc["write"]:
         write_text(out, text)
     print("\n".join(["", f"== mlpipe report: {out} ==", *[f"  {line}" for line in summary]]))
+    if violations and rc["fail_on_violation"]:
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        raise ConsistencyError(
+            f"{len(violations)} measured figure(s) contradict their bounds, first: "
+            f"{violations[0].line()}{more}; every one is named in the 'Consistency checks' "
+            f"section of {out}: re-measure (a peak taken on a busy machine is too low) or fix "
+            "the measurement it names"
+        )
     return out
 
 

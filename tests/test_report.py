@@ -68,11 +68,18 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert re.search(
         r"\| throughput tuned / untuned at 16 clients "
         r"\(batched, unbatched; median of 3 interleaved rounds, range\) +"
-        r"\| 1\.10 \(1\.00–1\.30\) / 2\.06 \(2\.00–2\.20\) +\| ≥ 1\.0 each +\| yes",
+        r"\| 1\.10 \(1\.00–1\.30\) / 2\.06 \(2\.00–2\.20\) +\| ≥ 1\.0 each, within the measured "
+        r"spread \(± half the rounds' range\) +\| yes",
         text,
     )
     _check_knee_and_tune_sections(text)
-    assert "| triton_grpc | 1       | 4      | 2.000" in text  # bench row, formatted
+    # bench rows, formatted: each Triton row names the served config it measured
+    assert (
+        "| triton_grpc:digits       | batcher on, delay 1000 µs, 1 inst. | 1       | 4      "
+        in text
+    )
+    assert "| triton_grpc:digits_tuned | batcher on, delay 0 µs, 1 inst.    | 1       | 1 " in text
+    assert "| ort_cpu                  | in-process " in text
     assert "**tensorrt**: unavailable: import tensorrt failed" in text
     assert "![latency vs batch](bench/latency_vs_batch.png)" in text
     assert "_(plot tiny_h100_sxm.png missing)_" in text  # linked only when the file exists
@@ -89,9 +96,17 @@ def test_report_builds_from_fixtures(fixture_root: Path, capsys: pytest.CaptureF
     assert "| git revision           | unknown" in text  # the copy is not a git checkout
     screen = capsys.readouterr().out
     assert "test acc 0.9833" in screen and "relu_module targets 1/2 pass" in screen
+    # the headline's batch-1 latency is a config without queue delay, and it says so
+    assert (
+        "batch-1 p50: ort_cpu 0.131 ms, triton_grpc:digits_tuned 0.580 ms (Triton configs "
+        "without a queue delay; digits left out: batch 1 alone waits its full queue delay)"
+    ) in screen
     assert "serving targets met 4/5" in screen
     assert "tiny flip→knee: 1 8→64, 3 4→>128" in screen
-    assert "tuned i1_q0_pnone: 2000 req/s, p99 10.0 ms at 16 clients, on front True" in screen
+    assert (
+        "tuned i1_q0_pnone: 2000 req/s, p99 10.0 ms at 16 clients, on front True, beats untuned "
+        "True, hand-written untuned_digits replaced (ε 8.0%)"
+    ) in screen
     assert "tiny flip batches: h100_sxm [" in screen
 
 
@@ -105,8 +120,13 @@ def _check_knee_and_tune_sections(text: str) -> None:
     assert "| 3       | Linear | 4                     | > 128 " in text
     assert "93 % copy B/s (batch 256)" in text and "128 (time_budget)" in text
     assert "_(plot tiny_cpu_measured.png missing)_" in text
+    assert "10 GB/s DRAM, L2 (≤ 1 MiB) 40 GB/s: fixture)" in text  # the knee's cache roof
     assert "**i1_q0_pnone** (1 instance(s), dynamic batching on, max queue delay 0 µs" in text
     assert "untuned_digits 1.67x, untuned_digits_nobatch 2.22x (≥ both: **True**)" in text
+    assert (
+        "Decision (replaces the hand-written config): i1_q0_pnone vs hand-written untuned_digits: "
+        "throughput +66.7%, p99 -50.0%, beyond the measured spread ε = 8.0%." in text
+    )
     assert "not measured (time budget): i2_q300_p8_16" in text
     # the front table lists only the front, the chosen point marked
     assert "| i1_q0_pnone | 2000    | 7.00     | 10.00    | 5.40" in text and "**chosen**" in text

@@ -54,5 +54,10 @@ class PortInUseError(UserError, OSError):
     """A configured port is taken; the message names the port and the config key to change."""
 
 
+class ConsistencyError(UserError, RuntimeError):
+    """Measured figures contradict their bounds (MFU over 100 %, a point above its roof, ...);
+    the message names the first and the report section that lists them all."""
+
+
 class NonFiniteLossError(UserError, FloatingPointError):
     """Training produced a NaN/Inf loss; the message names the step and likely fixes."""

@@ -9,7 +9,7 @@ with the reason shown in its row.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mlpipe.common.config import plain
 from mlpipe.common.errors import ArtifactError, ArtifactMissingError
 from mlpipe.measure.loadgen import CallerFactory
 from mlpipe.serving.client import TritonCaller
@@ -68,13 +69,24 @@ class BenchContext:
     def server(self):
         """The Triton server, started on first use and stopped by `bench()`."""
         if self._server is None:
-            server = TritonServer.from_config(self.cfg.serve)
+            server = TritonServer.from_config(self.serve_config())
             try:
                 server.start()
             except Exception as err:  # missing repository, binary, port...: reason in the row
                 raise Unavailable(f"tritonserver did not start: {err}") from err
             self._server = server
         return self._server
+
+    def serve_config(self) -> dict[str, Any]:
+        """The serve config, on mlpipe-tune's repository (the export's models plus the tuned
+        one) when it has written one: the bench measures what is served, the tuned config
+        beside the hand-written ones."""
+        serve = plain(self.cfg.serve)
+        repository, model = Path(self.cfg.bench.tuned_repository), str(self.cfg.bench.tuned_model)
+        if (repository / model / "config.pbtxt").is_file():
+            serve["model_repository"] = str(repository)
+            serve["models"] = {**serve["models"], model: True}
+        return serve
 
     def close(self) -> None:
         if self._server is not None:
@@ -289,39 +301,80 @@ def tensorrt(ctx: BenchContext) -> Target:
 
 
 # -- Triton ------------------------------------------------------------------------------------
-def _triton_target(ctx: BenchContext, protocol: str) -> Target:
+def model_config(repository: str | Path, model: str) -> dict[str, Any]:
+    """What a served model's config.pbtxt sets that changes its timing: the dynamic batcher, its
+    queue delay, the instance count; `label` says it in words for the bench rows."""
+    from mlpipe.serving.repository import read_config
+
+    config = read_config(Path(repository) / model / "config.pbtxt")
+    batcher = config.HasField("dynamic_batching")
+    delay = int(config.dynamic_batching.max_queue_delay_microseconds) if batcher else 0
+    instances = sum(int(g.count) for g in config.instance_group) or 1
+    words = f"batcher on, queue delay {delay} µs" if batcher else "batcher off"
+    return {
+        "model": model,
+        "dynamic_batching": batcher,
+        "max_queue_delay_us": delay,
+        "instances": instances,
+        "label": f"{model}: {words}, {instances} instance(s)",
+    }
+
+
+def _triton_targets(ctx: BenchContext, protocol: str) -> list[Target]:
+    """One target per model of `bench.triton_models` the server serves (the tuned one only
+    once mlpipe-tune has written it: else one unavailable target naming the command)."""
     server = ctx.server()
     address = server.http_address if protocol == "http" else server.grpc_address
-    model = str(ctx.cfg.bench.triton_model)
-    if model not in server.models:
-        raise Unavailable(f"model {model!r} is not served; served: {server.models}")
+    targets = []
+    for model in [str(m) for m in ctx.cfg.bench.triton_models]:
+        backend = f"triton_{protocol}:{model}"
+        if model not in server.models:
+            targets.append(_unserved(backend, model, server.models, ctx))
+            continue
 
-    def prepare(batch: int) -> CallerFactory:
-        return TritonCaller(
-            protocol, address, model, ctx.images(batch), float(ctx.cfg.bench.load.timeout_s)
+        def prepare(batch: int, model: str = model) -> CallerFactory:
+            return TritonCaller(
+                protocol, address, model, ctx.images(batch), float(ctx.cfg.bench.load.timeout_s)
+            )
+
+        config = model_config(server.model_repository, model)
+        targets.append(
+            Target(
+                backend,
+                "cpu",
+                list(ctx.cfg.bench.concurrency),
+                prepare,
+                mode=str(ctx.cfg.bench.load.mode),
+                max_batch=int(ctx.cfg.export.triton.max_batch_size),
+                notes={"model_config": config, "server_ready_s": server.ready_seconds},
+                server=server,
+            )
         )
-
-    return Target(
-        f"triton_{protocol}",
-        "cpu",
-        list(ctx.cfg.bench.concurrency),
-        prepare,
-        mode=str(ctx.cfg.bench.load.mode),
-        max_batch=int(ctx.cfg.export.triton.max_batch_size),
-        notes={"model": model, "server_ready_s": server.ready_seconds},
-        server=server,
-    )
+    return targets
 
 
-def triton_http(ctx: BenchContext) -> Target:
-    return _triton_target(ctx, "http")
+def _unserved(backend: str, model: str, served: Sequence[str], ctx: BenchContext) -> Target:
+    """A target whose every cell says why its model is not served."""
+    why = f"model {model!r} is not served (served: {list(served)})"
+    if model == str(ctx.cfg.bench.tuned_model):
+        why += f"; {ctx.cfg.bench.tuned_repository} has no tuned config: run `mlpipe-tune`"
+
+    def prepare(_batch: int) -> CallerFactory:
+        raise Unavailable(why)
+
+    return Target(backend, "cpu", [1], prepare)
 
 
-def triton_grpc(ctx: BenchContext) -> Target:
-    return _triton_target(ctx, "grpc")
+def triton_http(ctx: BenchContext) -> list[Target]:
+    return _triton_targets(ctx, "http")
 
 
-BACKENDS: dict[str, Callable[[BenchContext], Target]] = {
+def triton_grpc(ctx: BenchContext) -> list[Target]:
+    return _triton_targets(ctx, "grpc")
+
+
+#: backend name -> its target(s): one per served model for Triton
+BACKENDS: dict[str, Callable[[BenchContext], Target | list[Target]]] = {
     "torch_eager": torch_eager,
     "torch_compile": torch_compile,
     "torch_eager_cuda": torch_eager_cuda,

@@ -29,6 +29,7 @@ from mlpipe.common.provenance import machine_info
 from mlpipe.measure.backends import BACKENDS, BenchContext, Target, Unavailable
 from mlpipe.measure.cost import analytic_columns, best_of, device_peaks_for, model_cost
 from mlpipe.measure.loadgen import LoadSettings, Workers, run_until_stable
+from mlpipe.measure.peaks import observed_vs_peak
 from mlpipe.measure.roofline import DevicePeaks
 from mlpipe.measure.rounds import Stability
 from mlpipe.measure.served import Requests, served_point, window_row
@@ -48,6 +49,13 @@ def check_bench_config(bench_cfg: Mapping[str, Any]) -> None:
     )
     for key in ("batch_sizes", "concurrency", "inprocess_concurrency"):
         positive_ints(bench_cfg[key], f"bench.{key}")
+    models = bench_cfg["triton_models"]
+    require(
+        bool(models) and all(isinstance(m, str) and m for m in models),
+        "bench.triton_models",
+        f"must be a non-empty list of served model names, e.g. [digits, digits_nobatch], "
+        f"got {models!r}",
+    )
     positive_int(bench_cfg["requests"], "bench.requests")
     positive_int(bench_cfg["warmup"], "bench.warmup", minimum=0)
     LoadSettings.from_config(bench_cfg["load"], "bench.load")
@@ -96,6 +104,8 @@ def bench_row(
     }
     if "server" in point:
         row["mean_server_batch"] = point["server"]["mean_server_batch"]
+    if "model_config" in target.notes:  # which served config: batcher, queue delay, instances
+        row["model_config"] = target.notes["model_config"]
     if point["status"] != "ok":
         row["reason"] = point["reason"]
     return row
@@ -104,10 +114,11 @@ def bench_row(
 def _start_targets(
     ctx: BenchContext, names: Sequence[str], rows: list[dict[str, Any]]
 ) -> list[Target]:
-    targets = []
+    targets: list[Target] = []
     for name in names:
         try:
-            targets.append(BACKENDS[name](ctx))
+            made = BACKENDS[name](ctx)
+            targets += made if isinstance(made, list) else [made]
         except Unavailable as err:
             log.info("%s unavailable: %s", name, err)
             rows.append({"backend": name, "status": "unavailable", "reason": str(err)})
@@ -153,11 +164,6 @@ def _add_analytic(
                     row["throughput_samples_s"],
                 )
             )
-    if any((r.get("mfu") or 0) > 1 for r in rows):
-        log.warning(
-            "rows exceed 100%% MFU: the measured peak is too low (busy machine while "
-            "measuring?); treat MFU as an upper bound"
-        )
 
 
 def run_cells(ctx: BenchContext, bcfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,6 +191,14 @@ def run_cells(ctx: BenchContext, bcfg: Mapping[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "cost": cost,
         "peaks": peaks,
+        "observed": {
+            d: observed_vs_peak(
+                [r["achieved_gflops"] * 1e9 for r in rows if r.get("device") == d and "mfu" in r],
+                p,
+            )
+            for d, p in peaks.items()
+            if p
+        },
         "notes": {t.backend: t.notes for t in targets if t.notes},
     }
 
@@ -209,6 +223,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
             "config": OmegaConf.to_container(bcfg, resolve=True),
             "model_cost": run["cost"].__dict__ if run["cost"] else None,
             "peaks": {d: p.as_dict() for d, p in run["peaks"].items() if p},
+            "observed": run["observed"],  # best achieved FLOP/s per device vs its peak
             "notes": run["notes"],
         },
         "rows": run["rows"],

@@ -66,6 +66,10 @@ def best_of(a: DevicePeaks, b: DevicePeaks | None) -> DevicePeaks:
     """Best-of both measurements, figure by figure."""
     if b is None:
         return a
+    roofs = {r.level: r for r in a.roofs}
+    for r in b.roofs:  # level by level
+        if r.level not in roofs or r.bandwidth > roofs[r.level].bandwidth:
+            roofs[r.level] = r
     return DevicePeaks(
         a.name,
         a.dtype,
@@ -73,6 +77,7 @@ def best_of(a: DevicePeaks, b: DevicePeaks | None) -> DevicePeaks:
         max(a.peak_bandwidth, b.peak_bandwidth),
         a.source + "; best of a measurement before and after the load",
         a.kind,
+        tuple(sorted(roofs.values(), key=lambda r: r.max_bytes)),
     )
 
 
@@ -83,18 +88,20 @@ def analytic_columns(
     p50_s: float,
     samples_per_s: float,
 ) -> dict[str, Any]:
-    """Achieved FLOP/s and bandwidth vs the device peak; p50 vs the roofline time of one call."""
+    """Achieved FLOP/s and bandwidth vs the device peak and the memory roof of the level one
+    call's bytes fit; p50 vs the roofline time of one call."""
     if cost is None or peaks is None:
         return {}
     flops, nbytes = cost.flops(batch), cost.nbytes(batch)
-    roofline_s = max(flops / peaks.peak_flops, nbytes / peaks.peak_bandwidth)
+    bandwidth = peaks.bandwidth_for(nbytes)  # weights that fit a cache level stream from it
+    roofline_s = max(flops / peaks.peak_flops, nbytes / bandwidth)
     achieved = samples_per_s * cost.flops_per_sample
     return {
         "flops_per_call": flops,
         "bytes_per_call": nbytes,
         "achieved_gflops": achieved / 1e9,
         "mfu": achieved / peaks.peak_flops,
-        "bandwidth_util": (samples_per_s / batch) * nbytes / peaks.peak_bandwidth,
+        "bandwidth_util": (samples_per_s / batch) * nbytes / bandwidth,
         "roofline_ms": roofline_s * 1e3,
         "p50_over_roofline": p50_s / roofline_s if roofline_s > 0 else None,
         "peaks": peaks.name,

@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,14 @@ from mlpipe.common.config import as_float, positive_int, positive_ints, require
 from mlpipe.common.errors import ConfigError
 from mlpipe.common.provenance import machine_info
 from mlpipe.common.stats import time_calls
+from mlpipe.measure.consistency import roof_for
 from mlpipe.measure.cost import ModelCost
+from mlpipe.measure.peaks import PeakSettings, measure_runtime_peaks, observed_vs_peak
 from mlpipe.measure.profile import profile_network, untrained_network
 from mlpipe.measure.roofline import (
     FLOP_CONVENTION,
     DevicePeaks,
     check_dtype,
-    measure_copy_bandwidth,
-    measure_matmul_flops,
     plot_roofline,
 )
 from mlpipe.measure.rounds import Stability, until_settled
@@ -127,10 +127,12 @@ def point(
     the same bytes (`copy_bw`; the device's large-copy peak when not measured)."""
     flops, nbytes = layer.cost.flops(batch), layer.cost.nbytes(batch)
     achieved_flops, achieved_bw = flops / seconds, nbytes / seconds
-    copy_limit = copy_bw or peaks.peak_bandwidth
+    bandwidth, level = roof_for(peaks.as_dict(), nbytes)  # the roof of the level it fits
+    copy_limit = copy_bw or bandwidth
     fraction = (
         achieved_flops / peaks.peak_flops if layer.kind == "compute" else achieved_bw / copy_limit
     )
+    roof = min(peaks.peak_flops, flops / nbytes * bandwidth) if nbytes else peaks.peak_flops
     return {
         "batch": batch,
         "seconds": seconds,
@@ -142,6 +144,8 @@ def point(
         "achieved_bandwidth": achieved_bw,
         "copy_bandwidth": copy_bw if layer.kind == "elementwise" else None,
         "fraction_of_peak": fraction,
+        "roof_level": level,
+        "fraction_of_roof": achieved_flops / roof,
     }
 
 
@@ -327,10 +331,11 @@ def layer_costs(
 def knee_peaks(
     device_dir: str | Path, preset: str, dtype: str, node: Mapping[str, Any]
 ) -> tuple[DevicePeaks, str]:
-    """Peaks of a runtime preset's device, measured now, and that device ("cpu"/"cuda"): the
-    layers are timed there too. The FLOP/s peak is the best of `peak_repeats` matmuls at each of
-    `peak_matmul_sizes` (short ones too: on a shared machine a long call is rarely left alone,
-    which would depress the peak and inflate every share of it); the copy peak is the preset's."""
+    """Peaks of a runtime preset's device, measured now at the thread count the layers run
+    with, and that device ("cpu"/"cuda"): the layers are timed there too. The FLOP/s peak is the
+    best of `peak_repeats` matmuls at each of `peak_matmul_sizes` in the preset's interleaved
+    rounds (short ones too: on a shared machine a long call is rarely left alone, which would
+    depress the peak and inflate every share of it); the copy and cache roofs are the preset's."""
     path = Path(device_dir) / f"{preset}.yaml"
     cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
     require(
@@ -340,22 +345,20 @@ def knee_peaks(
         "knee is measured against the peaks of the device it runs on; choose cpu_measured or "
         "cuda_measured",
     )
-    device, repeats = str(cfg.measure.device), positive_int(node["peak_repeats"], "peak_repeats")
-    if device == "cuda" and not torch.cuda.is_available():
+    settings = replace(
+        PeakSettings.from_config(cfg.measure, f"{preset}.measure"),
+        matmul_sizes=tuple(
+            positive_ints(node["peak_matmul_sizes"], "profile.knee.peak_matmul_sizes")
+        ),
+        repeats=positive_int(node["peak_repeats"], "profile.knee.peak_repeats"),
+        threads=(0,),  # as profile.knee.torch_threads set them: the layers' own
+    )
+    if settings.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"profile.knee.device={preset!r} measures a CUDA GPU and torch sees none here; "
             "use profile/knee=cpu"
         )
-    sizes = positive_ints(node["peak_matmul_sizes"], "profile.knee.peak_matmul_sizes")
-    flops = max(measure_matmul_flops(dtype, n, repeats, device) for n in sizes)
-    bandwidth = measure_copy_bandwidth(int(cfg.measure.copy_bytes), repeats, device)
-    source = (
-        f"measured now on this machine ({device}, {torch.get_num_threads()} torch threads): "
-        f"best of {repeats} matmuls of each size {sizes} in {dtype}, "
-        f"{cfg.measure.copy_bytes} B copy"
-    )
-    log.info("%s %s: %.3g FLOP/s, %.3g B/s", preset, dtype, flops, bandwidth)
-    return DevicePeaks(preset, dtype, flops, bandwidth, source, "runtime"), device
+    return measure_runtime_peaks(preset, dtype, settings), settings.device
 
 
 def measure_knees(cfg: DictConfig) -> dict[str, Any]:
@@ -388,6 +391,10 @@ def measure_knees(cfg: DictConfig) -> dict[str, Any]:
     return {
         "model": str(pc.model_name),
         "dtype": str(pc.dtype),
+        "observed": observed_vs_peak(
+            [p["achieved_flops"] for r in layers if r["kind"] == "compute" for p in r["points"]],
+            peaks,
+        ),
         "timing_device": device,
         "clock": "cuda events" if device == "cuda" else "perf_counter",
         "device": peaks.as_dict(),
@@ -403,7 +410,7 @@ def write_knees(result: Mapping[str, Any], out_dir: Path, style: PlotStyle) -> P
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / str(result["model"])
     dev = result["device"]
-    peaks = DevicePeaks(**{k: dev[k] for k in DevicePeaks.__dataclass_fields__})
+    peaks = DevicePeaks.from_dict(dev)
     measured = {
         f"{r['name']} ({r['type']})": [
             (p["batch"], p["intensity"], p["achieved_flops"]) for p in r["points"]

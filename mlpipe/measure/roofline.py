@@ -7,9 +7,8 @@ profile JSON; the report and docs/measure.md quote it from there.
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,8 @@ from typing import Any
 import torch
 
 from mlpipe.common.errors import ConfigError
-from mlpipe.common.stats import time_calls
+from mlpipe.measure.consistency import roof_for
 from mlpipe.measure.tables import PlotStyle, new_figure, save_plot
-
-log = logging.getLogger(__name__)
 
 #: How FLOPs and bytes are counted and when a layer counts as compute-bound. The one statement
 #: of it: the profile JSON carries it and the report prints it from there.
@@ -46,8 +43,18 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 @dataclass(frozen=True)
+class CacheRoof:
+    """The memory roof of one cache level: bandwidth measured with a working set that fits it."""
+
+    level: str  # "L1d", "L2", "L3" (sysfs names)
+    max_bytes: int  # working sets up to this size are served from this level
+    bandwidth: float  # byte/s
+
+
+@dataclass(frozen=True)
 class DevicePeaks:
-    """Peak compute and memory bandwidth of one device for one dtype."""
+    """Peak compute and memory bandwidth of one device for one dtype; `peak_bandwidth` is the
+    large-copy (DRAM) figure, `roofs` the higher ones of the cache levels (smallest first)."""
 
     name: str
     dtype: str
@@ -55,14 +62,30 @@ class DevicePeaks:
     peak_bandwidth: float  # byte/s
     source: str  # where the figures come from (datasheet URL, measurement)
     kind: str  # "measured" (stored), "datasheet" or "runtime" (measured by this run)
+    roofs: tuple[CacheRoof, ...] = ()
 
     @property
     def ridge(self) -> float:
         """Intensity (FLOP/byte) where the memory roof meets the compute roof."""
         return self.peak_flops / self.peak_bandwidth
 
+    def bandwidth_for(self, nbytes: float) -> float:
+        """The memory roof (byte/s) of the level a working set of `nbytes` fits."""
+        return roof_for(self.as_dict(), nbytes)[0]
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ridge": self.ridge}
+        """JSON-ready; `roofs` only when measured, so a stored preset's profile (a root DVC
+        output) keeps its bytes."""
+        d = {k: v for k, v in asdict(self).items() if k != "roofs"}
+        if self.roofs:
+            d["roofs"] = [asdict(r) for r in self.roofs]
+        return {**d, "ridge": self.ridge}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DevicePeaks:
+        """Back from :meth:`as_dict` (a results JSON's `device` / `peaks` entry)."""
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "roofs"}
+        return cls(**fields, roofs=tuple(CacheRoof(**r) for r in d.get("roofs") or ()))
 
 
 def check_dtype(dtype: str) -> torch.dtype:
@@ -77,39 +100,6 @@ def available_presets(device_dir: str | Path) -> list[str]:
     return sorted(p.stem for p in Path(device_dir).glob("*.yaml"))
 
 
-def measure_matmul_flops(dtype: str, size: int, repeats: int, device: str = "cpu") -> float:
-    """Best-of-`repeats` FLOP/s of a (size x size) @ (size x size) matmul on `device`."""
-    storage = check_dtype(dtype)
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
-    a = torch.randn(size, size, device=device).to(storage)
-    b = torch.randn(size, size, device=device).to(storage)
-    torch.matmul(a, b)  # warm-up: first call allocates and picks kernels
-    return 2.0 * size**3 / _best_seconds(lambda: torch.matmul(a, b), repeats, device)
-
-
-def measure_copy_bandwidth(nbytes: int, repeats: int, device: str = "cpu") -> float:
-    """Best-of-`repeats` byte/s of a device copy: reads + writes, so 2 * nbytes per copy."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    return 2.0 * nbytes / _best_seconds(lambda: dst.copy_(src), repeats, device)
-
-
-def _best_seconds(call: Callable[[], Any], repeats: int, device: str) -> float:
-    """Best of `repeats` timings of `call` (the one timing primitive), the device synchronized
-    before and after each, so a CUDA call is timed to its end."""
-
-    def synced() -> None:
-        call()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return min(time_calls(synced, 0, repeats))
-
-
 def device_peaks(device_cfg: Mapping[str, Any], dtype: str) -> DevicePeaks:
     """Peaks for `dtype` from a device preset node (`conf/profile/device/<name>.yaml`).
 
@@ -120,20 +110,15 @@ def device_peaks(device_cfg: Mapping[str, Any], dtype: str) -> DevicePeaks:
     name = str(device_cfg["name"])
     use = str(device_cfg["use"])
     if use == "runtime":
-        m = device_cfg["measure"]
-        if m["device"] == "cuda" and not torch.cuda.is_available():
+        from mlpipe.measure.peaks import PeakSettings, measure_runtime_peaks
+
+        settings = PeakSettings.from_config(device_cfg["measure"], f"{name}.measure")
+        if settings.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 f"device preset {name!r} measures a CUDA GPU, and torch sees none here; "
                 "use cpu_measured or a datasheet preset (h100_sxm, a100, t4, rtx3090)"
             )
-        flops = measure_matmul_flops(dtype, int(m["matmul_size"]), int(m["repeats"]), m["device"])
-        bw = measure_copy_bandwidth(int(m["copy_bytes"]), int(m["repeats"]), m["device"])
-        source = (
-            f"measured now on this machine ({m['device']}): best of {m['repeats']} "
-            f"{m['matmul_size']}^3 matmuls in {dtype}, {m['copy_bytes']} B copy"
-        )
-        log.info("%s %s: %.3g FLOP/s, %.3g B/s", name, dtype, flops, bw)
-        return DevicePeaks(name, dtype, flops, bw, source, "runtime")
+        return measure_runtime_peaks(name, dtype, settings)
     sets = {k: device_cfg[k] for k in ("measured", "datasheet") if device_cfg.get(k)}
     if use not in sets:
         raise ConfigError(
@@ -214,13 +199,16 @@ def plot_roofline(
     lo = min(min(xs), peaks.ridge) / 10
     hi = max(max(xs), peaks.ridge) * 10
     grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    beyond = f" (working set > {_size(peaks.roofs[-1].max_bytes)})" if peaks.roofs else ""
     ax.plot(
         grid,
         [min(peaks.peak_flops, x * peaks.peak_bandwidth) for x in grid],
         "k-",
         lw=2,
-        label=f"roof: {peaks.peak_flops / 1e12:.3g} TFLOP/s, {peaks.peak_bandwidth / 1e9:.4g} GB/s",
+        label=f"roof: {peaks.peak_flops / 1e12:.3g} TFLOP/s, {peaks.peak_bandwidth / 1e9:.4g} GB/s"
+        + (f" DRAM{beyond}" if peaks.roofs else ""),
     )
+    _cache_roofs(ax, grid, peaks)
     ax.axvline(peaks.ridge, color="grey", ls=":", label=f"ridge {peaks.ridge:.3g} FLOP/B")
     _analytic_points(ax, pts, peaks)
     for label, series in measured.items():
@@ -235,13 +223,46 @@ def plot_roofline(
     return save_plot(fig, ax, Path(path), style)
 
 
+def _size(nbytes: float) -> str:
+    """Bytes in KiB/MiB/GiB, as sysfs names cache sizes."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def _cache_roofs(ax: Any, grid: Sequence[float], peaks: DevicePeaks) -> None:
+    """One dashed memory roof per cache level (levels with one figure share a line), labelled
+    with the working sets it bounds."""
+    lower, groups = 0, []
+    for roof in peaks.roofs:
+        if groups and groups[-1][0].bandwidth == roof.bandwidth:
+            groups[-1].append(roof)
+        else:
+            groups.append([roof])
+    for group in groups:
+        names = group[0].level + (f"–{group[-1].level}" if len(group) > 1 else "")
+        bandwidth, upper = group[0].bandwidth, group[-1].max_bytes
+        ax.plot(
+            grid,
+            [min(peaks.peak_flops, x * bandwidth) for x in grid],
+            ls="--",
+            lw=1,
+            label=f"{names} roof {bandwidth / 1e9:.4g} GB/s (working set "
+            f"{_size(lower)}–{_size(upper)})",
+        )
+        lower = upper
+
+
 def _analytic_points(ax: Any, pts: Sequence[Mapping[str, Any]], peaks: DevicePeaks) -> None:
-    """Identical layers sit on one point: one marker, one label listing them."""
-    groups: dict[tuple[float, str, str], list[str]] = {}
+    """Identical layers sit on one point: one marker, one label listing them. A layer's
+    attainable rate is under the roof of the memory level its bytes fit (DRAM without roofs)."""
+    groups: dict[tuple[float, str, str, float], list[str]] = {}
     for r in pts:
-        groups.setdefault((round(r["intensity"], 9), r["type"], r["bound"]), []).append(r["name"])
-    for (x, typ, regime), names in groups.items():
-        attainable = min(peaks.peak_flops, x * peaks.peak_bandwidth)
+        key = (round(r["intensity"], 9), r["type"], r["bound"], peaks.bandwidth_for(r["bytes"]))
+        groups.setdefault(key, []).append(r["name"])
+    for (x, typ, regime, bandwidth), names in groups.items():
+        attainable = min(peaks.peak_flops, x * bandwidth)
         ax.scatter(x, attainable, marker="o" if regime == "compute" else "s", s=40, zorder=3)
         ax.annotate(
             f"{', '.join(names)} ({typ})",

@@ -41,6 +41,7 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
     table = github_table(
         [
             "backend",
+            "served config",
             "batch",
             "conc",
             "p50 ms",
@@ -55,6 +56,7 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
         [
             [
                 r["backend"],
+                served_config(r),
                 r["batch"],
                 r["concurrency"],
                 _fmt(r["p50_ms"], ".3f"),
@@ -77,6 +79,17 @@ def bench_table(rows: Sequence[Mapping[str, Any]], baseline: str) -> str:
         if r["status"] != "ok"
     ]
     return table + ("\n\n" + "\n".join(other) if other else "") + "\n"
+
+
+def served_config(row: Mapping[str, Any]) -> str:
+    """A Triton row's model config in words (batcher, queue delay, instances); "in-process"
+    for the others."""
+    config = row.get("model_config")
+    if not config:
+        return "in-process"
+    if not config["dynamic_batching"]:
+        return f"batcher off, {config['instances']} inst."
+    return f"batcher on, delay {config['max_queue_delay_us']} µs, {config['instances']} inst."
 
 
 def layer_table(result: Mapping[str, Any], device: str) -> str:
@@ -227,9 +240,10 @@ def knee_table(result: Mapping[str, Any]) -> str:
 
 
 def knee_points_table(layer: Mapping[str, Any]) -> str:
-    """One row per measured batch of one layer: time, achieved FLOP/s and B/s, share of peak."""
+    """One row per measured batch of one layer: time, achieved FLOP/s and B/s, share of peak and
+    of the roof that applies (the memory level its working set fits)."""
     return github_table(
-        ["batch", "µs/call", "µs/sample", "GFLOP/s", "GB/s", "% of peak", "stable"],
+        ["batch", "µs/call", "µs/sample", "GFLOP/s", "GB/s", "% of peak", "% of roof", "stable"],
         [
             [
                 p["batch"],
@@ -238,11 +252,18 @@ def knee_points_table(layer: Mapping[str, Any]) -> str:
                 f"{p['achieved_flops'] / 1e9:.4g}",
                 f"{p['achieved_bandwidth'] / 1e9:.4g}",
                 f"{100 * p['fraction_of_peak']:.1f}",
+                _share_of_roof(p),
                 "yes" if p["stable"] else "no",
             ]
             for p in layer["points"]
         ],
     )
+
+
+def _share_of_roof(point: Mapping[str, Any]) -> str:
+    if point.get("fraction_of_roof") is None:  # a JSON from before the cache roofs
+        return "n/a"
+    return f"{100 * point['fraction_of_roof']:.1f} ({point['roof_level']})"
 
 
 def tune_table(result: Mapping[str, Any], concurrency: int) -> str:
@@ -282,6 +303,14 @@ def tune_table(result: Mapping[str, Any], concurrency: int) -> str:
     )
 
 
+def _decision(decision: Mapping[str, Any] | None) -> str:
+    """The noise-aware rule's verdict in one sentence (nothing for results from before it)."""
+    if not decision:
+        return ""
+    kept = "replaces the hand-written config" if decision["replaced"] else "hand-written kept"
+    return f"Decision ({kept}): {decision['reason']}.\n\n"
+
+
 def tune_intro(result: Mapping[str, Any]) -> str:
     """The choice in words, and the two checks on the tuner's own measurement."""
     cfg, c, chk = result["meta"]["config"], result["chosen"], result["checks"]
@@ -301,7 +330,8 @@ def tune_intro(result: Mapping[str, Any]) -> str:
         f"{'on' if c['dynamic_batching'] else 'off'}{batcher}): {c['throughput_rps']:.0f} req/s, "
         f"p99 {c['p99_ms']:.2f} ms; served as model `{c['model']}` from "
         f"`{Path(result['tuned_config']).parent.parent}`.\n\n"
-        f"Checks: on the measured Pareto front: **{chk['on_front']}**; throughput vs the untuned "
+        + _decision(result.get("decision"))
+        + f"Checks: on the measured Pareto front: **{chk['on_front']}**; throughput vs the untuned "
         f"configs: {ratios} (≥ both: **{chk['beats_untuned']}**). "
         f"Sweep: {len(result['candidates'])} configs, {result['meta']['wall_s']} s"
         + (f", not measured (time budget): {', '.join(skipped)}" if skipped else "")

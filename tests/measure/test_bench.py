@@ -5,6 +5,7 @@ errors, unavailable backends, and a minimal bench end to end against the real tr
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import time
@@ -19,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from mlpipe.common.errors import ConfigError
 from mlpipe.measure.backends import BACKENDS, BenchContext, Unavailable
 from mlpipe.measure.bench import bench, check_bench_config
+from mlpipe.measure.consistency import bench_findings
 from mlpipe.measure.cost import ModelCost, analytic_columns
 from mlpipe.measure.loadgen import LoadSettings, Workers, run_until_stable, run_window
 from mlpipe.measure.roofline import DevicePeaks
 from mlpipe.measure.rounds import Stability
+from mlpipe.measure.tune import candidate, write_tuned_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -131,6 +134,12 @@ def test_invalid_lists_and_mode_are_rejected(override: str) -> None:
         check_bench_config(cfg.bench)
 
 
+@pytest.mark.parametrize("override", ["bench.triton_models=[]", "bench.triton_models=[3]"])
+def test_triton_models_must_name_served_models(override: str) -> None:
+    with pytest.raises(ConfigError, match=r"bench.triton_models: must be a non-empty list"):
+        check_bench_config(_compose([override]).bench)
+
+
 def test_every_bench_config_composes_and_validates() -> None:
     for name in ("default", "full", "minimal"):
         cfg = _compose([f"bench={name}"])
@@ -197,6 +206,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "overrides": overrides}
 
 
+TRITON_MODELS = ("digits", "digits_nobatch", "digits_tuned")
+
+
 def _port_closed(address: str) -> bool:
     host, port = address.rsplit(":", 1)
     with socket.socket() as s:
@@ -210,8 +222,10 @@ def test_minimal_bench_end_to_end_against_real_server(exported: dict) -> None:
             *exported["overrides"],
             "bench=minimal",
             "bench.backends=[torch_eager,ort_cpu,triton_http,triton_grpc,tensorrt]",
+            f"tune.repository={exported['root']}/tuned",
         ]
     )
+    write_tuned_repository(cfg, candidate(2, True, 0, []))  # what mlpipe-tune would write
     result = bench(cfg)
     out = Path(cfg.bench.out_dir)
     saved = json.loads((out / "results.json").read_text())
@@ -219,8 +233,22 @@ def test_minimal_bench_end_to_end_against_real_server(exported: dict) -> None:
     ok = [r for r in saved["rows"] if r["status"] == "ok"]
     cells = {(r["backend"], r["batch"], r["concurrency"]) for r in ok}
     expected = {(b, n, 1) for b in ("torch_eager", "ort_cpu") for n in (1, 8)}
-    expected |= {(b, n, c) for b in ("triton_http", "triton_grpc") for n in (1, 8) for c in (1, 2)}
+    triton = [f"triton_{p}:{m}" for p in ("http", "grpc") for m in TRITON_MODELS]
+    expected |= {(b, n, c) for b in triton for n in (1, 8) for c in (1, 2)}
     assert cells == expected
+    # every Triton row names the served config it measured, read from the served repository
+    configs = {r["backend"]: r["model_config"] for r in ok if "model_config" in r}
+    assert set(configs) == set(triton)
+    assert configs["triton_grpc:digits_tuned"] == {
+        "model": "digits_tuned",
+        "dynamic_batching": True,
+        "max_queue_delay_us": 0,
+        "instances": 2,
+        "label": "digits_tuned: batcher on, queue delay 0 µs, 2 instance(s)",
+    }
+    assert configs["triton_http:digits_nobatch"]["dynamic_batching"] is False
+    delay = cfg.export.triton.dynamic_batching.max_queue_delay_microseconds
+    assert configs["triton_http:digits"]["max_queue_delay_us"] == delay
     for r in ok:
         assert r["errors"] == 0 and r["requests"] >= 10 * r["concurrency"]
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
@@ -228,11 +256,16 @@ def test_minimal_bench_end_to_end_against_real_server(exported: dict) -> None:
         # analytic columns from the profile of the checkpoint's net: flops scale with the batch
         assert r["flops_per_call"] == saved["meta"]["model_cost"]["flops_per_sample"] * r["batch"]
         assert 0 < r["mfu"] < 1
+    # the run's own figures pass the report's self-checks, and its best FLOP/s is under its peak
+    assert [f.line() for f in bench_findings(saved, 0.10) if not f.ok] == []
+    observed = saved["meta"]["observed"]["cpu"]
+    assert observed["bounded"] and 0 < observed["best_flops"] <= observed["peak_flops"]
     trt = [r for r in saved["rows"] if r["backend"] == "tensorrt"]
     assert trt and trt[0]["status"] == "unavailable" and trt[0]["reason"]
     assert any(r.get("speedup_vs_baseline") == 1.0 for r in ok if r["backend"] == "ort_cpu")
     table = (out / "results.md").read_text()
-    assert "triton_grpc" in table and "tensorrt**: unavailable:" in table
+    assert re.search(r"\| triton_grpc:digits_tuned +\| batcher on, delay 0 µs, 2 inst\. ", table)
+    assert "tensorrt**: unavailable:" in table
     for png in ("latency_vs_batch.png", "throughput_vs_concurrency.png"):
         assert (out / png).stat().st_size > 10_000
     # the bench stopped its server: nothing listens on its ports any more
@@ -252,6 +285,7 @@ def test_triton_clients_in_spawned_processes(exported: dict, mode: str) -> None:
             *exported["overrides"],
             "bench=minimal",
             "bench.backends=[triton_grpc]",
+            "bench.triton_models=[digits]",
             "bench.batch_sizes=[4]",
             "bench.concurrency=[2]",
             f"bench.load.mode={mode}",
@@ -261,6 +295,23 @@ def test_triton_clients_in_spawned_processes(exported: dict, mode: str) -> None:
     (row,) = bench(cfg)["rows"]
     assert row["status"] == "ok" and row["errors"] == 0 and row["requests"] == 2 * 10
     assert 0 < row["p50_ms"] <= row["p99_ms"]
+
+
+@pytest.mark.slow
+def test_an_untuned_checkout_names_the_command_for_the_tuned_rows(exported: dict) -> None:
+    cfg = _compose(
+        [
+            *exported["overrides"],
+            "bench=minimal",
+            "bench.backends=[triton_grpc]",
+            "bench.triton_models=[digits_tuned]",
+            f"tune.repository={exported['root']}/never_tuned",
+            f"bench.out_dir={exported['root']}/untuned",
+        ]
+    )
+    (row,) = bench(cfg)["rows"]
+    assert row["backend"] == "triton_grpc:digits_tuned" and row["status"] == "unavailable"
+    assert "has no tuned config: run `mlpipe-tune`" in row["reason"]
 
 
 @pytest.mark.slow

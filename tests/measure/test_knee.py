@@ -190,6 +190,12 @@ def test_real_sweep_on_this_cpu(tmp_path: Path) -> None:
         assert r["knee_peak"] == knee_peak(r["points"], 0.8)
         if r["kind"] == "elementwise":
             assert all(p["copy_bandwidth"] > 0 for p in r["points"])
+    # the peaks carry a roof per cache level; each point names the one its working set fits
+    device = result["device"]
+    levels = [roof["level"] for roof in device["roofs"]]
+    for p in (p for r in result["layers"] for p in r["points"]):
+        assert p["roof_level"] in (*levels, "DRAM") and p["fraction_of_roof"] > 0
+    assert result["observed"]["peak_flops"] == device["peak_flops"]
     _check_outputs(cfg, result)
 
 

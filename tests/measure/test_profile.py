@@ -1,12 +1,13 @@
-"""mlpipe.measure.profile / mlpipe.measure.roofline: hand-computed FLOPs and bytes, the flip_batch
-formula,
-device presets, bad input, and the Hydra app end to end."""
+"""mlpipe.measure.profile / roofline / peaks: hand-computed FLOPs and bytes, the flip_batch
+formula, device presets, peaks measured at run time with a roof per cache level, bad input, and
+the Hydra app end to end."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,9 +17,11 @@ from torch import nn
 
 from mlpipe.common.config import positive_ints
 from mlpipe.common.errors import ConfigError
+from mlpipe.measure.peaks import cache_levels, observed_vs_peak
 from mlpipe.measure.profile import profile, profile_network, resolve_devices
 from mlpipe.measure.roofline import (
     DTYPES,
+    CacheRoof,
     DevicePeaks,
     available_presets,
     device_peaks,
@@ -146,9 +149,63 @@ def test_every_device_preset_loads_with_sources() -> None:
 
 def test_cpu_measured_preset_measures_this_machine() -> None:
     cfg = OmegaConf.load(DEVICE_DIR / "cpu_measured.yaml")
-    cfg.measure.matmul_size, cfg.measure.copy_bytes, cfg.measure.repeats = 256, 1 << 22, 2
+    cfg.measure.matmul_sizes, cfg.measure.copy_bytes = [128, 256], 1 << 22
+    cfg.measure.repeats, cfg.measure.rounds, cfg.measure.cache_fills = 2, 2, [0.25]
     peaks = device_peaks(cfg, "fp32")
     assert peaks.kind == "runtime" and peaks.peak_flops > 1e8 and peaks.peak_bandwidth > 1e8
+    threads = f"{torch.get_num_threads()} thread(s) and 1 thread(s)"
+    assert threads in peaks.source and "[128, 256]" in peaks.source and "3x3 convs" in peaks.source
+    # one roof per cache level sysfs lists, smallest first, none under the DRAM roof
+    assert [(r.level, r.max_bytes) for r in peaks.roofs] == cache_levels()
+    assert all(r.bandwidth >= peaks.peak_bandwidth for r in peaks.roofs)
+    assert [r.bandwidth for r in peaks.roofs] == sorted(
+        (r.bandwidth for r in peaks.roofs), reverse=True
+    )
+    back = DevicePeaks.from_dict(json.loads(json.dumps(peaks.as_dict())))
+    assert back == peaks  # a results JSON gives the same peaks, roofs included
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "match"),
+    [
+        ("conv_probes", [[8, 256]], r"cpu_measured.measure.conv_probes: must be \[batch, channels"),
+        ("cache_fills", [1.5], r"cpu_measured.measure.cache_fills: must be shares in \(0, 1\]"),
+        ("matmul_sizes", [0], r"cpu_measured.measure.matmul_sizes"),
+    ],
+)
+def test_bad_peak_settings_name_the_key(key: str, bad: Any, match: str) -> None:
+    cfg = OmegaConf.load(DEVICE_DIR / "cpu_measured.yaml")
+    cfg.measure[key] = bad
+    with pytest.raises(ConfigError, match=match):
+        device_peaks(cfg, "fp32")
+
+
+def test_cache_levels_are_read_from_sysfs(tmp_path: Path) -> None:
+    for index, (level, kind, size) in enumerate(
+        [
+            (1, "Data", "48K"),
+            (1, "Instruction", "32K"),
+            (2, "Unified", "1024K"),
+            (3, "Unified", "32M"),
+        ]
+    ):
+        d = tmp_path / f"index{index}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert cache_levels(tmp_path) == [("L1d", 48 << 10), ("L2", 1 << 20), ("L3", 32 << 20)]
+    assert cache_levels(tmp_path / "absent") == []
+
+
+def test_the_roof_that_applies_is_the_smallest_level_the_working_set_fits() -> None:
+    roofs = (CacheRoof("L2", 1 << 20, 80e9), CacheRoof("L3", 32 << 20, 40e9))
+    peaks = DevicePeaks("cpu", "fp32", 1e11, 2e10, "test", "runtime", roofs)
+    assert peaks.bandwidth_for(1 << 20) == 80e9
+    assert peaks.bandwidth_for(4 << 20) == 40e9
+    assert peaks.bandwidth_for(64 << 20) == 2e10  # beyond the last level: DRAM
+    assert observed_vs_peak([5e10, 1.2e11], peaks)["bounded"] is False
+    assert observed_vs_peak([], peaks) == {"best_flops": 0.0, "peak_flops": 1e11, "bounded": True}
 
 
 @pytest.mark.parametrize("bad", [[], [0, 8], [-1], ["8"], 0, [1.5], None])

@@ -18,13 +18,14 @@ from mlpipe.common.errors import ArtifactError, ArtifactMissingError, ConfigErro
 from mlpipe.common.provenance import sha256_file
 from mlpipe.export.run import export, export_onnx
 from mlpipe.export.triton_repo import SHA256_PARAMETER, build_python_repository, parse_pbtxt
-from mlpipe.measure.pareto import choose, pareto_front
+from mlpipe.measure.pareto import choose, eps_dominates, on_front, pareto_front, spread
 from mlpipe.measure.tune import (
     build_sweep_repository,
     candidate,
     candidates,
     check_tune_config,
     checks,
+    decide,
     select,
     tune,
     write_tuned_repository,
@@ -86,6 +87,52 @@ def test_pareto_front_and_choice_on_hand_made_points() -> None:
     res = checks(pts, choose(pts, 40.0))
     assert res["on_front"] is True and res["beats_untuned"] is False  # untuned_b: more req/s
     assert res["throughput_vs_untuned"]["untuned_a"] == pytest.approx(2000 / 1500)
+
+
+def _runs(name: str, runs: list[float], p99: float) -> dict[str, Any]:
+    """A confirmed point: its median throughput and every interleaved window's figure."""
+    return {**_pt(name, sorted(runs)[len(runs) // 2], p99), "throughput_rps_runs": runs}
+
+
+def test_spread_and_eps_dominance() -> None:
+    assert spread([90.0, 100.0, 110.0]) == pytest.approx(0.2)
+    assert spread([100.0]) == 0.0 and spread([]) == 0.0
+    a, b = _pt("a", 1100, 10.0), _pt("b", 1000, 10.0)
+    assert eps_dominates(a, b, 0.05) and not eps_dominates(a, b, 0.10)
+    assert not eps_dominates(_pt("a", 1100, 12.0), b, 0.05)  # 20 % worse p99 is beyond ε
+
+
+def test_a_candidate_within_the_measured_spread_keeps_the_hand_written_config() -> None:
+    # the run that flipped between configs: 0.92x-1.04x rounds for a 3 % median gain
+    hand = _runs("untuned_digits", [1000.0, 1050.0, 950.0], 12.0)  # spread 10 %
+    cand = _runs("i1_q300_p8_16", [1030.0, 1000.0, 1070.0], 11.0)  # spread 7 %
+    points = [hand, cand, _runs("untuned_digits_nobatch", [700.0, 720.0, 710.0], 9.0)]
+    chosen, decision = decide(points, choose(points, 40.0), 40.0)
+    assert chosen["config"] == "untuned_digits" and decision["replaced"] is False
+    assert decision["epsilon"] == pytest.approx(0.10)
+    assert decision["reason"] == (
+        "i1_q300_p8_16 vs hand-written untuned_digits: throughput +3.0%, p99 -8.3%, within the "
+        "measured spread ε = 10.0%: untuned_digits kept"
+    )
+
+
+def test_a_candidate_beyond_the_measured_spread_replaces_it() -> None:
+    hand = _runs("untuned_digits", [1000.0, 1020.0, 980.0], 12.0)  # spread 4 %
+    cand = _runs("i2_q0_pnone", [1500.0, 1480.0, 1520.0], 12.2)  # p99 +1.7 %: within ε
+    chosen, decision = decide([hand, cand], cand, 40.0)
+    assert chosen["config"] == "i2_q0_pnone" and decision["replaced"] is True
+    assert "throughput +50.0%" in decision["reason"] and "beyond" in decision["reason"]
+    # no hand-written config within the budget: the candidate, and the reason says so
+    chosen, decision = decide([_pt("untuned_digits", 900, 80.0), cand], cand, 40.0)
+    assert chosen is cand and decision["reason"].endswith(
+        "no hand-written config meets the p99 budget"
+    )
+
+
+def test_a_kept_config_is_on_the_front_within_its_epsilon() -> None:
+    pts = [_pt("untuned_digits", 1000, 12.0), _pt("i1_q0", 1030, 11.0)]
+    assert pareto_front(pts) == ["i1_q0"]
+    assert on_front(pts, "untuned_digits", 0.10) and not on_front(pts, "untuned_digits", 0.01)
 
 
 def test_no_config_within_budget_says_what_to_change(tmp_path: Path) -> None:
@@ -212,9 +259,14 @@ def test_short_sweep_on_the_real_server(
     )
     off = next(r for r in result["rows"] if r["config"] == "i2_off" and r["concurrency"] == 4)
     assert off["mean_server_batch"] == 1.0  # batcher off: one request per execution
-    chosen = result["chosen"]
+    chosen, decision = result["chosen"], result["decision"]
     at4 = [r for r in result["rows"] if r["concurrency"] == 4]
-    assert chosen["throughput_rps"] == max(r["throughput_rps"] for r in at4)
+    best = max(at4, key=lambda r: r["throughput_rps"])
+    assert decision["candidate"] == best["config"]
+    if decision["replaced"] or best["config"].startswith("untuned_"):
+        assert chosen["config"] == best["config"]
+    else:  # within the measured spread of the best hand-written config: that one is kept
+        assert chosen["config"] == decision["hand_written"] and decision["reason"].endswith("kept")
     assert result["checks"]["on_front"] and result["checks"]["beats_untuned"]
     tuned = Path(cfg.tune.repository) / "digits_tuned"
     config = parse_pbtxt((tuned / "config.pbtxt").read_text())
