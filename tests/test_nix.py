@@ -478,10 +478,51 @@ def test_cuda_shell_needs_consent(evaluated: dict, consented: dict) -> None:
 
     shell = consented["x86_64-linux"]["devShells"]["cuda"]
     assert shell["name"] == "mlpipe-cuda"
-    assert {"cuda-merged-12.8.1", "tensorrt-10.9.0.34"} <= set(shell["packages"])
-    assert "python3.13-tensorrt-10.9.0.34" in shell["python"], "tensorrt joins the shell's Python"
+    # the locked nixpkgs' names: cudatoolkit's version is cudaMajorMinorVersion
+    assert {"cuda-merged-12.8", "tensorrt-10.14.1.48"} <= set(shell["packages"])
+    assert "python3.13-tensorrt-10.14.1.48" in shell["python"], "tensorrt joins the shell's Python"
     assert any("mlpipe" in p for p in shell["python"])
     assert "libcuda.so.1" in shell["shellHook"]
+    assert "capabilities 8.0 8.9 9.0" in shell["shellHook"]
+
+
+def test_cuda_consent_allows_nvidias_licences_only_and_tensorrt_python_on_x86_64(
+    consented: dict,
+) -> None:
+    """The cuda shell's nixpkgs allows unfree packages by nixpkgs' CUDA predicate (every one
+    the shell needs evaluates), and the TensorRT wheel only where its meta.platforms has it."""
+    arm = consented["aarch64-linux"]["devShells"]["cuda"]
+    assert not any("tensorrt" in p for p in arm["python"]), arm["python"]
+    assert "tensorrt-10.14.1.48" in arm["packages"]
+    flake = FLAKE.read_text()
+    assert "allowUnfree = true" not in flake
+    assert "_cuda.lib.allowUnfreeCudaPredicate" in flake
+
+
+def test_a_blanket_unfree_package_is_refused_by_the_cuda_predicate(tmp_path: Path) -> None:
+    """The stand-in's check-meta applies the predicate: an unfree package under another licence
+    stays refused in the consented cuda package set."""
+    probe = tmp_path / "probe.nix"
+    probe.write_text(
+        f"""let
+  lib = import {ROOT}/tests/nix/lib.nix;
+  pkgs = import {ROOT}/tests/nix/mock-nixpkgs {{
+    system = "x86_64-linux";
+    config.allowUnfreePredicate = p: pkgs._cuda.lib.allowUnfreeCudaPredicate p;
+  }};
+in
+{{
+  toolkit = pkgs.cudaPackages.cudatoolkit.meta.available;
+  wheel = pkgs.python3Packages.tensorrt.meta.available;
+}}
+"""
+    )
+    proc = subprocess.run(
+        [nix_instantiate(), "--eval", "--strict", "--json", str(probe)],
+        capture_output=True, text=True, env={**os.environ, "NIXPKGS_LIB": str(nixpkgs_lib())},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"toolkit": True, "wheel": False}
 
 
 def test_flake_show_descriptions_name_the_pinned_versions(evaluated: dict, consented: dict) -> None:
@@ -489,9 +530,9 @@ def test_flake_show_descriptions_name_the_pinned_versions(evaluated: dict, conse
     shells = evaluated["x86_64-linux"]["devShells"]
     pins = PINS.search(shells["cuda"]["description"])
     assert pins, shells["cuda"]["description"]
-    assert pins.groups() == ("12.8", "cudaPackages_12_8", "10.9")
+    assert pins.groups() == ("12.8", "cudaPackages_12_8", "10.14")
     real = consented["x86_64-linux"]["devShells"]["cuda"]["description"]
-    assert real.startswith("GPU shell: CUDA 12.8 (cudaPackages_12_8), TensorRT 10.9.0.34, ")
+    assert real.startswith("GPU shell: CUDA 12.8 (cudaPackages_12_8), TensorRT 10.14.1.48, ")
     assert "Python 3.13.7, GCC 14.3.0" in real
     assert shells["default"]["description"] == "CPU shell: Python 3.13.7, GCC 14.3.0"
     wheel = evaluated["x86_64-linux"]["packages"]["relu-wheel"]["description"]
@@ -511,14 +552,14 @@ def test_the_pinned_cuda_set_wins_over_nixpkgs_default() -> None:
     """A nixpkgs whose `cudaPackages` moved on (to 12.9) still gives the shell the pinned 12.8."""
     out = evaluate_flake(NIXPKGS_ALLOW_UNFREE="1", MOCK_DEFAULT_CUDA="cudaPackages_12_9")
     shell = out["x86_64-linux"]["devShells"]["cuda"]
-    assert "cuda-merged-12.8.1" in shell["packages"], shell["packages"]
+    assert "cuda-merged-12.8" in shell["packages"], shell["packages"]
 
 
 def test_a_tensorrt_other_than_the_pin_stops_evaluation() -> None:
-    proc = run_eval(NIXPKGS_ALLOW_UNFREE="1", MOCK_TENSORRT_VERSION="10.14.1.48")
+    proc = run_eval(NIXPKGS_ALLOW_UNFREE="1", MOCK_TENSORRT_VERSION="10.9.0.34")
     assert proc.returncode != 0
-    assert "has CUDA 12.8 and TensorRT 10.14 in cudaPackages_12_8" in proc.stderr
-    assert "flake.nix pins CUDA 12.8 and TensorRT 10.9" in proc.stderr
+    assert "has CUDA 12.8 and TensorRT 10.9 in cudaPackages_12_8" in proc.stderr
+    assert "flake.nix pins CUDA 12.8 and TensorRT 10.14" in proc.stderr
 
 
 # --- generated scripts ----------------------------------------------------------------------------
@@ -565,26 +606,58 @@ def test_app_refuses_to_run_outside_a_checkout(evaluated: dict, tmp_path: Path) 
     elsewhere.mkdir()
     proc = subprocess.run(["bash", str(script)], cwd=elsewhere, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "is not an mlpipe checkout (missing: conf dvc.yaml)" in proc.stderr
+    assert "is not an mlpipe checkout (missing: conf dvc.yaml data.dvc)" in proc.stderr
     assert "nix run .#train" in proc.stderr
 
 
-def test_app_runs_the_entry_point_on_the_checkouts_conf(evaluated: dict, tmp_path: Path) -> None:
+def fresh_clone(dest: Path) -> Path:
+    """The tracked files as a new git repository: what `git clone` gives (no data/, no cache)."""
+    copy_tracked_files(dest)
+    git = ["git", "-C", str(dest), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "init", "--quiet"], check=True)
+    subprocess.run([*git, "add", "--all"], check=True)
+    subprocess.run([*git, "commit", "--quiet", "--message", "clone"], check=True)
+    return dest
+
+
+@pytest.mark.timeout(300)
+def test_train_app_works_from_a_fresh_clone(evaluated: dict, tmp_path: Path) -> None:
+    """`nix run .#train` in a fresh clone: the app restores data/ from the committed DVC remote
+    with the real dvc (no network), then runs the entry point on the clone's conf/."""
     script = write_script(tmp_path, "train", evaluated["x86_64-linux"]["scripts"]["train"])
-    checkout, bindir = tmp_path / "checkout", tmp_path / "bin"
-    (checkout / "conf").mkdir(parents=True)
-    (checkout / "dvc.yaml").write_text("stages: {}\n")
+    clone, bindir = fresh_clone(tmp_path / "clone"), tmp_path / "bin"
+    assert not (clone / "data").exists()
     bindir.mkdir()
-    fake = bindir / "mlpipe-train"
-    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake = bindir / "mlpipe-train"  # stands in for training only: it reports what it was given
+    fake.write_text('#!/bin/sh\nls data >&2\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    path = os.pathsep.join([str(bindir), str(Path(sys.executable).parent), os.environ["PATH"]])
+    env = {**os.environ, "PATH": path, "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site")}
     proc = subprocess.run(
-        ["bash", str(script), "trainer.max_epochs=1"], cwd=checkout, env=env,
-        capture_output=True, text=True,
+        ["bash", str(script), "trainer.max_epochs=1"], cwd=clone, env=env,
+        capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["--config-path", f"{checkout}/conf", "trainer.max_epochs=1"]
+    assert proc.stdout.split() == ["--config-path", f"{clone}/conf", "trainer.max_epochs=1"]
+    assert "digits.csv.gz" in proc.stderr.split()
+
+
+def test_apps_and_check_use_nix_nginx_with_njs_compiled_in(evaluated: dict) -> None:
+    """Every Nix path that can start the gateway has Nix's nginx with njs and says so to the
+    config (MLPIPE_NJS_MODULE=""), so no Debian path is ever looked for."""
+    out = evaluated["x86_64-linux"]
+    nginx = out["nginx"]
+    assert nginx["modules"] == ["njs"], "the gateway's request check needs njs compiled in"
+    for name, app in out["app-env"].items():
+        assert nginx["name"] in app["inputs"] and app["env"] == {"MLPIPE_NJS_MODULE": ""}, name
+    check = out["pytest-check"]
+    assert nginx["name"] in check["inputs"] and check["MLPIPE_NJS_MODULE"] == ""
+    for shell in ("default",):
+        assert nginx["name"] in out["devShells"][shell]["packages"]
+    assert "MLPIPE_NJS_MODULE=" in out["image"]["config"]["Env"]
+    assert "gateway.check.module=null" not in out["scripts"]["docker-entrypoint"]
+    conf = (ROOT / "conf" / "gateway" / "nginx.yaml").read_text()
+    assert "${oc.env:MLPIPE_NJS_MODULE," in conf
 
 
 # --- the OCI image --------------------------------------------------------------------------------
