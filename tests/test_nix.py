@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -360,8 +361,9 @@ def flake_source() -> Path:
     return copy_tracked_files(dest)
 
 
-def run_eval(**env: str) -> subprocess.CompletedProcess[str]:
-    """Evaluate the flake with Nix 2.8 against the mock package set (JSON summary on stdout)."""
+def run_eval(source: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Evaluate the flake (the checkout's tracked files, or ``source``) with Nix 2.8 against the
+    mock package set (JSON summary on stdout)."""
     exe = nix_instantiate()
     defaults = {
         "NIXPKGS_LIB": str(nixpkgs_lib()),
@@ -370,7 +372,7 @@ def run_eval(**env: str) -> subprocess.CompletedProcess[str]:
         "MOCK_TENSORRT_VERSION": "",
         "MOCK_DEFAULT_CUDA": "",
     }
-    source = flake_source()
+    source = source or flake_source()
     return subprocess.run(
         [exe, "--eval", "--strict", "--json", str(source / EVAL_FLAKE.relative_to(ROOT))],
         capture_output=True, text=True, env={**os.environ, **defaults, **env}, cwd=source,
@@ -463,6 +465,106 @@ def test_nixpkgs_onnxscript_is_preferred_when_present() -> None:
     out = evaluate_flake(MOCK_HAS_ONNXSCRIPT="1")
     py = out["x86_64-linux"]["python"]
     assert py["onnxscript"]["name"] == "onnxscript" and py["onnx-ir"]["name"] == "onnx-ir"
+
+
+# --- the stand-in is as strict as nixpkgs ---------------------------------------------------------
+
+MISSPELLINGS = [
+    # (file, argument as nixpkgs spells it, misspelt) -- closed formals in nixpkgs
+    ("pkgs/app.nix", "runtimeInputs", "runtimeInput"),
+    ("pkgs/docker-image.nix", "enableFakechroot", "enableFakeChroot"),
+    ("pkgs/docker-image.nix", "extraPasswdLines", "extraPasswdLine"),
+    ("pkgs/docker-image.nix", "fakeRootCommands", "fakeRootCommand"),
+]
+
+
+@pytest.mark.parametrize(("file", "right", "wrong"), MISSPELLINGS, ids=lambda v: str(v))
+def test_a_misspelt_argument_fails_evaluation(
+    file: str, right: str, wrong: str, tmp_path: Path
+) -> None:
+    """writeShellApplication, dockerTools.streamLayeredImage and fakeNss.override take a closed
+    set of arguments in nixpkgs; so does the stand-in, and evaluation names the misspelling."""
+    source = copy_tracked_files(tmp_path / "flake")
+    path = source / file
+    text = path.read_text()
+    assert re.search(rf"\b{right}\b", text), f"{file} no longer passes {right}"
+    path.write_text(re.sub(rf"\b{right}\b", wrong, text))
+    proc = run_eval(source=source)
+    assert proc.returncode != 0, f"{wrong} in {file} evaluated"
+    assert f"called with unexpected argument '{wrong}'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_buildlayeredimage_hands_unknown_arguments_to_the_strict_stream(tmp_path: Path) -> None:
+    """buildLayeredImage takes `compressor` itself and passes the rest to streamLayeredImage."""
+    probe = tmp_path / "probe.nix"
+    probe.write_text(
+        f"""let
+  pkgs = import {ROOT}/tests/nix/mock-nixpkgs {{ system = "x86_64-linux"; }};
+  image = args: (pkgs.dockerTools.buildLayeredImage ({{ name = "x"; }} // args)).drvPath;
+in
+{{
+  ok = image {{ compressor = "zstd"; fakeRootCommands = ""; }};
+  bad = builtins.tryEval (image {{ enableFakeChroot = true; }});
+}}
+"""
+    )
+    proc = subprocess.run(
+        [nix_instantiate(), "--eval", "--strict", "--json", str(probe)],
+        capture_output=True, text=True, env={**os.environ, "NIXPKGS_LIB": str(nixpkgs_lib())},
+    )  # fmt: skip
+    assert proc.returncode != 0 and "unexpected argument 'enableFakeChroot'" in proc.stderr
+
+
+def imported_distributions() -> set[str]:
+    """The distributions (normalised names) whose modules mlpipe/ imports, found in this venv."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    modules: set[str] = set()
+    for path in (ROOT / "mlpipe").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    owners = packages_distributions()
+    return {
+        re.sub(r"[-_.]+", "-", dist).lower()
+        for module in modules - {"mlpipe"}
+        for dist in owners.get(module, [])
+    }
+
+
+def nix_attr(name: str) -> str:
+    """A dependency's name as the stand-in derivation names it (python3.13-x-1.0 -> x)."""
+    return re.sub(r"^python3\.\d+-|-\d[\w.]*$", "", name)
+
+
+def test_every_distribution_mlpipe_imports_is_a_declared_nix_dependency(evaluated: dict) -> None:
+    """pkgs/mlpipe.nix declares what mlpipe imports (pyyaml: mlpipe/common/provenance.py), not
+    only what arrives through another package's closure (omegaconf brings pyyaml in nixpkgs)."""
+    py = evaluated["x86_64-linux"]["python"]
+    # the `dev` extra is in every Nix environment: mlpipe.measure.relu_bench imports pybind11
+    # (to build its reference extension) from there
+    declared = {nix_attr(d) for d in py["mlpipe"]["dependencies"] + py["mlpipe"]["dev"]}
+    # nvidia-pytriton and relu-module are the flake's own packages, declared under other names
+    missing = sorted(imported_distributions() - declared - {"nvidia-pytriton", "relu-module"})
+    assert not missing, f"mlpipe imports {missing}, which pkgs/mlpipe.nix does not declare"
+    closure = {nix_attr(d) for d in evaluated["x86_64-linux"]["python-env"]["closure"]}
+    assert {"pyyaml", "pip", "omegaconf"} <= closure
+
+
+def test_the_dependency_check_fails_without_pyyaml(tmp_path: Path) -> None:
+    source = copy_tracked_files(tmp_path / "flake")
+    path = source / "pkgs" / "mlpipe.nix"
+    path.write_text(re.sub(r"^\s*pyyaml\n", "", path.read_text(), flags=re.MULTILINE))
+    proc = run_eval(source=source)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    deps = {
+        nix_attr(d)
+        for d in json.loads(proc.stdout)["x86_64-linux"]["python"]["mlpipe"]["dependencies"]
+    }
+    assert "pyyaml" in imported_distributions() and "pyyaml" not in deps
 
 
 # --- pins: CUDA, TensorRT, Python, compiler -------------------------------------------------------
@@ -734,31 +836,70 @@ def test_image_test_selection_leaves_out_compiler_builds(evaluated: dict, tmp_pa
     assert not [r["id"] for r in selected if r["builds"]], "the image would run a C++ build"
 
 
-def test_image_creates_its_volumes_owned_by_its_user(evaluated: dict, tmp_path: Path) -> None:
-    """Run the image's fakeRootCommands (as streamLayeredImage does, under fakeroot or as root)
-    on a copy of the git-tracked checkout; every declared volume must then exist, owned by the
-    image's user, so that Docker's fresh volumes are writable by it."""
-    image = evaluated["x86_64-linux"]["image"]
+def run_fake_root_commands(
+    evaluated: dict, checkout: Path, root: Path, report: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The image's fakeRootCommands, as streamLayeredImage runs them (under fakeroot, or as
+    root), in ``root``, with the checkout copy ``checkout`` and this machine's git."""
     fakeroot = shutil.which("fakeroot")
     if fakeroot is None and os.geteuid() != 0:
         pytest.skip("needs root or fakeroot (apt-get install fakeroot) to chown as the image does")
-    checkout = copy_tracked_files(tmp_path / "checkout")
     commands = evaluated["x86_64-linux"]["scripts"]["docker-fakeroot"]
     commands = re.sub(r"/nix/store/[^ /]+-source(?=/)", str(checkout), commands)
     commands = re.sub(r"/nix/store/[^ /]+-git/bin/git", shutil.which("git") or "git", commands)
     assert "/nix/store/" not in commands, commands
-    volumes = list(image["config"]["Volumes"])
-    report = " ".join(f"stat -c '%u:%g %F %n' .{v};" for v in volumes)
-    root = tmp_path / "image-root"
     root.mkdir()
     script = f"set -euo pipefail\n{commands}\n{report}\n"
     cmd = ([fakeroot] if fakeroot else []) + ["bash", "-c", script]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def test_image_creates_its_volumes_owned_by_its_user(evaluated: dict, tmp_path: Path) -> None:
+    """Run the image's fakeRootCommands on a copy of the git-tracked checkout; every declared
+    volume must then exist, owned by the image's user, so that Docker's fresh volumes are
+    writable by it."""
+    image = evaluated["x86_64-linux"]["image"]
+    checkout = copy_tracked_files(tmp_path / "checkout")
+    volumes = list(image["config"]["Volumes"])
+    report = " ".join(f"stat -c '%u:%g %F %n' .{v};" for v in volumes)
+    proc = run_fake_root_commands(evaluated, checkout, tmp_path / "image-root", report)
     assert proc.returncode == 0, proc.stderr[-3000:]
     user = image["config"]["User"]
     for volume in volumes:
         assert f"{user} directory .{volume}" in proc.stdout.splitlines(), proc.stdout
     assert "/work/model_repository" in volumes
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root``: its mode and sha256 (symlinks: their target)."""
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            digest[str(path.relative_to(root))] = "-> " + os.readlink(path)
+        elif path.is_file():
+            data = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest[str(path.relative_to(root))] = f"{path.stat().st_mode:o} {data}"
+    return digest
+
+
+@pytest.mark.timeout(300)
+def test_image_layer_is_deterministic(evaluated: dict, tmp_path: Path) -> None:
+    """Two runs of fakeRootCommands, seconds apart and on checkouts with other file times, give
+    the same bytes in /work (its .git included: same commit, index without stat data)."""
+    first = copy_tracked_files(tmp_path / "checkout-1")
+    second = copy_tracked_files(tmp_path / "checkout-2")
+    for path in second.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000), follow_symlinks=False)
+    runs = []
+    for n, checkout in enumerate((first, second)):
+        if n:
+            time.sleep(1.5)  # a wall-clock commit date would now differ
+        proc = run_fake_root_commands(evaluated, checkout, tmp_path / f"root-{n}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(tree_digest(tmp_path / f"root-{n}" / "work"))
+    differ = sorted(k for k in runs[0].keys() | runs[1].keys() if runs[0].get(k) != runs[1].get(k))
+    assert not differ, f"the image layer differs between two runs in {differ[:10]}"
+    assert any(k.startswith(".git/objects/") for k in runs[0])
 
 
 # --- the python-backend stub: one libpython -------------------------------------------------------

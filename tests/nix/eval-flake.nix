@@ -26,6 +26,7 @@ let
       inherit (p) name;
       dependencies = names (p.dependencies or [ ]);
       build-system = names (p.build-system or [ ]);
+      dev = names (p.optional-dependencies.dev or [ ]);
       src = p.src.name or "source";
     }
     // lib.optionalAttrs (p ? postInstall) { inherit (p) postInstall postInstallCheck; };
