@@ -22,9 +22,11 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import tomllib
@@ -900,6 +902,127 @@ def test_image_layer_is_deterministic(evaluated: dict, tmp_path: Path) -> None:
     differ = sorted(k for k in runs[0].keys() | runs[1].keys() if runs[0].get(k) != runs[1].get(k))
     assert not differ, f"the image layer differs between two runs in {differ[:10]}"
     assert any(k.startswith(".git/objects/") for k in runs[0])
+
+
+# --- checks.<system>.pytest on a host made to look like the build sandbox ------------------------
+
+# What the Nix sandbox lacks and a Debian CI host has: nginx in /usr/sbin (and nginx.yaml's
+# search_path), Debian's njs module, pip in the venv, the network.
+DEBIAN_NGINX = Path("/usr/sbin/nginx")
+DEBIAN_NJS = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+HIDDEN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/lib/nginx/modules")
+
+
+def coreutils_programs() -> list[Path]:
+    """Debian's coreutils executables (stdenv puts coreutils on every builder's PATH)."""
+    listing = subprocess.run(
+        ["dpkg-query", "-L", "coreutils"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return [Path(p) for p in listing if "/bin/" in p and os.access(p, os.X_OK)]
+
+
+def link_farm(directory: Path, programs: list[Path]) -> Path:
+    directory.mkdir(parents=True)
+    for program in programs:
+        (directory / program.name).symlink_to(program)
+    return directory
+
+
+def nix_nginx_stand_in(store: Path, modules: list[str]) -> Path:
+    """pkgs/gateway-nginx.nix on this host: a copy of Debian's nginx outside /usr/sbin that loads
+    njs before reading any config (`-g load_module`), i.e. behaves as nginx with njs compiled in:
+    the gateway must find it on PATH and must not name a module itself."""
+    assert modules == ["njs"], f"no host stand-in for an nginx with modules {modules}"
+    bindir = store / "nginx-njs" / "bin"
+    bindir.mkdir(parents=True)
+    shutil.copy2(DEBIAN_NGINX, bindir / ".nginx-real")
+    shutil.copy2(DEBIAN_NJS, bindir.parent / "ngx_http_js_module.so")
+    wrapper = bindir / "nginx"
+    load = f"load_module {bindir.parent}/ngx_http_js_module.so;"
+    wrapper.write_text(f'#!/bin/sh\nexec "{bindir}/.nginx-real" -g "{load}" "$@"\n')
+    wrapper.chmod(0o755)
+    return bindir
+
+
+def sandbox_path(evaluated: dict, store: Path) -> list[Path]:
+    """PATH as the check's builder sees it: its nativeBuildInputs' bin/ (each mapped to its host
+    stand-in) and stdenv's coreutils. An input with no stand-in fails the test by name."""
+    out = evaluated["x86_64-linux"]
+    path = []
+    for name in out["pytest-check"]["inputs"]:
+        if name == "python3-3.13.7-env":
+            path.append(Path(sys.executable).parent)
+        elif name == "git":
+            path.append(link_farm(store / "git" / "bin", [Path(shutil.which("git"))]))
+        elif name == out["nginx"]["name"]:
+            path.append(nix_nginx_stand_in(store, out["nginx"]["modules"]))
+        else:
+            raise AssertionError(f"checks.<system>.pytest needs {name}: no host stand-in for it")
+    return [*path, link_farm(store / "coreutils" / "bin", coreutils_programs())]
+
+
+def sandbox_script(evaluated: dict, build: Path, path: list[Path]) -> str:
+    """Inside `unshare -m -n`: loopback up, the host's nginx, njs module and (unless the Nix
+    environment has pip) pip hidden, then the check's own buildPhase in a cleared environment."""
+    check = evaluated["x86_64-linux"]["pytest-check"]
+    site = Path(sysconfig.get_paths()["purelib"])
+    lines = ["set -euo pipefail", "ip link set lo up"]
+    lines += [f"[ ! -d {d} ] || mount -t tmpfs -o mode=755 tmpfs {d}" for d in HIDDEN_DIRS]
+    if "pip" not in {nix_attr(p) for p in evaluated["x86_64-linux"]["python-env"]["packages"]}:
+        stub = "raise ModuleNotFoundError(\"No module named 'pip'\", name='pip')"
+        lines += [
+            f"mount -t tmpfs tmpfs {site}/pip",
+            f"echo {shlex.quote(stub)} > {site}/pip/__init__.py",
+        ]
+    env = {
+        "PATH": os.pathsep.join(map(str, path)),
+        "TMPDIR": str(build.parent / "tmp"),
+        "HOME": "/homeless-shelter",
+        "NIX_BUILD_CORES": "2",
+        "pytestSelection": check["pytestSelection"],
+    }
+    env |= {"MLPIPE_NJS_MODULE": check["MLPIPE_NJS_MODULE"]} if "MLPIPE_NJS_MODULE" in check else {}
+    phase = "runHook() { :; }\nset -eo pipefail\n" + check["buildPhase"]
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    lines += [f"cd {build}", f"exec env -i {assignments} /bin/bash -c {shlex.quote(phase)}"]
+    return "\n".join(lines) + "\n"
+
+
+def sandbox_ready() -> None:
+    """Skip, saying why, where this host cannot be made to look like the sandbox."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a mount and network namespace")
+    if not (DEBIAN_NGINX.is_file() and DEBIAN_NJS.is_file()):
+        pytest.skip(
+            "needs Debian's nginx and njs module (`bash .ci/nginx.sh`) to stand in for Nix's"
+        )
+    if shutil.which("dpkg-query") is None or shutil.which("ip") is None:
+        pytest.skip("needs dpkg-query (coreutils' file list) and ip (loopback in the namespace)")
+    probe = subprocess.run(["unshare", "-m", "-n", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -m -n is not permitted here: {probe.stderr.strip()}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_check_selection_passes_in_a_sandbox_like_host(evaluated: dict, tmp_path: Path) -> None:
+    """checks.<system>.pytest's buildPhase and exact selection, run on this host made to look
+    like the build sandbox: PATH = the check's inputs (Nix's Python env -> this venv, git, Nix's
+    nginx -> a copy of Debian's with njs loaded before any config) + coreutils; no /usr/sbin,
+    no Debian njs module, no pip unless the Nix environment has it, no network (loopback only).
+    What cannot pass there fails here: no nginx on PATH, a module path that does not exist,
+    `python -m pip` without pip."""
+    sandbox_ready()
+    build = copy_tracked_files(tmp_path / "build")
+    (tmp_path / "tmp").mkdir()
+    script = sandbox_script(evaluated, build, sandbox_path(evaluated, tmp_path / "store"))
+    proc = subprocess.run(
+        ["unshare", "-m", "-n", "bash", "-c", script],
+        capture_output=True, text=True, timeout=1700,
+    )  # fmt: skip
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"checks.<system>.pytest fails in a sandbox-like host:\n{tail}"
+    assert re.search(r"\d+ passed", proc.stdout), tail
 
 
 # --- the python-backend stub: one libpython -------------------------------------------------------
