@@ -913,12 +913,22 @@ DEBIAN_NJS = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
 HIDDEN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/lib/nginx/modules")
 
 
-def coreutils_programs() -> list[Path]:
-    """Debian's coreutils executables (stdenv puts coreutils on every builder's PATH)."""
-    listing = subprocess.run(
-        ["dpkg-query", "-L", "coreutils"], capture_output=True, text=True, check=True
-    ).stdout.split()
-    return [Path(p) for p in listing if "/bin/" in p and os.access(p, os.X_OK)]
+# stdenv's initialPath (pkgs/stdenv/common-path.nix: coreutils findutils diffutils gnused gnugrep
+# gawk gnutar gzip bzip2 gnumake bash patch xz file), as Debian packages; Debian's awk is mawk.
+# Every builder has these on PATH (Triton's python backend starts its stub through `bash`).
+STDENV_PATH = ("coreutils", "findutils", "diffutils", "sed", "grep", "mawk", "tar", "gzip",
+               "bzip2", "make", "bash", "patch", "xz-utils", "file")  # fmt: skip
+
+
+def stdenv_programs() -> list[Path]:
+    """The executables of STDENV_PATH's Debian packages that are installed here."""
+    programs: dict[str, Path] = {}
+    for package in STDENV_PATH:
+        listing = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True)
+        for name in listing.stdout.split() if listing.returncode == 0 else []:
+            if re.search(r"/s?bin/[^/]+$", name) and os.access(name, os.X_OK):
+                programs.setdefault(Path(name).name, Path(name))
+    return sorted(programs.values())
 
 
 def link_farm(directory: Path, programs: list[Path]) -> Path:
@@ -946,7 +956,7 @@ def nix_nginx_stand_in(store: Path, modules: list[str]) -> Path:
 
 def sandbox_path(evaluated: dict, store: Path) -> list[Path]:
     """PATH as the check's builder sees it: its nativeBuildInputs' bin/ (each mapped to its host
-    stand-in) and stdenv's coreutils. An input with no stand-in fails the test by name."""
+    stand-in) and stdenv's initial path. An input with no stand-in fails the test by name."""
     out = evaluated["x86_64-linux"]
     path = []
     for name in out["pytest-check"]["inputs"]:
@@ -958,7 +968,7 @@ def sandbox_path(evaluated: dict, store: Path) -> list[Path]:
             path.append(nix_nginx_stand_in(store, out["nginx"]["modules"]))
         else:
             raise AssertionError(f"checks.<system>.pytest needs {name}: no host stand-in for it")
-    return [*path, link_farm(store / "coreutils" / "bin", coreutils_programs())]
+    return [*path, link_farm(store / "stdenv" / "bin", stdenv_programs())]
 
 
 def sandbox_script(evaluated: dict, build: Path, path: list[Path]) -> str:
@@ -1008,7 +1018,8 @@ def sandbox_ready() -> None:
 def test_check_selection_passes_in_a_sandbox_like_host(evaluated: dict, tmp_path: Path) -> None:
     """checks.<system>.pytest's buildPhase and exact selection, run on this host made to look
     like the build sandbox: PATH = the check's inputs (Nix's Python env -> this venv, git, Nix's
-    nginx -> a copy of Debian's with njs loaded before any config) + coreutils; no /usr/sbin,
+    nginx -> a copy of Debian's with njs loaded before any config) + stdenv's initial path
+    (coreutils, bash, sed, ...; no compiler: stdenv.cc is not modelled); no /usr/sbin,
     no Debian njs module, no pip unless the Nix environment has it, no network (loopback only).
     What cannot pass there fails here: no nginx on PATH, a module path that does not exist,
     `python -m pip` without pip."""
