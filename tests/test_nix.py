@@ -7,8 +7,10 @@ Nix writes, the flake's outputs named in README.md and docs/nix.md exist as attr
 ``flake.nix`` (a text check), every ``pkgs/*.nix`` is wired into the flake, and every
 fixed-output hash is a well-formed SRI hash (the slow test re-downloads the wheels and recomputes
 them). Where ``NIXPKGS_LIB`` points at a nixpkgs ``lib/`` directory, the flake is also evaluated
-against ``tests/nix/mock-nixpkgs`` (the real lib, stand-in packages) and its generated scripts are
-shellchecked and run. Users run ``nix flake check`` for the rest (docs/nix.md).
+against ``tests/nix/mock-nixpkgs`` (the real lib, stand-in packages as strict as nixpkgs: closed
+argument sets, check-meta, the locked versions), its generated scripts are shellchecked and run,
+and checks.<system>.pytest's own buildPhase and selection run on this host made to look like the
+build sandbox (slow). Users run ``nix flake check`` for the rest (docs/nix.md).
 """
 
 from __future__ import annotations
