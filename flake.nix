@@ -5,6 +5,17 @@
   # pinned separately by constraints.txt, so package versions differ between the two.
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
 
+  # The CUDA team's binary cache (nixpkgs manual, "CUDA": cache.nixos-cuda.org): nixos.org's
+  # cache carries no unfree or cudaSupport build, so without it `nix develop .#cuda` builds torch
+  # and onnxruntime from source. Nix asks before using a flake's nixConfig (or set
+  # accept-flake-config); docs/nix.md names the same cache for nix.conf.
+  nixConfig = {
+    extra-substituters = [ "https://cache.nixos-cuda.org" ];
+    extra-trusted-public-keys = [
+      "cache.nixos-cuda.org:74DUi4Ye579gUqzH4ziL9IyiJBlDpMRn9MBN8oNan9M="
+    ];
+  };
+
   outputs =
     { self, nixpkgs }:
     let
@@ -33,27 +44,44 @@
       cudaPins = {
         packageSet = "cudaPackages_12_8";
         cuda = "12.8";
-        tensorrt = "10.9";
+        # cudaPackages_12_8.tensorrt at the locked revision: 10.14.1.48 (NixOS/nixpkgs#465955
+        # backported 10.14.1 to release-25.11 and deleted the 10.9.0 manifest).
+        tensorrt = "10.14";
+        # A100 (8.0), L4 and Ada (8.9), H100/H200 (9.0): the GPUs the project targets. Fewer
+        # capabilities than nixpkgs' default list means smaller, faster CUDA builds.
+        capabilities = [
+          "8.0"
+          "8.9"
+          "9.0"
+        ];
       };
 
-      # NVIDIA's CUDA toolkit and TensorRT are unfree: the cuda shell is evaluated with
-      # allowUnfree only when the user consents with NIXPKGS_ALLOW_UNFREE=1 and --impure (pure
-      # evaluation reads every variable as empty); otherwise it explains how (pkgs/cuda-*.nix).
-      # The pinned set becomes `cudaPackages`, so torch and onnxruntime build against it too.
+      # NVIDIA's CUDA toolkit and TensorRT are unfree: the cuda shell is evaluated only when the
+      # user consents with NIXPKGS_ALLOW_UNFREE=1 and --impure (pure evaluation reads every
+      # variable as empty); otherwise it explains how (pkgs/cuda-*.nix). Even then only NVIDIA's
+      # CUDA licences are allowed, by nixpkgs' own predicate, not every unfree package:
+      # python3Packages.tensorrt (NVIDIA's TensorRT wheel) is `licenses.unfree` in nixpkgs, so it
+      # is allowed by name. The pinned set becomes `cudaPackages`, so torch and onnxruntime build
+      # against it too.
       unfreeAllowed = builtins.getEnv "NIXPKGS_ALLOW_UNFREE" == "1";
       pkgsCudaFor =
         system:
-        import nixpkgs {
-          inherit system;
-          overlays = [
-            self.overlays.default
-            (final: prev: { cudaPackages = prev.${cudaPins.packageSet}; })
-          ];
-          config = {
-            allowUnfree = true;
-            cudaSupport = true;
+        let
+          pkgs = import nixpkgs {
+            inherit system;
+            overlays = [
+              self.overlays.default
+              (final: prev: { cudaPackages = prev.${cudaPins.packageSet}; })
+            ];
+            config = {
+              allowUnfreePredicate =
+                p: pkgs._cuda.lib.allowUnfreeCudaPredicate p || p.pname or null == "tensorrt";
+              cudaSupport = true;
+              cudaCapabilities = cudaPins.capabilities;
+            };
           };
-        };
+        in
+        pkgs;
 
       # `nix run .#<name>`: pkgs/app.nix checks for a checkout, then runs the entry point; the
       # scripts are also in the overlay as `mlpipe-apps`.
@@ -61,6 +89,12 @@
         train = {
           command = "mlpipe-train";
           description = "Train the digits classifier (Hydra overrides as arguments)";
+          pull = true;
+          required = [
+            "conf"
+            "dvc.yaml"
+            "data.dvc"
+          ];
         };
         serve = {
           command = "mlpipe-serve";
@@ -108,6 +142,7 @@
         ];
         mlpipe = final.python3Packages.mlpipe;
         mlpipe-python = final.callPackage ./pkgs/python-env.nix { };
+        mlpipe-nginx = final.callPackage ./pkgs/gateway-nginx.nix { };
         mlpipe-apps = lib.mapAttrs (mkAppScript final) appSpecs;
       };
 

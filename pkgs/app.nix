@@ -2,11 +2,15 @@
 # points read the checkout's conf/ (Hydra), dvc.yaml and data, which are not in the Nix store,
 # so the app refuses to start outside a checkout, naming what is missing and the fix. Errors
 # past that point (no data: `dvc pull`; no checkpoint: `mlpipe-train` ...) are the entry
-# point's own.
+# point's own, but for two the Nix path supplies itself: the serving gateway gets Nix's nginx with
+# njs compiled in (pkgs/gateway-nginx.nix, MLPIPE_NJS_MODULE=""), never the host's, and an app
+# with `pull` fetches data/ from the checkout's committed DVC remote first (`dvc pull` of
+# data.dvc: an in-repo remote, no network), so `nix run .#train` works from a fresh clone.
 {
   lib,
   writeShellApplication,
   mlpipe-python,
+  mlpipe-nginx,
 
   # the app: `nix run .#${name}` runs `${command} [hydra args] "$@"`
   name,
@@ -15,6 +19,8 @@
   # Hydra apps get the checkout's conf/ as their primary config directory; an installed package
   # cannot see ../conf from site-packages.
   hydra ? true,
+  # fetch the DVC-tracked data (data.dvc) before running, when data/ lacks it
+  pull ? false,
   # what must exist in $PWD for `command` to make sense
   required ? [
     "conf"
@@ -24,10 +30,19 @@
 
 let
   hydraArgs = lib.optionalString hydra ''--config-path "$PWD/conf"'';
+  # `dvc pull` checks out what is missing and leaves a complete data/ alone (no network: the
+  # remote is dvc-remote/ in the checkout).
+  pullData = lib.optionalString pull ''
+    dvc pull --quiet data.dvc
+  '';
 in
 writeShellApplication {
   name = "mlpipe-${name}-app";
-  runtimeInputs = [ mlpipe-python ];
+  runtimeInputs = [
+    mlpipe-python
+    mlpipe-nginx
+  ];
+  runtimeEnv.MLPIPE_NJS_MODULE = "";
   text = ''
     missing=()
     for path in ${lib.escapeShellArgs required}; do
@@ -41,7 +56,7 @@ writeShellApplication {
       } >&2
       exit 2
     fi
-    exec ${command} ${hydraArgs} "$@"
+    ${pullData}exec ${command} ${hydraArgs} "$@"
   '';
   meta = {
     inherit description;

@@ -19,7 +19,8 @@ mkShell {
 
       NIXPKGS_ALLOW_UNFREE=1 nix develop --impure .#cuda
 
-    The shell then evaluates nixpkgs with allowUnfree = true and cudaSupport = true.
+    The shell then evaluates nixpkgs with cudaSupport = true, allowing NVIDIA's CUDA licences
+    only (nixpkgs' _cuda.lib.allowUnfreeCudaPredicate, plus the TensorRT Python wheel).
     MSG
     exit 1
   '';

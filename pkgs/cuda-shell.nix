@@ -5,12 +5,15 @@
 # differs from the pin. cudaPackages.tensorrt is fetched from NVIDIA's public redistributable
 # tarballs in recent nixpkgs (pkgs/development/cuda-modules, buildRedist);
 # python3Packages.tensorrt (pkgs/development/python-modules/tensorrt/default.nix) unpacks the
-# wheel from that tarball; it joins the Python environment where it evaluates as available.
+# wheel from that tarball; it joins the Python environment where it evaluates as available
+# (x86_64-linux only: its meta.platforms).
 {
   lib,
   stdenv,
   mkShell,
+  config,
   mlpipe-python,
+  mlpipe-nginx,
   python3,
   python3Packages,
   cudaPackages,
@@ -25,6 +28,7 @@ let
     tensorrt = lib.versions.majorMinor cudaPackages.tensorrt.version;
   };
   pinned = { inherit (cudaPins) cuda tensorrt; };
+  capabilities = lib.concatStringsSep " " config.cudaCapabilities;
   tensorrtAvailable = python3Packages.tensorrt.meta.available or false;
   python = mlpipe-python.override {
     extraPackages = ps: lib.optional tensorrtAvailable ps.tensorrt;
@@ -39,13 +43,17 @@ mkShell {
   name = "mlpipe-cuda";
   packages = [
     python
+    mlpipe-nginx
     cudaPackages.cudatoolkit
     cudaPackages.tensorrt
   ];
+  # conf/gateway/nginx.yaml's check.module: njs is compiled into mlpipe-nginx
+  MLPIPE_NJS_MODULE = "";
   shellHook = ''
     export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"
     cat >&2 <<'NOTE'
-    mlpipe CUDA shell: CUDA ${found.cuda} (${cudaPins.packageSet}), TensorRT ${cudaPackages.tensorrt.version}.
+    mlpipe CUDA shell: CUDA ${found.cuda} (${cudaPins.packageSet}), TensorRT ${cudaPackages.tensorrt.version},
+    built for CUDA capabilities ${capabilities}.
     Nix provides the CUDA toolkit and TensorRT; the GPU driver (libcuda.so.1) comes from the host:
       NixOS      hardware.nvidia + hardware.graphics.enable put it in /run/opengl-driver/lib.
       elsewhere  wrap commands with nixGL or nix-gl-host, or export
@@ -56,5 +64,5 @@ mkShell {
   '';
   meta.description =
     "GPU shell: CUDA ${found.cuda} (${cudaPins.packageSet}), TensorRT ${cudaPackages.tensorrt.version}, "
-    + "Python ${python3.version}, GCC ${stdenv.cc.cc.version}";
+    + "capabilities ${capabilities}, Python ${python3.version}, GCC ${stdenv.cc.cc.version}";
 }

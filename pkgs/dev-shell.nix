@@ -1,9 +1,11 @@
 # `nix develop`: the CPU shell. Python with every mlpipe dependency and relu-module from Nix;
-# the checkout's mlpipe/ is put first on PYTHONPATH so edits apply without reinstalling.
+# the checkout's mlpipe/ is put first on PYTHONPATH so edits apply without reinstalling. The
+# serving gateway gets Nix's nginx with njs compiled in, never the host's (NixOS has no /usr/sbin).
 {
   stdenv,
   mkShell,
   mlpipe-python,
+  mlpipe-nginx,
   python3,
   nixfmt,
   git,
@@ -13,9 +15,12 @@ mkShell {
   name = "mlpipe";
   packages = [
     mlpipe-python
+    mlpipe-nginx
     nixfmt
     git
   ];
+  # conf/gateway/nginx.yaml's check.module: njs is compiled into mlpipe-nginx
+  MLPIPE_NJS_MODULE = "";
   shellHook = ''
     export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"
     echo "mlpipe CPU shell: mlpipe-train, pytest, dvc pull (the venv/Makefile path is separate)."

@@ -21,8 +21,7 @@
   bashInteractive,
   coreutils,
   git,
-  nginx,
-  nginxModules,
+  mlpipe-nginx,
   mlpipe-python,
   mlpipe,
 }:
@@ -34,9 +33,9 @@ let
   home = "/home/${user}";
   # git-ignored, so not in the flake's source: created here (a volume mount point).
   modelRepository = "${workdir}/model_repository";
-  # The serving gateway (mlpipe.serving.gateway): nginx with njs compiled in, so the generated
-  # config needs no load_module (gateway.check.module=null).
-  gatewayNginx = nginx.override { modules = [ nginxModules.njs ]; };
+  # A fixed author and committer date for the image's one commit (SOURCE_DATE_EPOCH's
+  # 1980-01-01, as nixpkgs uses for store files): the same tree then gives the same commit id.
+  commitDate = "1980-01-01T00:00:00Z";
 
   # The image has no C/C++ compiler, so tests that build C++ (the relu_module wheel from source)
   # cannot pass in it; nor can tests that need a GPU or TensorRT. Slow tests (DDP, wheel into a
@@ -50,8 +49,10 @@ let
       mlpipe-python
       coreutils
       git
-      gatewayNginx
+      mlpipe-nginx
     ];
+    # check.module of conf/gateway/nginx.yaml: njs is compiled into mlpipe-nginx
+    runtimeEnv.MLPIPE_NJS_MODULE = "";
     text = ''
       cd ${workdir}
       cmd="''${1:-test}"
@@ -63,8 +64,7 @@ let
           exec mlpipe-train --config-path ${workdir}/conf "$@"
           ;;
         serve)
-          exec mlpipe-serve --config-path ${workdir}/conf \
-            gateway.host=0.0.0.0 gateway.check.module=null "$@"
+          exec mlpipe-serve --config-path ${workdir}/conf gateway.host=0.0.0.0 "$@"
           ;;
         *) exec "$cmd" "$@" ;;
       esac
@@ -93,16 +93,21 @@ dockerTools.streamLayeredImage {
   ];
 
   # The checkout is copied (not linked) so the user can write data/, artifacts/ and reports/;
-  # DVC also needs it to be a git repository.
+  # DVC also needs it to be a git repository. Deterministic: fixed dates and identity, no
+  # template or config from the build machine, and an index without stat data (`read-tree`
+  # writes entries with zeroed stat fields; git refreshes them on first use in the container).
   fakeRootCommands = ''
     mkdir -p .${workdir} .${home} ./tmp
     chmod 1777 ./tmp
     cp -r ${checkout}/. .${workdir}/
     chmod -R u+w .${workdir}
-    ${lib.getExe git} -C .${workdir} init --quiet
+    export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null \
+      GIT_AUTHOR_NAME=nix GIT_AUTHOR_EMAIL=nix@localhost GIT_AUTHOR_DATE=${commitDate} \
+      GIT_COMMITTER_NAME=nix GIT_COMMITTER_EMAIL=nix@localhost GIT_COMMITTER_DATE=${commitDate}
+    ${lib.getExe git} -C .${workdir} init --quiet --initial-branch=main --template=
     ${lib.getExe git} -C .${workdir} add --all
-    ${lib.getExe git} -C .${workdir} -c user.name=nix -c user.email=nix@localhost \
-      commit --quiet --message "mlpipe image"
+    ${lib.getExe git} -C .${workdir} commit --quiet --no-verify --message "mlpipe image"
+    ${lib.getExe git} -C .${workdir} read-tree HEAD
     mkdir -p .${modelRepository}
     chown -R ${uid}:${uid} .${workdir} .${home}
   '';
@@ -117,6 +122,8 @@ dockerTools.streamLayeredImage {
       "HOME=${home}"
       "MLPIPE_ROOT=${workdir}"
       "MPLBACKEND=Agg"
+      # conf/gateway/nginx.yaml's check.module: njs is compiled into the image's nginx
+      "MLPIPE_NJS_MODULE="
       # DVC's default site cache, /var/tmp/dvc, does not exist in the image.
       "DVC_SITE_CACHE_DIR=/tmp/dvc-site-cache"
     ];

@@ -1,11 +1,17 @@
 # checks.<system>.pytest: the test suite on CPU inside the build sandbox, against the installed
 # mlpipe and relu-module. The sandbox has no network but does have loopback, so the real
-# tritonserver and DVC's in-repo remote both work. Slow tests (DDP, wheel-into-a-venv, clone +
-# dvc pull) and hardware-bound ones (gpu, tensorrt) are left to CI's `make test`.
+# tritonserver, the nginx gateway and DVC's in-repo remote all work. The sandbox has no
+# /usr/sbin/nginx and no Debian njs module: the gateway gets Nix's nginx with njs compiled in
+# (pkgs/gateway-nginx.nix, MLPIPE_NJS_MODULE=""), and the Python environment has pip for the
+# tests that use the real pip offline. Slow tests (DDP, wheel-into-a-venv, clone + dvc pull)
+# and hardware-bound ones (gpu, tensorrt) are left to CI's `make test`.
+# tests/test_nix.py (test_check_selection_passes_in_a_sandbox_like_host) runs exactly this
+# selection with this environment's inputs on a host made to look like the sandbox.
 {
   lib,
   stdenv,
   mlpipe-python,
+  mlpipe-nginx,
   git,
 }:
 
@@ -17,10 +23,17 @@ stdenv.mkDerivation {
 
   nativeBuildInputs = [
     mlpipe-python
+    mlpipe-nginx
     git
   ];
 
   dontConfigure = true;
+
+  # conf/gateway/nginx.yaml's check.module: njs is compiled into mlpipe-nginx
+  MLPIPE_NJS_MODULE = "";
+
+  # The selection, one place: tests/test_nix.py reads it from here.
+  pytestSelection = "not slow and not gpu and not tensorrt";
 
   buildPhase = ''
     runHook preBuild
@@ -38,7 +51,7 @@ stdenv.mkDerivation {
     dvc pull
 
     # mlpipe comes from the Nix store, not from a source tree beside the tests.
-    pytest -m "not slow and not gpu and not tensorrt" -p no:cacheprovider
+    pytest -m "$pytestSelection" -p no:cacheprovider
 
     runHook postBuild
   '';

@@ -29,6 +29,7 @@
   tqdm,
   tabulate,
   psutil,
+  pyyaml,
   # tritonclient[http,grpc]
   aiohttp,
   geventhttpclient,
@@ -84,6 +85,7 @@ buildPythonPackage {
     tqdm
     tabulate
     psutil
+    pyyaml
     aiohttp
     geventhttpclient
     python-rapidjson
@@ -91,9 +93,10 @@ buildPythonPackage {
     packaging
   ];
 
-  # pyproject.toml's ranges are written for constraints.txt (numpy<2, protobuf<7 ...); nixpkgs
-  # brings its own, newer set, which flake.lock pins. Keep the names, drop the bounds.
-  pythonRelaxDeps = true;
+  # pyproject.toml's ranges are written for constraints.txt; nixpkgs brings its own set, which
+  # flake.lock pins. Only numpy's bound (<2) excludes nixos-25.11's numpy 2; every other lower
+  # bound is met, and protobuf<7 holds for its protobuf 6.
+  pythonRelaxDeps = [ "numpy" ];
 
   optional-dependencies.dev = [
     pytest

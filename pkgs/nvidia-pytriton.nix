@@ -108,7 +108,10 @@ buildPythonPackage {
 
   # The wheel pins numpy<2 (nixpkgs ships numpy 2) and tritonclient~=2.50; keep the names, drop
   # the bounds. mlpipe uses the bundled tritonserver, not PyTriton's numpy-facing API.
-  pythonRelaxDeps = true;
+  pythonRelaxDeps = [
+    "numpy"
+    "tritonclient"
+  ];
 
   postInstall = ''
     if [[ ! -x "${stub}" ]]; then

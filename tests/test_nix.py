@@ -7,8 +7,10 @@ Nix writes, the flake's outputs named in README.md and docs/nix.md exist as attr
 ``flake.nix`` (a text check), every ``pkgs/*.nix`` is wired into the flake, and every
 fixed-output hash is a well-formed SRI hash (the slow test re-downloads the wheels and recomputes
 them). Where ``NIXPKGS_LIB`` points at a nixpkgs ``lib/`` directory, the flake is also evaluated
-against ``tests/nix/mock-nixpkgs`` (the real lib, stand-in packages) and its generated scripts are
-shellchecked and run. Users run ``nix flake check`` for the rest (docs/nix.md).
+against ``tests/nix/mock-nixpkgs`` (the real lib, stand-in packages as strict as nixpkgs: closed
+argument sets, check-meta, the locked versions), its generated scripts are shellchecked and run,
+and checks.<system>.pytest's own buildPhase and selection run on this host made to look like the
+build sandbox (slow). Users run ``nix flake check`` for the rest (docs/nix.md).
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -360,8 +365,9 @@ def flake_source() -> Path:
     return copy_tracked_files(dest)
 
 
-def run_eval(**env: str) -> subprocess.CompletedProcess[str]:
-    """Evaluate the flake with Nix 2.8 against the mock package set (JSON summary on stdout)."""
+def run_eval(source: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Evaluate the flake (the checkout's tracked files, or ``source``) with Nix 2.8 against the
+    mock package set (JSON summary on stdout)."""
     exe = nix_instantiate()
     defaults = {
         "NIXPKGS_LIB": str(nixpkgs_lib()),
@@ -370,7 +376,7 @@ def run_eval(**env: str) -> subprocess.CompletedProcess[str]:
         "MOCK_TENSORRT_VERSION": "",
         "MOCK_DEFAULT_CUDA": "",
     }
-    source = flake_source()
+    source = source or flake_source()
     return subprocess.run(
         [exe, "--eval", "--strict", "--json", str(source / EVAL_FLAKE.relative_to(ROOT))],
         capture_output=True, text=True, env={**os.environ, **defaults, **env}, cwd=source,
@@ -465,6 +471,106 @@ def test_nixpkgs_onnxscript_is_preferred_when_present() -> None:
     assert py["onnxscript"]["name"] == "onnxscript" and py["onnx-ir"]["name"] == "onnx-ir"
 
 
+# --- the stand-in is as strict as nixpkgs ---------------------------------------------------------
+
+MISSPELLINGS = [
+    # (file, argument as nixpkgs spells it, misspelt) -- closed formals in nixpkgs
+    ("pkgs/app.nix", "runtimeInputs", "runtimeInput"),
+    ("pkgs/docker-image.nix", "enableFakechroot", "enableFakeChroot"),
+    ("pkgs/docker-image.nix", "extraPasswdLines", "extraPasswdLine"),
+    ("pkgs/docker-image.nix", "fakeRootCommands", "fakeRootCommand"),
+]
+
+
+@pytest.mark.parametrize(("file", "right", "wrong"), MISSPELLINGS, ids=lambda v: str(v))
+def test_a_misspelt_argument_fails_evaluation(
+    file: str, right: str, wrong: str, tmp_path: Path
+) -> None:
+    """writeShellApplication, dockerTools.streamLayeredImage and fakeNss.override take a closed
+    set of arguments in nixpkgs; so does the stand-in, and evaluation names the misspelling."""
+    source = copy_tracked_files(tmp_path / "flake")
+    path = source / file
+    text = path.read_text()
+    assert re.search(rf"\b{right}\b", text), f"{file} no longer passes {right}"
+    path.write_text(re.sub(rf"\b{right}\b", wrong, text))
+    proc = run_eval(source=source)
+    assert proc.returncode != 0, f"{wrong} in {file} evaluated"
+    assert f"called with unexpected argument '{wrong}'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_buildlayeredimage_hands_unknown_arguments_to_the_strict_stream(tmp_path: Path) -> None:
+    """buildLayeredImage takes `compressor` itself and passes the rest to streamLayeredImage."""
+    probe = tmp_path / "probe.nix"
+    probe.write_text(
+        f"""let
+  pkgs = import {ROOT}/tests/nix/mock-nixpkgs {{ system = "x86_64-linux"; }};
+  image = args: (pkgs.dockerTools.buildLayeredImage ({{ name = "x"; }} // args)).drvPath;
+in
+{{
+  ok = image {{ compressor = "zstd"; fakeRootCommands = ""; }};
+  bad = builtins.tryEval (image {{ enableFakeChroot = true; }});
+}}
+"""
+    )
+    proc = subprocess.run(
+        [nix_instantiate(), "--eval", "--strict", "--json", str(probe)],
+        capture_output=True, text=True, env={**os.environ, "NIXPKGS_LIB": str(nixpkgs_lib())},
+    )  # fmt: skip
+    assert proc.returncode != 0 and "unexpected argument 'enableFakeChroot'" in proc.stderr
+
+
+def imported_distributions() -> set[str]:
+    """The distributions (normalised names) whose modules mlpipe/ imports, found in this venv."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    modules: set[str] = set()
+    for path in (ROOT / "mlpipe").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    owners = packages_distributions()
+    return {
+        re.sub(r"[-_.]+", "-", dist).lower()
+        for module in modules - {"mlpipe"}
+        for dist in owners.get(module, [])
+    }
+
+
+def nix_attr(name: str) -> str:
+    """A dependency's name as the stand-in derivation names it (python3.13-x-1.0 -> x)."""
+    return re.sub(r"^python3\.\d+-|-\d[\w.]*$", "", name)
+
+
+def test_every_distribution_mlpipe_imports_is_a_declared_nix_dependency(evaluated: dict) -> None:
+    """pkgs/mlpipe.nix declares what mlpipe imports (pyyaml: mlpipe/common/provenance.py), not
+    only what arrives through another package's closure (omegaconf brings pyyaml in nixpkgs)."""
+    py = evaluated["x86_64-linux"]["python"]
+    # the `dev` extra is in every Nix environment: mlpipe.measure.relu_bench imports pybind11
+    # (to build its reference extension) from there
+    declared = {nix_attr(d) for d in py["mlpipe"]["dependencies"] + py["mlpipe"]["dev"]}
+    # nvidia-pytriton and relu-module are the flake's own packages, declared under other names
+    missing = sorted(imported_distributions() - declared - {"nvidia-pytriton", "relu-module"})
+    assert not missing, f"mlpipe imports {missing}, which pkgs/mlpipe.nix does not declare"
+    closure = {nix_attr(d) for d in evaluated["x86_64-linux"]["python-env"]["closure"]}
+    assert {"pyyaml", "pip", "omegaconf"} <= closure
+
+
+def test_the_dependency_check_fails_without_pyyaml(tmp_path: Path) -> None:
+    source = copy_tracked_files(tmp_path / "flake")
+    path = source / "pkgs" / "mlpipe.nix"
+    path.write_text(re.sub(r"^\s*pyyaml\n", "", path.read_text(), flags=re.MULTILINE))
+    proc = run_eval(source=source)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    deps = {
+        nix_attr(d)
+        for d in json.loads(proc.stdout)["x86_64-linux"]["python"]["mlpipe"]["dependencies"]
+    }
+    assert "pyyaml" in imported_distributions() and "pyyaml" not in deps
+
+
 # --- pins: CUDA, TensorRT, Python, compiler -------------------------------------------------------
 
 PINS = re.compile(r"CUDA (\d+\.\d+) \((cudaPackages_\d+_\d+)\), TensorRT (\d+\.\d+)")
@@ -478,10 +584,51 @@ def test_cuda_shell_needs_consent(evaluated: dict, consented: dict) -> None:
 
     shell = consented["x86_64-linux"]["devShells"]["cuda"]
     assert shell["name"] == "mlpipe-cuda"
-    assert {"cuda-merged-12.8.1", "tensorrt-10.9.0.34"} <= set(shell["packages"])
-    assert "python3.13-tensorrt-10.9.0.34" in shell["python"], "tensorrt joins the shell's Python"
+    # the locked nixpkgs' names: cudatoolkit's version is cudaMajorMinorVersion
+    assert {"cuda-merged-12.8", "tensorrt-10.14.1.48"} <= set(shell["packages"])
+    assert "python3.13-tensorrt-10.14.1.48" in shell["python"], "tensorrt joins the shell's Python"
     assert any("mlpipe" in p for p in shell["python"])
     assert "libcuda.so.1" in shell["shellHook"]
+    assert "capabilities 8.0 8.9 9.0" in shell["shellHook"]
+
+
+def test_cuda_consent_allows_nvidias_licences_only_and_tensorrt_python_on_x86_64(
+    consented: dict,
+) -> None:
+    """The cuda shell's nixpkgs allows unfree packages by nixpkgs' CUDA predicate (every one
+    the shell needs evaluates), and the TensorRT wheel only where its meta.platforms has it."""
+    arm = consented["aarch64-linux"]["devShells"]["cuda"]
+    assert not any("tensorrt" in p for p in arm["python"]), arm["python"]
+    assert "tensorrt-10.14.1.48" in arm["packages"]
+    flake = FLAKE.read_text()
+    assert "allowUnfree = true" not in flake
+    assert "_cuda.lib.allowUnfreeCudaPredicate" in flake
+
+
+def test_a_blanket_unfree_package_is_refused_by_the_cuda_predicate(tmp_path: Path) -> None:
+    """The stand-in's check-meta applies the predicate: an unfree package under another licence
+    stays refused in the consented cuda package set."""
+    probe = tmp_path / "probe.nix"
+    probe.write_text(
+        f"""let
+  lib = import {ROOT}/tests/nix/lib.nix;
+  pkgs = import {ROOT}/tests/nix/mock-nixpkgs {{
+    system = "x86_64-linux";
+    config.allowUnfreePredicate = p: pkgs._cuda.lib.allowUnfreeCudaPredicate p;
+  }};
+in
+{{
+  toolkit = pkgs.cudaPackages.cudatoolkit.meta.available;
+  wheel = pkgs.python3Packages.tensorrt.meta.available;
+}}
+"""
+    )
+    proc = subprocess.run(
+        [nix_instantiate(), "--eval", "--strict", "--json", str(probe)],
+        capture_output=True, text=True, env={**os.environ, "NIXPKGS_LIB": str(nixpkgs_lib())},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"toolkit": True, "wheel": False}
 
 
 def test_flake_show_descriptions_name_the_pinned_versions(evaluated: dict, consented: dict) -> None:
@@ -489,9 +636,9 @@ def test_flake_show_descriptions_name_the_pinned_versions(evaluated: dict, conse
     shells = evaluated["x86_64-linux"]["devShells"]
     pins = PINS.search(shells["cuda"]["description"])
     assert pins, shells["cuda"]["description"]
-    assert pins.groups() == ("12.8", "cudaPackages_12_8", "10.9")
+    assert pins.groups() == ("12.8", "cudaPackages_12_8", "10.14")
     real = consented["x86_64-linux"]["devShells"]["cuda"]["description"]
-    assert real.startswith("GPU shell: CUDA 12.8 (cudaPackages_12_8), TensorRT 10.9.0.34, ")
+    assert real.startswith("GPU shell: CUDA 12.8 (cudaPackages_12_8), TensorRT 10.14.1.48, ")
     assert "Python 3.13.7, GCC 14.3.0" in real
     assert shells["default"]["description"] == "CPU shell: Python 3.13.7, GCC 14.3.0"
     wheel = evaluated["x86_64-linux"]["packages"]["relu-wheel"]["description"]
@@ -511,14 +658,14 @@ def test_the_pinned_cuda_set_wins_over_nixpkgs_default() -> None:
     """A nixpkgs whose `cudaPackages` moved on (to 12.9) still gives the shell the pinned 12.8."""
     out = evaluate_flake(NIXPKGS_ALLOW_UNFREE="1", MOCK_DEFAULT_CUDA="cudaPackages_12_9")
     shell = out["x86_64-linux"]["devShells"]["cuda"]
-    assert "cuda-merged-12.8.1" in shell["packages"], shell["packages"]
+    assert "cuda-merged-12.8" in shell["packages"], shell["packages"]
 
 
 def test_a_tensorrt_other_than_the_pin_stops_evaluation() -> None:
-    proc = run_eval(NIXPKGS_ALLOW_UNFREE="1", MOCK_TENSORRT_VERSION="10.14.1.48")
+    proc = run_eval(NIXPKGS_ALLOW_UNFREE="1", MOCK_TENSORRT_VERSION="10.9.0.34")
     assert proc.returncode != 0
-    assert "has CUDA 12.8 and TensorRT 10.14 in cudaPackages_12_8" in proc.stderr
-    assert "flake.nix pins CUDA 12.8 and TensorRT 10.9" in proc.stderr
+    assert "has CUDA 12.8 and TensorRT 10.9 in cudaPackages_12_8" in proc.stderr
+    assert "flake.nix pins CUDA 12.8 and TensorRT 10.14" in proc.stderr
 
 
 # --- generated scripts ----------------------------------------------------------------------------
@@ -565,26 +712,58 @@ def test_app_refuses_to_run_outside_a_checkout(evaluated: dict, tmp_path: Path) 
     elsewhere.mkdir()
     proc = subprocess.run(["bash", str(script)], cwd=elsewhere, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "is not an mlpipe checkout (missing: conf dvc.yaml)" in proc.stderr
+    assert "is not an mlpipe checkout (missing: conf dvc.yaml data.dvc)" in proc.stderr
     assert "nix run .#train" in proc.stderr
 
 
-def test_app_runs_the_entry_point_on_the_checkouts_conf(evaluated: dict, tmp_path: Path) -> None:
+def fresh_clone(dest: Path) -> Path:
+    """The tracked files as a new git repository: what `git clone` gives (no data/, no cache)."""
+    copy_tracked_files(dest)
+    git = ["git", "-C", str(dest), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "init", "--quiet"], check=True)
+    subprocess.run([*git, "add", "--all"], check=True)
+    subprocess.run([*git, "commit", "--quiet", "--message", "clone"], check=True)
+    return dest
+
+
+@pytest.mark.timeout(300)
+def test_train_app_works_from_a_fresh_clone(evaluated: dict, tmp_path: Path) -> None:
+    """`nix run .#train` in a fresh clone: the app restores data/ from the committed DVC remote
+    with the real dvc (no network), then runs the entry point on the clone's conf/."""
     script = write_script(tmp_path, "train", evaluated["x86_64-linux"]["scripts"]["train"])
-    checkout, bindir = tmp_path / "checkout", tmp_path / "bin"
-    (checkout / "conf").mkdir(parents=True)
-    (checkout / "dvc.yaml").write_text("stages: {}\n")
+    clone, bindir = fresh_clone(tmp_path / "clone"), tmp_path / "bin"
+    assert not (clone / "data").exists()
     bindir.mkdir()
-    fake = bindir / "mlpipe-train"
-    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake = bindir / "mlpipe-train"  # stands in for training only: it reports what it was given
+    fake.write_text('#!/bin/sh\nls data >&2\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    path = os.pathsep.join([str(bindir), str(Path(sys.executable).parent), os.environ["PATH"]])
+    env = {**os.environ, "PATH": path, "DVC_SITE_CACHE_DIR": str(tmp_path / "dvc-site")}
     proc = subprocess.run(
-        ["bash", str(script), "trainer.max_epochs=1"], cwd=checkout, env=env,
-        capture_output=True, text=True,
+        ["bash", str(script), "trainer.max_epochs=1"], cwd=clone, env=env,
+        capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["--config-path", f"{checkout}/conf", "trainer.max_epochs=1"]
+    assert proc.stdout.split() == ["--config-path", f"{clone}/conf", "trainer.max_epochs=1"]
+    assert "digits.csv.gz" in proc.stderr.split()
+
+
+def test_apps_and_check_use_nix_nginx_with_njs_compiled_in(evaluated: dict) -> None:
+    """Every Nix path that can start the gateway has Nix's nginx with njs and says so to the
+    config (MLPIPE_NJS_MODULE=""), so no Debian path is ever looked for."""
+    out = evaluated["x86_64-linux"]
+    nginx = out["nginx"]
+    assert nginx["modules"] == ["njs"], "the gateway's request check needs njs compiled in"
+    for name, app in out["app-env"].items():
+        assert nginx["name"] in app["inputs"] and app["env"] == {"MLPIPE_NJS_MODULE": ""}, name
+    check = out["pytest-check"]
+    assert nginx["name"] in check["inputs"] and check["MLPIPE_NJS_MODULE"] == ""
+    for shell in ("default",):
+        assert nginx["name"] in out["devShells"][shell]["packages"]
+    assert "MLPIPE_NJS_MODULE=" in out["image"]["config"]["Env"]
+    assert "gateway.check.module=null" not in out["scripts"]["docker-entrypoint"]
+    conf = (ROOT / "conf" / "gateway" / "nginx.yaml").read_text()
+    assert "${oc.env:MLPIPE_NJS_MODULE," in conf
 
 
 # --- the OCI image --------------------------------------------------------------------------------
@@ -661,31 +840,202 @@ def test_image_test_selection_leaves_out_compiler_builds(evaluated: dict, tmp_pa
     assert not [r["id"] for r in selected if r["builds"]], "the image would run a C++ build"
 
 
-def test_image_creates_its_volumes_owned_by_its_user(evaluated: dict, tmp_path: Path) -> None:
-    """Run the image's fakeRootCommands (as streamLayeredImage does, under fakeroot or as root)
-    on a copy of the git-tracked checkout; every declared volume must then exist, owned by the
-    image's user, so that Docker's fresh volumes are writable by it."""
-    image = evaluated["x86_64-linux"]["image"]
+def run_fake_root_commands(
+    evaluated: dict, checkout: Path, root: Path, report: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """The image's fakeRootCommands, as streamLayeredImage runs them (under fakeroot, or as
+    root), in ``root``, with the checkout copy ``checkout`` and this machine's git."""
     fakeroot = shutil.which("fakeroot")
     if fakeroot is None and os.geteuid() != 0:
         pytest.skip("needs root or fakeroot (apt-get install fakeroot) to chown as the image does")
-    checkout = copy_tracked_files(tmp_path / "checkout")
     commands = evaluated["x86_64-linux"]["scripts"]["docker-fakeroot"]
     commands = re.sub(r"/nix/store/[^ /]+-source(?=/)", str(checkout), commands)
     commands = re.sub(r"/nix/store/[^ /]+-git/bin/git", shutil.which("git") or "git", commands)
     assert "/nix/store/" not in commands, commands
-    volumes = list(image["config"]["Volumes"])
-    report = " ".join(f"stat -c '%u:%g %F %n' .{v};" for v in volumes)
-    root = tmp_path / "image-root"
     root.mkdir()
     script = f"set -euo pipefail\n{commands}\n{report}\n"
     cmd = ([fakeroot] if fakeroot else []) + ["bash", "-c", script]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def test_image_creates_its_volumes_owned_by_its_user(evaluated: dict, tmp_path: Path) -> None:
+    """Run the image's fakeRootCommands on a copy of the git-tracked checkout; every declared
+    volume must then exist, owned by the image's user, so that Docker's fresh volumes are
+    writable by it."""
+    image = evaluated["x86_64-linux"]["image"]
+    checkout = copy_tracked_files(tmp_path / "checkout")
+    volumes = list(image["config"]["Volumes"])
+    report = " ".join(f"stat -c '%u:%g %F %n' .{v};" for v in volumes)
+    proc = run_fake_root_commands(evaluated, checkout, tmp_path / "image-root", report)
     assert proc.returncode == 0, proc.stderr[-3000:]
     user = image["config"]["User"]
     for volume in volumes:
         assert f"{user} directory .{volume}" in proc.stdout.splitlines(), proc.stdout
     assert "/work/model_repository" in volumes
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root``: its mode and sha256 (symlinks: their target)."""
+    digest = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            digest[str(path.relative_to(root))] = "-> " + os.readlink(path)
+        elif path.is_file():
+            data = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest[str(path.relative_to(root))] = f"{path.stat().st_mode:o} {data}"
+    return digest
+
+
+@pytest.mark.timeout(300)
+def test_image_layer_is_deterministic(evaluated: dict, tmp_path: Path) -> None:
+    """Two runs of fakeRootCommands, seconds apart and on checkouts with other file times, give
+    the same bytes in /work (its .git included: same commit, index without stat data)."""
+    first = copy_tracked_files(tmp_path / "checkout-1")
+    second = copy_tracked_files(tmp_path / "checkout-2")
+    for path in second.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000), follow_symlinks=False)
+    runs = []
+    for n, checkout in enumerate((first, second)):
+        if n:
+            time.sleep(1.5)  # a wall-clock commit date would now differ
+        proc = run_fake_root_commands(evaluated, checkout, tmp_path / f"root-{n}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(tree_digest(tmp_path / f"root-{n}" / "work"))
+    differ = sorted(k for k in runs[0].keys() | runs[1].keys() if runs[0].get(k) != runs[1].get(k))
+    assert not differ, f"the image layer differs between two runs in {differ[:10]}"
+    assert any(k.startswith(".git/objects/") for k in runs[0])
+
+
+# --- checks.<system>.pytest on a host made to look like the build sandbox ------------------------
+
+# What the Nix sandbox lacks and a Debian CI host has: nginx in /usr/sbin (and nginx.yaml's
+# search_path), Debian's njs module, pip in the venv, the network.
+DEBIAN_NGINX = Path("/usr/sbin/nginx")
+DEBIAN_NJS = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+HIDDEN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/lib/nginx/modules")
+
+
+# stdenv's initialPath (pkgs/stdenv/common-path.nix: coreutils findutils diffutils gnused gnugrep
+# gawk gnutar gzip bzip2 gnumake bash patch xz file), as Debian packages; Debian's awk is mawk.
+# Every builder has these on PATH (Triton's python backend starts its stub through `bash`).
+STDENV_PATH = ("coreutils", "findutils", "diffutils", "sed", "grep", "mawk", "tar", "gzip",
+               "bzip2", "make", "bash", "patch", "xz-utils", "file")  # fmt: skip
+
+
+def stdenv_programs() -> list[Path]:
+    """The executables of STDENV_PATH's Debian packages that are installed here."""
+    programs: dict[str, Path] = {}
+    for package in STDENV_PATH:
+        listing = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True)
+        for name in listing.stdout.split() if listing.returncode == 0 else []:
+            if re.search(r"/s?bin/[^/]+$", name) and os.access(name, os.X_OK):
+                programs.setdefault(Path(name).name, Path(name))
+    return sorted(programs.values())
+
+
+def link_farm(directory: Path, programs: list[Path]) -> Path:
+    directory.mkdir(parents=True)
+    for program in programs:
+        (directory / program.name).symlink_to(program)
+    return directory
+
+
+def nix_nginx_stand_in(store: Path, modules: list[str]) -> Path:
+    """pkgs/gateway-nginx.nix on this host: a copy of Debian's nginx outside /usr/sbin that loads
+    njs before reading any config (`-g load_module`), i.e. behaves as nginx with njs compiled in:
+    the gateway must find it on PATH and must not name a module itself."""
+    assert modules == ["njs"], f"no host stand-in for an nginx with modules {modules}"
+    bindir = store / "nginx-njs" / "bin"
+    bindir.mkdir(parents=True)
+    shutil.copy2(DEBIAN_NGINX, bindir / ".nginx-real")
+    shutil.copy2(DEBIAN_NJS, bindir.parent / "ngx_http_js_module.so")
+    wrapper = bindir / "nginx"
+    load = f"load_module {bindir.parent}/ngx_http_js_module.so;"
+    wrapper.write_text(f'#!/bin/sh\nexec "{bindir}/.nginx-real" -g "{load}" "$@"\n')
+    wrapper.chmod(0o755)
+    return bindir
+
+
+def sandbox_path(evaluated: dict, store: Path) -> list[Path]:
+    """PATH as the check's builder sees it: its nativeBuildInputs' bin/ (each mapped to its host
+    stand-in) and stdenv's initial path. An input with no stand-in fails the test by name."""
+    out = evaluated["x86_64-linux"]
+    path = []
+    for name in out["pytest-check"]["inputs"]:
+        if name == "python3-3.13.7-env":
+            path.append(Path(sys.executable).parent)
+        elif name == "git":
+            path.append(link_farm(store / "git" / "bin", [Path(shutil.which("git"))]))
+        elif name == out["nginx"]["name"]:
+            path.append(nix_nginx_stand_in(store, out["nginx"]["modules"]))
+        else:
+            raise AssertionError(f"checks.<system>.pytest needs {name}: no host stand-in for it")
+    return [*path, link_farm(store / "stdenv" / "bin", stdenv_programs())]
+
+
+def sandbox_script(evaluated: dict, build: Path, path: list[Path]) -> str:
+    """Inside `unshare -m -n`: loopback up, the host's nginx, njs module and (unless the Nix
+    environment has pip) pip hidden, then the check's own buildPhase in a cleared environment."""
+    check = evaluated["x86_64-linux"]["pytest-check"]
+    site = Path(sysconfig.get_paths()["purelib"])
+    lines = ["set -euo pipefail", "ip link set lo up"]
+    lines += [f"[ ! -d {d} ] || mount -t tmpfs -o mode=755 tmpfs {d}" for d in HIDDEN_DIRS]
+    if "pip" not in {nix_attr(p) for p in evaluated["x86_64-linux"]["python-env"]["packages"]}:
+        stub = "raise ModuleNotFoundError(\"No module named 'pip'\", name='pip')"
+        lines += [
+            f"mount -t tmpfs tmpfs {site}/pip",
+            f"echo {shlex.quote(stub)} > {site}/pip/__init__.py",
+        ]
+    env = {
+        "PATH": os.pathsep.join(map(str, path)),
+        "TMPDIR": str(build.parent / "tmp"),
+        "HOME": "/homeless-shelter",
+        "NIX_BUILD_CORES": "2",
+        "pytestSelection": check["pytestSelection"],
+    }
+    env |= {"MLPIPE_NJS_MODULE": check["MLPIPE_NJS_MODULE"]} if "MLPIPE_NJS_MODULE" in check else {}
+    phase = "runHook() { :; }\nset -eo pipefail\n" + check["buildPhase"]
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    lines += [f"cd {build}", f"exec env -i {assignments} /bin/bash -c {shlex.quote(phase)}"]
+    return "\n".join(lines) + "\n"
+
+
+def sandbox_ready() -> None:
+    """Skip, saying why, where this host cannot be made to look like the sandbox."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a mount and network namespace")
+    if not (DEBIAN_NGINX.is_file() and DEBIAN_NJS.is_file()):
+        pytest.skip(
+            "needs Debian's nginx and njs module (`bash .ci/nginx.sh`) to stand in for Nix's"
+        )
+    if shutil.which("dpkg-query") is None or shutil.which("ip") is None:
+        pytest.skip("needs dpkg-query (coreutils' file list) and ip (loopback in the namespace)")
+    probe = subprocess.run(["unshare", "-m", "-n", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -m -n is not permitted here: {probe.stderr.strip()}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_check_selection_passes_in_a_sandbox_like_host(evaluated: dict, tmp_path: Path) -> None:
+    """checks.<system>.pytest's buildPhase and exact selection, run on this host made to look
+    like the build sandbox: PATH = the check's inputs (Nix's Python env -> this venv, git, Nix's
+    nginx -> a copy of Debian's with njs loaded before any config) + stdenv's initial path
+    (coreutils, bash, sed, ...; no compiler: stdenv.cc is not modelled); no /usr/sbin,
+    no Debian njs module, no pip unless the Nix environment has it, no network (loopback only).
+    What cannot pass there fails here: no nginx on PATH, a module path that does not exist,
+    `python -m pip` without pip."""
+    sandbox_ready()
+    build = copy_tracked_files(tmp_path / "build")
+    (tmp_path / "tmp").mkdir()
+    script = sandbox_script(evaluated, build, sandbox_path(evaluated, tmp_path / "store"))
+    proc = subprocess.run(
+        ["unshare", "-m", "-n", "bash", "-c", script],
+        capture_output=True, text=True, timeout=1700,
+    )  # fmt: skip
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"checks.<system>.pytest fails in a sandbox-like host:\n{tail}"
+    assert re.search(r"\d+ passed", proc.stdout), tail
 
 
 # --- the python-backend stub: one libpython -------------------------------------------------------

@@ -1,7 +1,9 @@
 # Evaluate mlpipe's flake against ./mock-nixpkgs with Debian's Nix 2.8 and return, as JSON, what
 # tests/test_nix.py checks: every output's name, output and description (what `nix flake show`
-# prints), the Python packages' dependency lists, the app, entrypoint, fakeroot and shell-hook
-# scripts (for shellcheck and for running), and the cuda shell with and without consent.
+# prints), the Python packages' dependency lists and the environment's closure, the app,
+# entrypoint, fakeroot and shell-hook scripts (for shellcheck and for running), what
+# checks.<system>.pytest gives the sandbox, the gateway's nginx, and the cuda shell with and
+# without consent.
 # Needs NIXPKGS_LIB (see ./lib.nix). tests/test_nix.py evaluates it in a copy of the git-tracked
 # files, which is what a flake's source holds (no .venv, data or untracked file). Run by hand:
 #   NIXPKGS_LIB=/path/to/nixpkgs/lib nix-instantiate --eval --strict --json tests/nix/eval-flake.nix
@@ -24,6 +26,7 @@ let
       inherit (p) name;
       dependencies = names (p.dependencies or [ ]);
       build-system = names (p.build-system or [ ]);
+      dev = names (p.optional-dependencies.dev or [ ]);
       src = p.src.name or "source";
     }
     // lib.optionalAttrs (p ? postInstall) { inherit (p) postInstall postInstallCheck; };
@@ -71,6 +74,24 @@ let
         python = names (lib.concatMap (p: p.packages or [ ]) (s.packages or [ ]));
       }) self.devShells.${system};
       checks = lib.mapAttrs (_: c: c.name) self.checks.${system};
+      # what checks.<system>.pytest gives the sandbox: its inputs, environment and selection
+      pytest-check = {
+        inherit (self.checks.${system}.pytest) pytestSelection MLPIPE_NJS_MODULE buildPhase;
+        inputs = names self.checks.${system}.pytest.nativeBuildInputs;
+      };
+      python-env = {
+        packages = names pkgs.mlpipe-python.packages;
+        closure = names pkgs.mlpipe-python.closure;
+      };
+      # the gateway's nginx on every Nix path, and the modules compiled into it
+      nginx = {
+        inherit (pkgs.mlpipe-nginx) name;
+        modules = map (m: m.name) pkgs.mlpipe-nginx.modules;
+      };
+      app-env = lib.mapAttrs (_: s: {
+        inputs = names s.runtimeInputs;
+        env = s.runtimeEnv;
+      }) pkgs.mlpipe-apps;
       pytriton-stub-check = self.checks.${system}.pytriton-stub.text;
       formatter = self.formatter.${system}.name;
     };
