@@ -1,0 +1,254 @@
+// relu_module's torch operators (relu_module::relu, relu_, relu.out, relu_backward,
+// relu_backward.out), as pytorch/extension-cpp defines its own: schemas that declare what they
+// write (Tensor(a!)), a CPU kernel on the tensors' data pointers, and the ADInplaceOrView
+// kernel that bumps the version counter of what was written. The fake kernels, autograd and the
+// vmap rules are registered in relu_module/torch.py (torch.library), as extension-cpp's ops.py.
+//
+// Output allocation, shape and dtype checks, resizing of out= and the overlap checks are
+// torch's own TensorIterator, configured as torch.relu configures it: so sizes, strides
+// (size-1 dimensions included), errors and warnings are torch.relu's. Only the loop is ours.
+#include <ATen/TensorIterator.h>
+#include <ATen/ops/clamp_min.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/threshold_backward.h>
+#include <Python.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cstddef>
+#include <vector>
+
+#include "relu_api.hpp"
+
+namespace {
+
+const relu_kernel::Api* g_api = nullptr;  // set once by PyInit__torch_ops, before any call
+
+// torch.relu's TensorIterator: one output (allocated if undefined), one input, same dtype.
+at::TensorIterator unary_iter(const at::Tensor& out, const at::Tensor& x) {
+    return at::TensorIteratorConfig().add_output(out).add_const_input(x).build();
+}
+
+at::TensorIterator binary_iter(const at::Tensor& out, const at::Tensor& g, const at::Tensor& y) {
+    return at::TensorIteratorConfig().add_output(out).add_const_input(g).add_const_input(y).build();
+}
+
+bool kernel_dtype(const at::Tensor& t) {
+    return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
+}
+
+// Says a degraded pool's warning through torch's warning handler (a Python RuntimeWarning
+// when called from Python, raised once the op has returned and bumped its version counters).
+void warn_if_pool_degraded(std::size_t out_bytes) {
+    std::array<char, 512> buf{};
+    if (g_api->pool_warning(out_bytes, buf.data(), buf.size()) != 0) TORCH_WARN(buf.data());
+}
+
+// A kernel view: the data pointer and the strides in bytes (torch keeps them in elements).
+struct Strided {
+    std::vector<std::ptrdiff_t> bytes;
+    relu_kernel::View view(const at::Tensor& t) {
+        bytes.assign(t.strides().begin(), t.strides().end());
+        for (auto& s : bytes) s *= static_cast<std::ptrdiff_t>(t.element_size());
+        if (bytes.empty()) bytes.push_back(0);
+        return {static_cast<char*>(t.data_ptr()), bytes.data()};
+    }
+};
+
+// True if every tensor walks its memory in the same order with no gaps: one flat loop.
+bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
+    return a.is_non_overlapping_and_dense() && b.is_non_overlapping_and_dense() &&
+           (a.strides() == b.strides() || (a.is_contiguous() && b.is_contiguous()));
+}
+
+std::vector<std::ptrdiff_t> shape_of(const at::Tensor& t) {
+    std::vector<std::ptrdiff_t> s(t.sizes().begin(), t.sizes().end());
+    if (s.empty()) s.push_back(1);
+    return s;
+}
+
+template <class T>
+void relu_loop(const at::Tensor& x, const at::Tensor& y) {
+    const std::size_t n = static_cast<std::size_t>(x.numel());
+    auto* xp = x.const_data_ptr<T>();
+    auto* yp = y.mutable_data_ptr<T>();
+    constexpr bool f32 = std::is_same_v<T, float>;
+    if (same_dense_layout(x, y)) {
+        if constexpr (f32)
+            g_api->relu_f32(xp, yp, n);
+        else
+            g_api->relu_f64(xp, yp, n);
+        return;
+    }
+    Strided xs, ys;
+    const std::vector<std::ptrdiff_t> shape = shape_of(x);
+    const int nd = static_cast<int>(shape.size());
+    if constexpr (f32)
+        g_api->relu_strided_f32(nd, shape.data(), xs.view(x), ys.view(y));
+    else
+        g_api->relu_strided_f64(nd, shape.data(), xs.view(x), ys.view(y));
+}
+
+template <class T>
+void backward_loop(const at::Tensor& g, const at::Tensor& y, const at::Tensor& out) {
+    const std::size_t n = static_cast<std::size_t>(y.numel());
+    constexpr bool f32 = std::is_same_v<T, float>;
+    if (same_dense_layout(g, out) && same_dense_layout(y, out)) {
+        auto* gp = g.const_data_ptr<T>();
+        auto* yp = y.const_data_ptr<T>();
+        auto* op = out.mutable_data_ptr<T>();
+        if constexpr (f32)
+            g_api->backward_f32(gp, yp, op, n);
+        else
+            g_api->backward_f64(gp, yp, op, n);
+        return;
+    }
+    Strided gs, ys, os;
+    const std::vector<std::ptrdiff_t> shape = shape_of(y);
+    const int nd = static_cast<int>(shape.size());
+    if constexpr (f32)
+        g_api->backward_strided_f32(nd, shape.data(), gs.view(g), ys.view(y), os.view(out));
+    else
+        g_api->backward_strided_f64(nd, shape.data(), gs.view(g), ys.view(y), os.view(out));
+}
+
+// y = relu(x) into y, which TensorIterator has allocated or checked (shape, dtype, overlap).
+void relu_into(const at::Tensor& x, const at::Tensor& y) {
+    if (x.numel() == 0) return;
+    warn_if_pool_degraded(static_cast<std::size_t>(y.nbytes()));
+    if (x.scalar_type() == at::kFloat)
+        relu_loop<float>(x, y);
+    else
+        relu_loop<double>(x, y);
+}
+
+// Other dtypes (integers, float16, bfloat16) have no kernel here: torch's own ops compute
+// them, with the same semantics.
+at::Tensor relu_cpu(const at::Tensor& x) {
+    if (!kernel_dtype(x)) return at::relu(x);
+    at::TensorIterator iter = unary_iter(at::Tensor(), x);
+    const at::Tensor& y = iter.output(0);
+    relu_into(x, y);
+    return y;
+}
+
+void relu_inplace_cpu(at::Tensor& x) {
+    if (!kernel_dtype(x)) {
+        at::relu_(x);
+        return;
+    }
+    unary_iter(x, x);  // torch.relu_'s checks: one memory location per element
+    relu_into(x, x);
+}
+
+void relu_out_cpu(const at::Tensor& x, at::Tensor& out) {
+    if (!kernel_dtype(x) || !kernel_dtype(out)) {
+        at::clamp_min_out(out, x, 0);
+        return;
+    }
+    unary_iter(out, x);  // resizes out as clamp_min(out=) does; checks dtype and overlap
+    // out may be x itself (same view); TensorIterator has refused a partial overlap.
+    relu_into(x, out);
+}
+
+void backward_into(const at::Tensor& g, const at::Tensor& y, const at::Tensor& out) {
+    if (y.numel() == 0) return;
+    warn_if_pool_degraded(static_cast<std::size_t>(out.nbytes()));
+    if (y.scalar_type() == at::kFloat)
+        backward_loop<float>(g, y, out);
+    else
+        backward_loop<double>(g, y, out);
+}
+
+bool backward_kernel_ok(const at::Tensor& g, const at::Tensor& y) {
+    return kernel_dtype(y) && g.scalar_type() == y.scalar_type() && g.sizes() == y.sizes();
+}
+
+// threshold_backward(grad, result, 0): grad where result > 0 (or NaN), else +0.
+at::Tensor relu_backward_cpu(const at::Tensor& g, const at::Tensor& y) {
+    if (!backward_kernel_ok(g, y)) return at::threshold_backward(g, y, 0);
+    at::TensorIterator iter = binary_iter(at::Tensor(), g, y);
+    const at::Tensor& out = iter.output(0);
+    backward_into(g, y, out);
+    return out;
+}
+
+void relu_backward_out_cpu(const at::Tensor& g, const at::Tensor& y, at::Tensor& out) {
+    if (!backward_kernel_ok(g, y) || out.scalar_type() != y.scalar_type()) {
+        at::threshold_backward_out(out, g, y, 0);
+        return;
+    }
+    binary_iter(out, g, y);
+    backward_into(g, y, out);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(relu_module, m) {
+    const std::vector<at::Tag> pointwise{at::Tag::pointwise};
+    m.def("relu(Tensor self) -> Tensor", pointwise);
+    // Writers return nothing, as extension-cpp's mymuladd_out: functionalisation (torch.func,
+    // torch.compile, torch.export) takes a custom op's write only without an aliased output.
+    m.def("relu_(Tensor(a!) self) -> ()", pointwise);
+    m.def("relu.out(Tensor self, *, Tensor(a!) out) -> ()", pointwise);
+    m.def("relu_backward(Tensor grad_output, Tensor result) -> Tensor", pointwise);
+    m.def("relu_backward.out(Tensor grad_output, Tensor result, *, Tensor(a!) out) -> ()",
+          pointwise);
+}
+
+TORCH_LIBRARY_IMPL(relu_module, CPU, m) {
+    m.impl("relu", &relu_cpu);
+    m.impl("relu_", &relu_inplace_cpu);
+    m.impl("relu.out", &relu_out_cpu);
+    m.impl("relu_backward", &relu_backward_cpu);
+    m.impl("relu_backward.out", &relu_backward_out_cpu);
+}
+
+// What every torch in-place and out= op does before autograd sees the result: bump the version
+// counter of each tensor the schema says is written.
+TORCH_LIBRARY_IMPL(relu_module, ADInplaceOrView, m) {
+    m.impl("relu_", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
+    m.impl("relu.out", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
+    m.impl("relu_backward.out", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
+}
+
+namespace {
+
+// recording(*tensors): whether autograd must record a call on these tensors: grad mode is on
+// and one requires grad, or forward AD is on and one is a dual tensor (level 0, as torch's own
+// kernels check: torch.func nests jvp levels by wrapping). In C++ because Python has no way to
+// ask for a tangent without an op (_unpack_dual), which tracers would then record.
+PyObject* recording(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+    const bool grad = at::GradMode::is_enabled(),
+               fw = c10::AutogradState::get_tls_state().get_fw_grad_mode();
+    for (Py_ssize_t i = 0; i < nargs; ++i) {
+        if (!THPVariable_Check(args[i])) continue;
+        const at::Tensor& t = THPVariable_Unpack(args[i]);
+        if ((grad && t.requires_grad()) || (fw && t._fw_grad(0).defined())) Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+PyMethodDef kMethods[] = {
+    {"recording", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&recording)),
+     METH_FASTCALL, "Whether autograd (backward or forward mode) must record a call on these."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+// A Python module so that `import relu_module._torch_ops` loads the library (and runs the
+// registrations above); it fetches the kernel table from relu_module._ext.
+extern "C" PyMODINIT_FUNC PyInit__torch_ops(void) {
+    static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_torch_ops", nullptr, -1, kMethods};
+    g_api = static_cast<const relu_kernel::Api*>(PyCapsule_Import(relu_kernel::kApiCapsule, 0));
+    if (g_api == nullptr) return nullptr;
+    if (g_api->version != relu_kernel::kApiVersion) {
+        PyErr_SetString(PyExc_ImportError,
+                        "relu_module._torch_ops and relu_module._ext come from different builds; "
+                        "reinstall relu-module");
+        return nullptr;
+    }
+    return PyModule_Create(&def);
+}
