@@ -44,7 +44,6 @@ __all__ = ["relu", "ReLU", "ops"]
 ops = torch.ops.relu_module
 _relu, _relu_, _relu_out = ops.relu.default, ops.relu_.default, ops.relu.out
 _backward, _backward_out = ops.relu_backward.default, ops.relu_backward.out
-_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
 _lib = torch.library.Library("relu_module", "IMPL")  # noqa: TOR901  (kept alive: module global)
 
 
@@ -88,11 +87,6 @@ def _forward_of(op: Any, *args: Tensor) -> Any:
     """
     with torch._C._AutoDispatchBelowAutograd(), _fwad._set_fwd_grad_enabled(True):
         return op(*args)
-
-
-def _below_autograd(op: Any, keyset: Any, *args: Any, **kwargs: Any) -> Any:
-    with torch._C._AutoDispatchBelowAutograd():
-        return op.redispatch(keyset & _AFTER_AUTOGRAD, *args, **kwargs)
 
 
 class _Relu(_Function):
@@ -152,48 +146,26 @@ def _apply(fn: type[_Function], *args: Tensor) -> Tensor:
         return fn.apply(*args)
 
 
-_recording = _torch_ops.recording  # (*tensors) -> bool: grad or forward-AD recording
+# The calls autograd records (a tensor requires grad, or is a dual tensor): the compiled
+# Autograd kernels hand exactly those to these, and run every other call themselves.
 
 
-def _relu_autograd(keyset: Any, x: Tensor) -> Tensor:
-    if _recording(x):
-        return _apply(_Relu, x)
-    return _below_autograd(_relu, keyset, x)
+def _record_relu(x: Tensor) -> Tensor:
+    return _apply(_Relu, x)
 
 
-def _relu_inplace_autograd(keyset: Any, x: Tensor) -> None:
-    if not _recording(x):
-        _below_autograd(_relu_, keyset, x)
-        return
+def _record_relu_inplace(x: Tensor) -> None:
     # Recorded as torch records an in-place op: y = relu(x) with its graph (and tangent), then
     # copy_, whose checks (a leaf that requires grad, a view of one, overlapping elements) run
     # before it writes, and which bumps the version and rebases x's history once.
     x.copy_(_apply(_Relu, x))
 
 
-def _backward_autograd(keyset: Any, grad: Tensor, y: Tensor) -> Tensor:
-    if _recording(grad, y):
-        return _apply(_ReluBackward, grad, y)
-    return _below_autograd(_backward, keyset, grad, y)
+def _record_backward(grad: Tensor, y: Tensor) -> Tensor:
+    return _apply(_ReluBackward, grad, y)
 
 
-def _out_autograd(op: Any) -> Any:
-    def kernel(keyset: Any, *args: Tensor, out: Tensor) -> None:
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (*args, out)):
-            raise RuntimeError(  # torch's words for every out= op
-                f"{op._opname}(): functions with out=... arguments don't support automatic "
-                "differentiation, but one of the arguments requires grad."
-            )
-        _below_autograd(op, keyset, *args, out=out)
-
-    return kernel
-
-
-_lib.impl("relu", _relu_autograd, "Autograd", with_keyset=True)
-_lib.impl("relu_", _relu_inplace_autograd, "Autograd", with_keyset=True)
-_lib.impl("relu_backward", _backward_autograd, "Autograd", with_keyset=True)
-_lib.impl("relu.out", _out_autograd(_relu_out), "Autograd", with_keyset=True)
-_lib.impl("relu_backward.out", _out_autograd(_backward_out), "Autograd", with_keyset=True)
+_torch_ops.set_recorders(_record_relu, _record_relu_inplace, _record_backward)
 
 
 # ---- vmap: the ops are elementwise, so a batched call is one call on the batched tensors ------

@@ -12,6 +12,7 @@
 #include <ATen/ops/relu.h>
 #include <ATen/ops/threshold_backward.h>
 #include <Python.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
@@ -206,6 +207,114 @@ TORCH_LIBRARY_IMPL(relu_module, CPU, m) {
     m.impl("relu_backward.out", &relu_backward_out_cpu);
 }
 
+namespace {
+
+// ---- autograd -----------------------------------------------------------------------------
+//
+// In C++ so that a call autograd need not record (no tensor requires grad, none is a dual
+// tensor: the common inference and no_grad case) costs one redispatch, as torch's own
+// kernels do. A call it must record goes to relu_module.torch's Python implementation
+// (autograd.Function with backward and jvp, functorch-aware), set by set_recorders().
+
+enum Recorder { kRelu, kReluInplace, kBackward, kRecorders };
+PyObject* g_recorders[kRecorders] = {};
+
+bool recording(std::initializer_list<const at::Tensor*> ts) {
+    const bool grad = at::GradMode::is_enabled();
+    const bool fw = c10::AutogradState::get_tls_state().get_fw_grad_mode();
+    for (const at::Tensor* t : ts) {
+        if ((grad && t->requires_grad()) || (fw && t->_fw_grad(0).defined())) return true;
+    }
+    return false;
+}
+
+// Calls the Python recorder with the tensors; a Python exception passes through unchanged.
+at::Tensor record(Recorder which, std::initializer_list<const at::Tensor*> ts) {
+    TORCH_CHECK(g_recorders[which] != nullptr,
+                "relu_module: autograd for the relu_module operators is registered by "
+                "`import relu_module.torch`; import it before differentiating through them");
+    pybind11::gil_scoped_acquire gil;
+    PyObject* args = PyTuple_New(static_cast<Py_ssize_t>(ts.size()));
+    Py_ssize_t i = 0;
+    for (const at::Tensor* t : ts) PyTuple_SET_ITEM(args, i++, THPVariable_Wrap(*t));
+    PyObject* result = PyObject_Call(g_recorders[which], args, nullptr);
+    Py_DECREF(args);
+    if (result == nullptr) {
+        python_error err;
+        err.persist();
+        throw std::move(err);
+    }
+    at::Tensor out = THPVariable_Check(result) ? THPVariable_Unpack(result) : at::Tensor();
+    Py_DECREF(result);
+    return out;
+}
+
+template <class Sig>
+c10::TypedOperatorHandle<Sig> handle(const char* name, const char* overload) {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, overload).typed<Sig>();
+}
+
+at::Tensor relu_autograd(c10::DispatchKeySet ks, const at::Tensor& x) {
+    if (recording({&x})) return record(kRelu, {&x});
+    static const auto op = handle<at::Tensor(const at::Tensor&)>("relu_module::relu", "");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(ks & c10::after_ADInplaceOrView_keyset, x);
+}
+
+void relu_inplace_autograd(c10::DispatchKeySet ks, at::Tensor& x) {
+    if (recording({&x})) {
+        record(kReluInplace, {&x});
+        return;
+    }
+    static const auto op = handle<void(at::Tensor&)>("relu_module::relu_", "");
+    at::AutoDispatchBelowAutograd guard;  // ADInplaceOrView still runs: it bumps the version
+    op.redispatch(ks & c10::after_autograd_keyset, x);
+}
+
+at::Tensor backward_autograd(c10::DispatchKeySet ks, const at::Tensor& g, const at::Tensor& y) {
+    if (recording({&g, &y})) return record(kBackward, {&g, &y});
+    static const auto op =
+        handle<at::Tensor(const at::Tensor&, const at::Tensor&)>("relu_module::relu_backward", "");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(ks & c10::after_ADInplaceOrView_keyset, g, y);
+}
+
+// torch's words for every out= op whose arguments require grad.
+void refuse_out_with_grad(const char* name, std::initializer_list<const at::Tensor*> ts) {
+    if (!at::GradMode::is_enabled()) return;
+    for (const at::Tensor* t : ts) {
+        TORCH_CHECK(!t->requires_grad(), name,
+                    "(): functions with out=... arguments don't support automatic "
+                    "differentiation, but one of the arguments requires grad.");
+    }
+}
+
+void relu_out_autograd(c10::DispatchKeySet ks, const at::Tensor& x, at::Tensor& out) {
+    refuse_out_with_grad("relu", {&x, &out});
+    static const auto op = handle<void(const at::Tensor&, at::Tensor&)>("relu_module::relu", "out");
+    at::AutoDispatchBelowAutograd guard;
+    op.redispatch(ks & c10::after_autograd_keyset, x, out);
+}
+
+void backward_out_autograd(c10::DispatchKeySet ks, const at::Tensor& g, const at::Tensor& y,
+                           at::Tensor& out) {
+    refuse_out_with_grad("relu_backward", {&g, &y, &out});
+    static const auto op = handle<void(const at::Tensor&, const at::Tensor&, at::Tensor&)>(
+        "relu_module::relu_backward", "out");
+    at::AutoDispatchBelowAutograd guard;
+    op.redispatch(ks & c10::after_autograd_keyset, g, y, out);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(relu_module, Autograd, m) {
+    m.impl("relu", &relu_autograd);
+    m.impl("relu_", &relu_inplace_autograd);
+    m.impl("relu_backward", &backward_autograd);
+    m.impl("relu.out", &relu_out_autograd);
+    m.impl("relu_backward.out", &backward_out_autograd);
+}
+
 // What every torch in-place and out= op does before autograd sees the result: bump the version
 // counter of each tensor the schema says is written.
 TORCH_LIBRARY_IMPL(relu_module, ADInplaceOrView, m) {
@@ -216,24 +325,25 @@ TORCH_LIBRARY_IMPL(relu_module, ADInplaceOrView, m) {
 
 namespace {
 
-// recording(*tensors): whether autograd must record a call on these tensors: grad mode is on
-// and one requires grad, or forward AD is on and one is a dual tensor (level 0, as torch's own
-// kernels check: torch.func nests jvp levels by wrapping). In C++ because Python has no way to
-// ask for a tangent without an op (_unpack_dual), which tracers would then record.
-PyObject* recording(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
-    const bool grad = at::GradMode::is_enabled(),
-               fw = c10::AutogradState::get_tls_state().get_fw_grad_mode();
-    for (Py_ssize_t i = 0; i < nargs; ++i) {
-        if (!THPVariable_Check(args[i])) continue;
-        const at::Tensor& t = THPVariable_Unpack(args[i]);
-        if ((grad && t.requires_grad()) || (fw && t._fw_grad(0).defined())) Py_RETURN_TRUE;
+// set_recorders(relu, relu_, relu_backward): the Python implementations of the calls autograd
+// must record. Kept for the life of the process, as the library's registrations are.
+PyObject* set_recorders(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != kRecorders) {
+        PyErr_SetString(PyExc_TypeError, "set_recorders takes relu, relu_ and relu_backward");
+        return nullptr;
     }
-    Py_RETURN_FALSE;
+    for (Py_ssize_t i = 0; i < nargs; ++i) {
+        Py_INCREF(args[i]);
+        Py_XSETREF(g_recorders[i], args[i]);
+    }
+    Py_RETURN_NONE;
 }
 
 PyMethodDef kMethods[] = {
-    {"recording", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&recording)),
-     METH_FASTCALL, "Whether autograd (backward or forward mode) must record a call on these."},
+    {"set_recorders", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&set_recorders)),
+     METH_FASTCALL,
+     "Sets the Python implementations of relu, relu_ and relu_backward for calls autograd "
+     "records."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
