@@ -39,7 +39,7 @@ except ImportError as err:  # a wheel built where torch was missing, or for anot
         "`pip install --no-build-isolation ./relu_module` (torch installed first)"
     ) from err
 
-__all__ = ["relu", "ReLU", "ops"]
+__all__ = ["relu", "ReLU", "ops", "ReLUFunction", "ReLUInplaceFunction"]
 
 ops = torch.ops.relu_module
 _relu, _relu_, _relu_out = ops.relu.default, ops.relu_.default, ops.relu.out
@@ -281,11 +281,31 @@ def relu(x: Tensor, inplace: bool = False) -> Tensor:
     if not torch.jit.is_scripting():  # torch.nn.functional's own pattern
         if not isinstance(x, Tensor) and not has_torch_function((x,)):  # an fx Proxy has one
             raise TypeError(f"relu(): argument 'input' must be Tensor, not {type(x).__name__}")
+        if inplace and torch.onnx.is_in_onnx_export():
+            # The TorchScript-based ONNX exporter follows a write only through aten ops: the
+            # same write as relu + copy_, which it turns into the Relu node it feeds onwards.
+            return x.copy_(torch.ops.relu_module.relu(x))
     # The packets, not the overloads: TorchScript (jit.script of ReLU) resolves only those.
     if inplace:
         torch.ops.relu_module.relu_(x)
         return x
     return torch.ops.relu_module.relu(x)
+
+
+class ReLUFunction:
+    """Kept for callers of the former ``autograd.Function``: ``apply(x)`` is :func:`relu`."""
+
+    @staticmethod
+    def apply(x: Tensor) -> Tensor:
+        return relu(x)
+
+
+class ReLUInplaceFunction:
+    """Kept for callers of the former ``autograd.Function``: ``apply(x)`` is ``relu(x, True)``."""
+
+    @staticmethod
+    def apply(x: Tensor) -> Tensor:
+        return relu(x, inplace=True)
 
 
 class ReLU(nn.Module):

@@ -13,7 +13,6 @@
 #include <ATen/ops/threshold_backward.h>
 #include <Python.h>
 #include <torch/csrc/Exceptions.h>
-#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/library.h>
 
@@ -315,12 +314,32 @@ TORCH_LIBRARY_IMPL(relu_module, Autograd, m) {
     m.impl("relu_backward.out", &backward_out_autograd);
 }
 
-// What every torch in-place and out= op does before autograd sees the result: bump the version
-// counter of each tensor the schema says is written.
+namespace {
+
+// What every torch in-place and out= op does once it has written: bump the version counter of
+// each tensor the schema says is written (Tensor(a!)), so autograd detects a write into a saved
+// tensor, and an inference tensor written outside inference mode raises torch's error.
+void bump_written(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
+    const auto& args = op.schema().arguments();
+    const std::size_t first = stack->size() - args.size();
+    std::vector<at::Tensor> written;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const c10::AliasInfo* alias = args[i].alias_info();
+        if (alias != nullptr && alias->isWrite()) written.push_back((*stack)[first + i].toTensor());
+    }
+    {
+        at::AutoDispatchBelowADInplaceOrView guard;
+        op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
+    }
+    for (const at::Tensor& t : written) t.unsafeGetTensorImpl()->bump_version();
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(relu_module, ADInplaceOrView, m) {
-    m.impl("relu_", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
-    m.impl("relu.out", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
-    m.impl("relu_backward.out", torch::autograd::autogradNotImplementedInplaceOrViewFallback());
+    m.impl("relu_", torch::CppFunction::makeFromBoxedFunction<&bump_written>());
+    m.impl("relu.out", torch::CppFunction::makeFromBoxedFunction<&bump_written>());
+    m.impl("relu_backward.out", torch::CppFunction::makeFromBoxedFunction<&bump_written>());
 }
 
 namespace {
