@@ -228,7 +228,7 @@ _lib.impl("relu.out", _functional_write(_relu), "Functionalize")
 _lib.impl("relu_backward.out", _functional_write(_backward), "Functionalize")
 
 
-# ---- strided nested tensors: one kernel call per component ------------------------------------
+# ---- nested tensors: strided ones one kernel call per component ------------------------------------
 
 
 def _nested(fn: Any) -> Any:
@@ -244,6 +244,15 @@ def _relu_inplace_nested(x: Tensor) -> None:
         _relu_(part)
 
 
+def _relu_inplace_jagged(mode: Any, func: Any, types: Any, args: Any, kwargs: Any) -> None:
+    # Jagged nested tensors take the pointwise ops (Tag.pointwise) by themselves, but expect an
+    # in-place op to return its input; relu_ returns nothing: write the values buffer.
+    _relu_(args[0].values())
+
+
+torch.library.register_torch_dispatch(
+    "relu_module::relu_", torch.nested._internal.nested_tensor.NestedTensor, _relu_inplace_jagged
+)
 _lib.impl("relu", _nested(_relu), "NestedTensorCPU")
 _lib.impl("relu_", _relu_inplace_nested, "NestedTensorCPU")
 _lib.impl("relu_backward", _nested(_backward), "NestedTensorCPU")
@@ -280,7 +289,9 @@ def relu(x: Tensor, inplace: bool = False) -> Tensor:
     """
     if not torch.jit.is_scripting():  # torch.nn.functional's own pattern
         if not isinstance(x, Tensor) and not has_torch_function((x,)):  # an fx Proxy has one
-            raise TypeError(f"relu(): argument 'input' must be Tensor, not {type(x).__name__}")
+            raise TypeError(
+                f"relu(): argument 'input' (position 1) must be Tensor, not {type(x).__name__}"
+            )
         if inplace and torch.onnx.is_in_onnx_export():
             # The TorchScript-based ONNX exporter follows a write only through aten ops: the
             # same write as relu + copy_, which it turns into the Relu node it feeds onwards.
