@@ -136,7 +136,8 @@ def _functionalize(inplace: bool) -> Callable[[Impl], Any]:
 
         x = _x(5)
         gm = make_fx(torch.func.functionalize(f))(x)
-        mutating = [n for n in gm.graph.nodes if n.op == "call_function" and n.target._schema.is_mutable]
+        calls = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+        mutating = [op for op in calls if op._schema.is_mutable]
         return torch.func.functionalize(f)(x), gm(_x(5, seed=3)), len(mutating)
 
     return run
@@ -379,14 +380,14 @@ def _autograd(impl: Impl) -> Any:
 CASES = [
     Case("autograd", "values, grads, in-place grads, channels_last", _autograd),
     Case("forward AD", "primal and tangent, out of place and in place", _forward_ad),
-    Case("torch.func", "jvp, grad, vmap, vmap(grad), hessian, jacfwd(jacrev), in place", _torch_func),
+    Case("torch.func", "jvp, grad, vmap, vmap(grad), hessian, jacfwd(jacrev)", _torch_func),
     Case("torch.func.linearize", "the linearised function's values", _linearize),
     Case("make_fx", "the traced graph re-run on new inputs", _make_fx("real", False)),
     Case("make_fx in place", "ReLU(inplace=True) traced and re-run", _make_fx("real", True)),
     Case("make_fx fake", "tracing_mode='fake'", _make_fx("fake", False)),
     Case("make_fx symbolic", "tracing_mode='symbolic'", _make_fx("symbolic", True)),
     Case("aot_function", "values and grads through AOTAutograd", _aot_function),
-    Case("allow_mutation_on_saved_tensors", "grads after relu_ of a saved tensor", _mutation_on_saved),
+    Case("allow_mutation_on_saved_tensors", "grads after relu_ of saved b", _mutation_on_saved),
     Case("FakeTensorMode", "sizes, strides, dtype, class", _fake_tensor),
     Case("functionalize", "values; graph without writes", _functionalize(False)),
     Case("functionalize in place", "values; the write becomes functional", _functionalize(True)),
@@ -396,16 +397,16 @@ CASES = [
     Case("nested tensor (jagged)", "layout and components, in place too", _nested(torch.jagged)),
     Case("is_grads_batched", "autograd.grad with batched grads", _grads_batched),
     Case("jacobian(vectorize=True)", "the Jacobian", _jacobian_vectorized),
-    Case("gradcheck batched", "gradcheck/gradgradcheck with batched and forward AD", _gradcheck_batched),
+    Case("gradcheck batched", "(grad)gradcheck, batched grads, forward AD", _gradcheck_batched),
     Case("neg bit", "z.conj().imag as input", _neg_bit),
     Case("fx.symbolic_trace", "`from relu_module.torch import relu`: one node", _symbolic_trace),
     Case("torch.compile(fullgraph)", "module and ReLUFunction.apply, grads", _compile),
     Case("torch.export", "the exported module re-run", _export),
     Case("torch.jit", "script and trace", _jit),
     Case("resize_ on the output", "the output's storage is torch's", _resize_output),
-    Case("refused in place: expanded", "error; _version and grad_fn untouched", _refused_inplace_expanded),
+    Case("refused in place: expanded", "error; _version, grad_fn kept", _refused_inplace_expanded),
     Case("refused in place: leaf", "error; data untouched", _refused_inplace("leaf")),
-    Case("refused in place: view of a leaf", "error; data untouched", _refused_inplace("view of a leaf")),
+    Case("refused in place: leaf view", "error; data untouched", _refused_inplace("view of a leaf")),
     Case("refused in place: chunk()", "error; data untouched", _refused_inplace("chunk() output")),
     Case("refused in place: no_grad view", "error message", _refused_inplace("no_grad view")),
     Case("list input", "TypeError message", _list_input),

@@ -228,7 +228,7 @@ _lib.impl("relu.out", _functional_write(_relu), "Functionalize")
 _lib.impl("relu_backward.out", _functional_write(_backward), "Functionalize")
 
 
-# ---- nested tensors: strided ones one kernel call per component ------------------------------------
+# ---- nested tensors: a strided one takes one kernel call per component -----------------------
 
 
 def _nested(fn: Any) -> Any:
