@@ -406,7 +406,7 @@ CASES = [
     Case("resize_ on the output", "the output's storage is torch's", _resize_output),
     Case("refused in place: expanded", "error; _version, grad_fn kept", _refused_inplace_expanded),
     Case("refused in place: leaf", "error; data untouched", _refused_inplace("leaf")),
-    Case("refused in place: leaf view", "error; data untouched", _refused_inplace("view of a leaf")),
+    Case("refused in place: leaf view", "error; data kept", _refused_inplace("view of a leaf")),
     Case("refused in place: chunk()", "error; data untouched", _refused_inplace("chunk() output")),
     Case("refused in place: no_grad view", "error message", _refused_inplace("no_grad view")),
     Case("list input", "TypeError message", _list_input),
