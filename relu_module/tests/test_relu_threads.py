@@ -244,3 +244,76 @@ def test_workers_started_in_flush_denormal_mode_follow_the_caller_later() -> Non
     proc = run_python(code, env={"RELU_MODULE_NUM_THREADS": "2"}, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [10_000, 1_000_000], ids=["gil-release-size", "pool-size"])
+def test_call_from_del_at_exit_does_not_hang(n: int) -> None:
+    """The issue's hang: a __del__ in the final garbage collection (a reference cycle alive at
+    exit) calls relu_module on >= 32 KiB. While the interpreter finalises the call runs on the
+    caller's thread with the GIL held, so exit completes; the result is still right.
+    """
+    code = f"""
+    import gc, os, numpy as np, relu_module as rm
+
+    class Cycle:
+        def __del__(self):
+            x = np.linspace(-1, 1, {n}, dtype=np.float32)
+            y = rm.relu(x)
+            rm.relu_(x)
+            ok = np.array_equal(x, y) and np.array_equal(y, np.maximum(x, 0))
+            os.write(1, b"del-ran %d\\n" % ok)
+
+    def make_cycle():
+        a, b = Cycle(), Cycle()
+        a.other, b.other = b, a
+
+    gc.set_threshold(0)  # no automatic collection: the cycle lives until Py_FinalizeEx's
+    make_cycle()  # collection, which runs once the interpreter is finalising
+    """
+    proc = run_python(code, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["del-ran", "1", "del-ran", "1"], proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_degraded_pool_warning_comes_before_the_write() -> None:
+    """warnings as errors and a pool that cannot start its threads: an array is not written
+    (the warning comes first); a tensor is written and its version bumped before torch raises
+    the op's warning, so a gradient through the saved tensor raises instead of being wrong.
+    """
+    import resource
+
+    def limit_address_space() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    code = """
+    import warnings, numpy as np, torch, relu_module as rm
+    b = np.full(10**6, -1.0, np.float32)
+    warnings.simplefilter("error")
+    try:
+        rm.relu_(b)
+        print("no-warning")
+    except RuntimeWarning as w:
+        print("warned", "could only start" in str(w), bool((b == -1).all()))
+    rm.set_num_threads(1000)  # the pool degrades again on the next parallel call
+    w = torch.ones(10**6, requires_grad=True)
+    t = torch.full((10**6,), -1.0)
+    y = (w * t).sum()
+    try:
+        rm.relu_(t)
+    except RuntimeWarning:
+        pass
+    try:
+        y.backward()
+        print("backward-ran", w.grad[0].item())
+    except RuntimeError as err:
+        print("backward-raised", "modified by an inplace operation" in str(err))
+    """
+    proc = run_python(
+        code, env={"RELU_MODULE_NUM_THREADS": "1000"}, timeout=150, preexec_fn=limit_address_space
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "warned True True", proc.stdout
+    assert lines[1] == "backward-raised True", proc.stdout
