@@ -632,6 +632,7 @@ def machine_info(cfg: DictConfig) -> dict:
         "torch": torch.__version__,
         "relu_module": relu_module.__version__,
         "simd": relu_module.simd_level(),
+        "policy": relu_module._ext.policy(),  # mid-size thresholds from this CPU's caches
         "relu_module_threads": relu_module.get_num_threads(),
         "torch_threads": torch.get_num_threads(),
         "ceiling_threads": int(cfg.ceiling_threads),
@@ -732,6 +733,10 @@ def run(cfg: DictConfig) -> dict:
         "ratios": ratios,
         "rows": [asdict(r) for r in rows],
     }
+    if cfg.tensor_path.enabled:  # the torch operators: mlpipe/measure/relu_torch_bench.py
+        from mlpipe.measure.relu_torch_bench import run_tensor_path
+
+        result["tensor_path"] = run_tensor_path(cfg.tensor_path)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
     (out_dir / "summary.md").write_text(summary_markdown(result))
     plot(cfg, rows, out_dir / "bench.png")
@@ -756,6 +761,11 @@ def log_result(result: dict, out_dir: str) -> None:
     for which, cpu_s in result["idle_cpu_s"]["by_library"].items():
         log.info("idle process after one call: %s used %.1f ms CPU in %.1f s", which, cpu_s * 1e3,
                  result["idle_cpu_s"]["sleep_s"])  # fmt: skip
+    if "tensor_path" in result:
+        from mlpipe.measure.relu_torch_bench import table_lines
+
+        for line in table_lines(result["tensor_path"]):
+            log.info("%s", line)
     log.info(
         "wrote %s/results.json, summary.md and bench.png in %.0f s", out_dir, result["elapsed_s"]
     )

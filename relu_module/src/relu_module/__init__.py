@@ -72,11 +72,17 @@ def _torch_tensor_type() -> Any:
     return getattr(torch, "Tensor", None)
 
 
+_TORCH_OPS: Any = None
+
+
 def _torch_operators() -> Any:
     """torch.ops.relu_module, registered on first use (relu_module.torch imports torch)."""
-    from . import torch as _torch_integration
+    global _TORCH_OPS
+    if _TORCH_OPS is None:
+        from . import torch as _torch_integration
 
-    return _torch_integration.ops
+        _TORCH_OPS = _torch_integration.ops
+    return _TORCH_OPS
 
 
 def _require_tensor(t: Any, fn: str, arg: str) -> None:
@@ -148,9 +154,9 @@ def relu(x: Any, out: Any = None) -> Any:
         return _ext.relu(x, out)
     if _is_tensor(x):  # the torch operator: autograd, version counters, every torch mode
         if out is None:
-            return _torch_operators().relu(x)
+            return _torch_operators().relu.default(x)
         _require_tensor(out, "relu", "out")
-        _torch_operators().relu(x, out=out)
+        _torch_operators().relu.out(x, out=out)
         return out
     arr = _as_array(x, "relu", "x", writeable=False)
     if out is None:
@@ -167,7 +173,7 @@ def relu_(x: Any) -> Any:
     if type(x) is _ndarray:
         return _ext.relu_(x)
     if _is_tensor(x):
-        _torch_operators().relu_(x)
+        _torch_operators().relu_.default(x)
         return x
     return _ext.relu_(_as_array(x, "relu_", "x", writeable=True))
 
@@ -187,8 +193,8 @@ def relu_backward(grad: Any, x: Any, out: Any = None) -> Any:
             _require_tensor(t, "relu_backward", name)
         # x > 0 exactly where relu(x) > 0 (a NaN passes in both): the op's `result` may be x.
         if out is None:
-            return _torch_operators().relu_backward(grad, x)
-        _torch_operators().relu_backward(grad, x, out=out)
+            return _torch_operators().relu_backward.default(grad, x)
+        _torch_operators().relu_backward.out(grad, x, out=out)
         return out
     g_arr = _as_array(grad, "relu_backward", "grad", writeable=False)
     x_arr = _as_array(x, "relu_backward", "x", writeable=False)

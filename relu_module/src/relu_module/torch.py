@@ -287,20 +287,23 @@ def relu(x: Tensor, inplace: bool = False) -> Tensor:
     One operator call and nothing else, so every tracer (``fx.symbolic_trace``, ``make_fx``,
     ``torch.compile``, ``torch.export``, ``torch.jit``) records it as that operator.
     """
-    if not torch.jit.is_scripting():  # torch.nn.functional's own pattern
-        if not isinstance(x, Tensor) and not has_torch_function((x,)):  # an fx Proxy has one
-            raise TypeError(
-                f"relu(): argument 'input' (position 1) must be Tensor, not {type(x).__name__}"
-            )
-        if inplace and torch.onnx.is_in_onnx_export():
-            # The TorchScript-based ONNX exporter follows a write only through aten ops: the
-            # same write as relu + copy_, which it turns into the Relu node it feeds onwards.
-            return x.copy_(torch.ops.relu_module.relu(x))
-    # The packets, not the overloads: TorchScript (jit.script of ReLU) resolves only those.
-    if inplace:
-        torch.ops.relu_module.relu_(x)
-        return x
-    return torch.ops.relu_module.relu(x)
+    if torch.jit.is_scripting():  # TorchScript compiles only this branch: the packets
+        if inplace:
+            torch.ops.relu_module.relu_(x)
+            return x
+        return torch.ops.relu_module.relu(x)
+    if not isinstance(x, Tensor) and not has_torch_function((x,)):  # an fx Proxy has one
+        raise TypeError(
+            f"relu(): argument 'input' (position 1) must be Tensor, not {type(x).__name__}"
+        )
+    if not inplace:
+        return _relu(x)  # the overload: a packet call resolves overloads first (+1-2 us)
+    if torch._C._get_tracing_state() is not None:
+        # torch.jit.trace (and the TorchScript-based ONNX exporter) follows a write only
+        # through aten ops: record the same write as relu + copy_.
+        return x.copy_(_relu(x))
+    _relu_(x)
+    return x
 
 
 class ReLUFunction:
