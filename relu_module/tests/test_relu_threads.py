@@ -317,3 +317,24 @@ def test_degraded_pool_warning_comes_before_the_write() -> None:
     lines = proc.stdout.splitlines()
     assert lines[0] == "warned True True", proc.stdout
     assert lines[1] == "backward-raised True", proc.stdout
+
+
+def test_mid_size_policy_comes_from_this_cpus_caches() -> None:
+    """Thresholds follow the caches sysfs reports (L2/2 for threads, LLC/2 for streaming)."""
+    from pathlib import Path
+
+    policy = relu_module._ext.policy()
+    sizes: dict[int, int] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        if (index / "type").read_text().strip() == "Instruction":
+            continue
+        text = (index / "size").read_text().strip()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
+        sizes[int((index / "level").read_text())] = int(text.rstrip("KMG")) * scale
+    if 2 not in sizes:
+        pytest.skip("sysfs reports no L2 cache here: the policy uses its stated fallback")
+    assert policy["source"] == "sysfs"
+    assert policy["l2_bytes"] == sizes[2] and policy["llc_bytes"] == sizes[max(sizes)]
+    assert policy["parallel_min_bytes"] == sizes[2] // 2 == relu_module._ext.PARALLEL_MIN_BYTES
+    assert policy["stream_min_bytes"] == sizes[max(sizes)] // 2
+    assert "L2/2" in policy["why"] and "LLC/2" in policy["why"]
