@@ -72,17 +72,17 @@ def _torch_tensor_type() -> Any:
     return getattr(torch, "Tensor", None)
 
 
-_TORCH_OPS: Any = None
+_TORCH_INTEGRATION: Any = None
 
 
-def _torch_operators() -> Any:
-    """torch.ops.relu_module, registered on first use (relu_module.torch imports torch)."""
-    global _TORCH_OPS
-    if _TORCH_OPS is None:
-        from . import torch as _torch_integration
+def _torch_integration() -> Any:
+    """relu_module.torch (the torch operators), imported on first use: it imports torch."""
+    global _TORCH_INTEGRATION
+    if _TORCH_INTEGRATION is None:
+        from . import torch as integration
 
-        _TORCH_OPS = _torch_integration.ops
-    return _TORCH_OPS
+        _TORCH_INTEGRATION = integration
+    return _TORCH_INTEGRATION
 
 
 def _require_tensor(t: Any, fn: str, arg: str) -> None:
@@ -154,10 +154,9 @@ def relu(x: Any, out: Any = None) -> Any:
         return _ext.relu(x, out)
     if _is_tensor(x):  # the torch operator: autograd, version counters, every torch mode
         if out is None:
-            return _torch_operators().relu.default(x)
+            return _torch_integration().relu(x)
         _require_tensor(out, "relu", "out")
-        _torch_operators().relu.out(x, out=out)
-        return out
+        return _torch_integration().relu_out(x, out)
     arr = _as_array(x, "relu", "x", writeable=False)
     if out is None:
         return _ext.relu(arr, None)
@@ -173,8 +172,7 @@ def relu_(x: Any) -> Any:
     if type(x) is _ndarray:
         return _ext.relu_(x)
     if _is_tensor(x):
-        _torch_operators().relu_.default(x)
-        return x
+        return _torch_integration().relu(x, inplace=True)
     return _ext.relu_(_as_array(x, "relu_", "x", writeable=True))
 
 
@@ -193,8 +191,8 @@ def relu_backward(grad: Any, x: Any, out: Any = None) -> Any:
             _require_tensor(t, "relu_backward", name)
         # x > 0 exactly where relu(x) > 0 (a NaN passes in both): the op's `result` may be x.
         if out is None:
-            return _torch_operators().relu_backward.default(grad, x)
-        _torch_operators().relu_backward.out(grad, x, out=out)
+            return _torch_integration().ops.relu_backward.default(grad, x)
+        _torch_integration().ops.relu_backward.out(grad, x, out=out)
         return out
     g_arr = _as_array(grad, "relu_backward", "grad", writeable=False)
     x_arr = _as_array(x, "relu_backward", "x", writeable=False)

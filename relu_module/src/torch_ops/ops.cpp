@@ -7,6 +7,7 @@
 // Output allocation, shape and dtype checks, resizing of out= and the overlap checks are
 // torch's own TensorIterator, configured as torch.relu configures it: so sizes, strides
 // (size-1 dimensions included), errors and warnings are torch.relu's. Only the loop is ours.
+#include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/TensorIterator.h>
 #include <ATen/ops/clamp_min.h>
 #include <ATen/ops/relu.h>
@@ -14,6 +15,7 @@
 #include <Python.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/library.h>
 
 #include <array>
@@ -358,7 +360,77 @@ PyObject* set_recorders(PyObject* /*self*/, PyObject* const* args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
+// ---- the eager fast path ------------------------------------------------------------------
+//
+// relu(x), relu_(x), relu_out(x, out): the operators called through the dispatcher from C, as
+// torch's generated bindings call theirs. torch.ops' Python call (OpOverload.__call__, boxed
+// arguments) costs ~1 us more per call. The dispatcher still sees every call: autograd,
+// functorch, dispatch modes (fake tensors, make_fx, functionalisation), the jit tracer.
+// Dynamo cannot trace a C function: relu_module.torch calls these only outside torch.compile.
+
+// Whether the fast path may take a call: every argument a plain Tensor (a subclass has its
+// __torch_function__ to run), no TorchFunctionMode, and (for a write) no jit trace, which
+// follows writes only through aten ops. Otherwise it returns NotImplemented and the caller
+// takes torch.ops' Python call.
+bool plain(PyObject* const* args, Py_ssize_t nargs, Py_ssize_t want, bool writes) {
+    if (nargs != want || at::impl::torch_function_mode_enabled()) return false;
+    if (writes && torch::jit::tracer::isTracing()) return false;
+    for (Py_ssize_t i = 0; i < nargs; ++i) {
+        if (!THPVariable_CheckExact(args[i])) return false;
+    }
+    return true;
+}
+
+PyObject* fast_relu(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+    HANDLE_TH_ERRORS
+    if (!plain(args, nargs, 1, false)) Py_RETURN_NOTIMPLEMENTED;
+    static const auto op = handle<at::Tensor(const at::Tensor&)>("relu_module::relu", "");
+    const at::Tensor& x = THPVariable_Unpack(args[0]);
+    at::Tensor y;
+    {
+        pybind11::gil_scoped_release no_gil;
+        y = op.call(x);
+    }
+    return THPVariable_Wrap(std::move(y));
+    END_HANDLE_TH_ERRORS
+}
+
+PyObject* fast_relu_(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+    HANDLE_TH_ERRORS
+    if (!plain(args, nargs, 1, true)) Py_RETURN_NOTIMPLEMENTED;
+    static const auto op = handle<void(at::Tensor&)>("relu_module::relu_", "");
+    at::Tensor x = THPVariable_Unpack(args[0]);
+    {
+        pybind11::gil_scoped_release no_gil;
+        op.call(x);
+    }
+    Py_INCREF(args[0]);
+    return args[0];
+    END_HANDLE_TH_ERRORS
+}
+
+PyObject* fast_relu_out(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs) {
+    HANDLE_TH_ERRORS
+    if (!plain(args, nargs, 2, true)) Py_RETURN_NOTIMPLEMENTED;
+    static const auto op = handle<void(const at::Tensor&, at::Tensor&)>("relu_module::relu", "out");
+    const at::Tensor& x = THPVariable_Unpack(args[0]);
+    at::Tensor out = THPVariable_Unpack(args[1]);
+    {
+        pybind11::gil_scoped_release no_gil;
+        op.call(x, out);
+    }
+    Py_INCREF(args[1]);
+    return args[1];
+    END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef kMethods[] = {
+    {"relu", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_relu)), METH_FASTCALL,
+     "relu_module::relu(x), called from C."},
+    {"relu_", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_relu_)),
+     METH_FASTCALL, "relu_module::relu_(x) from C (returns x), or NotImplemented."},
+    {"relu_out", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_relu_out)),
+     METH_FASTCALL, "relu_module::relu.out(x, out=out) from C (returns out), or NotImplemented."},
     {"set_recorders", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&set_recorders)),
      METH_FASTCALL,
      "Sets the Python implementations of relu, relu_ and relu_backward for calls autograd "
