@@ -58,7 +58,7 @@ def contenders(x: torch.Tensor, form: str) -> dict[str, Callable[[], object]]:
             NUMPY: lambda: np.maximum(nb, 0, out=nb),
         }
     return {
-        OURS: lambda: rt.ops.relu.out(x, out=out),
+        OURS: lambda: rt.relu_out(x, out),
         TORCH: lambda: torch.clamp_min(x, 0, out=out),
         NUMPY: lambda: np.maximum(a, 0, out=o),
     }
@@ -133,8 +133,8 @@ def run_tensor_path(cfg: DictConfig) -> dict:
         "targets": targets(cfg.targets, cells),
         "cells": cells,
         "notes": [
-            "relu_module.torch: torch.ops.relu_module.relu / relu_ through relu_module.torch.relu, "
-            "relu.out called directly; torch's out= form is torch.clamp_min(t, 0, out=o)",
+            "relu_module.torch: torch.ops.relu_module.relu / relu_ / relu.out through "
+            "relu_module.torch.relu / relu_out; torch's out= form is torch.clamp_min(t, 0, out=o)",
             "interleaved (round-robin, shuffled) min and median per call; a shared machine "
             "is noisy: compare min times, re-run when quiet",
         ],
