@@ -455,6 +455,9 @@ const relu_kernel::Api kApi{
     &relu_kernel::relu_backward_strided<float>,
     &relu_kernel::relu_backward_strided<double>,
     &pool_warning_c,
+    relu_kernel::kCacheMinBytes,
+    &relu_kernel::acquire_buffer,
+    [](void* p, std::size_t capacity) { relu_kernel::release_buffer(p, capacity); },
 };
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 
+#include "buffer_cache.hpp"
 #include "relu_kernel.hpp"
 
 namespace relu_kernel {
@@ -26,6 +27,10 @@ struct Api {
     // Prepares the pool a job of out_bytes would use and copies a degraded pool's warning (once)
     // into buf, NUL-terminated; returns its length, 0 if there is none.
     std::size_t (*pool_warning)(std::size_t out_bytes, char* buf, std::size_t cap);
+    // The output-block cache (buffer_cache.hpp): outputs of at least cache_min_bytes.
+    std::size_t cache_min_bytes;
+    void* (*acquire_buffer)(std::size_t bytes, std::size_t* capacity);
+    void (*release_buffer)(void* ptr, std::size_t capacity);
 };
 
 }  // namespace relu_kernel

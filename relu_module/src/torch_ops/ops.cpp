@@ -10,6 +10,8 @@
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/TensorIterator.h>
 #include <ATen/ops/clamp_min.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/CPUAllocator.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/threshold_backward.h>
 #include <Python.h>
@@ -126,12 +128,40 @@ void relu_into(const at::Tensor& x, const at::Tensor& y) {
         relu_loop<double>(x, y);
 }
 
+struct CachedBlock {
+    void* ptr;
+    std::size_t capacity;
+};
+
+void release_block(void* ctx) {
+    auto* block = static_cast<CachedBlock*>(ctx);
+    g_api->release_buffer(block->ptr, block->capacity);
+    delete block;
+}
+
+// A large output from the kernels' block cache (huge pages, reused: a fresh 40 MB output
+// otherwise costs more in page faults than the kernel takes), laid out as TensorIterator lays
+// out the output of a contiguous input: contiguous. Its storage stays resizable (a resize
+// moves it to torch's allocator), as every torch output's is. Undefined if not applicable.
+at::Tensor cached_output(const at::Tensor& x) {
+    const std::size_t nbytes = x.nbytes();
+    if (nbytes < g_api->cache_min_bytes || !x.is_contiguous()) return {};
+    std::size_t capacity = 0;
+    void* p = g_api->acquire_buffer(nbytes, &capacity);
+    if (p == nullptr) return {};
+    c10::DataPtr data(p, new CachedBlock{p, capacity}, &release_block, x.device());
+    c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, std::move(data),
+                         c10::GetCPUAllocator(), /*resizable=*/true);
+    return at::empty({0}, x.options())
+        .set_(storage, 0, x.sizes(), c10::contiguous_strides(x.sizes()));
+}
+
 // Other dtypes (integers, float16, bfloat16) have no kernel here: torch's own ops compute
 // them, with the same semantics.
 at::Tensor relu_cpu(const at::Tensor& x) {
     if (!kernel_dtype(x)) return at::relu(x);
-    at::TensorIterator iter = unary_iter(at::Tensor(), x);
-    const at::Tensor& y = iter.output(0);
+    at::Tensor y = cached_output(x);
+    if (!y.defined()) y = unary_iter(at::Tensor(), x).output(0);
     relu_into(x, y);
     return y;
 }
