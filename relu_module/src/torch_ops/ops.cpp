@@ -11,10 +11,10 @@
 #include <ATen/TensorIterator.h>
 #include <ATen/ops/clamp_min.h>
 #include <ATen/ops/empty.h>
-#include <c10/core/CPUAllocator.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/threshold_backward.h>
 #include <Python.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
