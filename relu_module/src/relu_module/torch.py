@@ -43,7 +43,7 @@ __all__ = ["relu", "relu_out", "ReLU", "ops", "ReLUFunction", "ReLUInplaceFuncti
 
 ops = torch.ops.relu_module
 _relu, _relu_, _relu_out = ops.relu.default, ops.relu_.default, ops.relu.out
-_backward, _backward_out = ops.relu_backward.default, ops.relu_backward.out
+_backward = ops.relu_backward.default
 _lib = torch.library.Library("relu_module", "IMPL")  # noqa: TOR901  (kept alive: module global)
 
 
