@@ -96,7 +96,7 @@ bench-serving: export ## latency/throughput per backend (torch, ORT, Triton HTTP
 report: data ## reports/REPORT.md from whatever stages have run
 	mlpipe-report
 
-CXX_SRC     := $(sort $(wildcard relu_module/src/*.cpp relu_module/src/*.hpp mlpipe/measure/*.cpp))
+CXX_SRC     := $(sort $(wildcard relu_module/src/*.cpp relu_module/src/*.hpp relu_module/src/torch_ops/*.cpp mlpipe/measure/*.cpp))
 
 lint: setup ## ruff (lint + format check) on the Python, clang-format check on the C++
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@
   # build-system
   setuptools,
   pybind11,
+  torch, # relu_module._torch_ops (the torch operators) builds against it; _ext never links it
 
   # dependencies
   numpy,
@@ -40,6 +41,7 @@ buildPythonPackage {
   build-system = [
     setuptools
     pybind11
+    torch
   ];
 
   dependencies = [ numpy ];

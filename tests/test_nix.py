@@ -460,7 +460,7 @@ def test_mlpipe_depends_on_its_wheels_and_the_fallbacks(evaluated: dict) -> None
     for name in ("relu-module-1.0.0", "nvidia-pytriton-0.7.0", "onnxscript-0.7.2", "torch", "dvc"):
         assert any(name in d for d in deps), f"mlpipe lacks {name}: {deps}"
     assert any("onnx-ir-1.1.0" in d for d in py["onnxscript"]["dependencies"])
-    assert py["relu-module"]["build-system"] == ["setuptools", "pybind11"]
+    assert py["relu-module"]["build-system"] == ["setuptools", "pybind11", "torch"]
     stubs = py["nvidia-pytriton"]["postInstall"]
     assert "python_backend_stubs/3.13/triton_python_backend_stub" in stubs
 

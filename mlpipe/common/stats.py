@@ -3,8 +3,11 @@ targets, bench, tuner, knee, load generator)."""
 
 from __future__ import annotations
 
+import random
+import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -57,3 +60,46 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, inner: int = 1)
             fn()
 
     return [timed(sample)[1] / inner for _ in range(repeats)]
+
+
+@dataclass
+class Timer:
+    """Round-robin timing of several callables: each repeat times every contender once.
+
+    The order is shuffled every repeat (fixed seed): whoever runs right after torch meets its
+    still-spinning OpenMP threads, and a fixed order would always hand that to the same one.
+    """
+
+    repeats: int
+    min_sample_s: float
+    max_loops: int
+    seed: int
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    faults: dict[str, float] = field(default_factory=dict)
+
+    def _loops(self, fn: Callable[[], object]) -> int:
+        fn()  # warm-up: first touch, lazy pool start, allocator state
+        dt = max(timed(fn)[1], 1e-9)
+        return max(1, min(self.max_loops, int(self.min_sample_s / dt)))
+
+    def run(self, fns: Mapping[str, Callable[[], object]]) -> None:
+        loops = {name: self._loops(fn) for name, fn in fns.items()}
+        for name in fns:
+            self.samples[name], self.faults[name] = [], 0.0
+        order = list(fns)
+        rng = random.Random(self.seed)
+        for _ in range(self.repeats):
+            rng.shuffle(order)
+            for name in order:
+                fn, k = fns[name], loops[name]
+                f0 = _minor_faults()
+                self.samples[name] += time_calls(fn, 0, 1, inner=k)
+                self.faults[name] += (_minor_faults() - f0) / k / self.repeats
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -49,6 +49,8 @@ ELEMENTWISE_OPS: dict[str, tuple[float, float]] = {
         for op in (
             "aten::relu",
             "aten::relu_",
+            "relu_module::relu",  # relu_module.torch.ReLU: the kernel's torch operators
+            "relu_module::relu_",
             "aten::leaky_relu",
             "aten::gelu",
             "aten::silu",
@@ -79,13 +81,6 @@ def _flop_analysis(net: nn.Module, example: torch.Tensor):
     for op, (i, o) in ELEMENTWISE_OPS.items():
         analysis.set_op_handle(op, elementwise_flop_counter(i, o))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    # A custom autograd.Function (relu_module.torch.ReLU) traces as `prim::PythonOp.<name>`:
-    # count it as elementwise (1 FLOP per output element) and say so.
-    analysis.total()  # runs the trace, so unsupported ops are known
-    python_ops = [op for op in analysis.unsupported_ops() if op.startswith("prim::PythonOp.")]
-    for op in python_ops:
-        log.info("counting custom op %s as elementwise: 1 FLOP per output element", op)
-        analysis.set_op_handle(op, elementwise_flop_counter(0, 1))
     analysis.total()
     skipped = list(analysis.unsupported_ops())
     if skipped:

@@ -22,8 +22,6 @@ import importlib.util
 import json
 import logging
 import os
-import random
-import resource
 import shlex
 import statistics
 import subprocess
@@ -32,7 +30,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -47,54 +45,16 @@ from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, positive_int, positive_ints, require
 from mlpipe.common.errors import ConfigError
 from mlpipe.common.provenance import machine_info
-from mlpipe.common.stats import time_calls, timed
+from mlpipe.common.stats import Timer, time_calls, timed
 from mlpipe.measure.relu_tables import log_lines, plot, summary_markdown
 from mlpipe.measure.relu_targets import CEILING, COPY, FORMS, ORIGINAL, Row, ratio_table, summarize
+from mlpipe.measure.relu_torch_bench import run_tensor_path, table_lines
 from relu_module import _ext
 
 log = logging.getLogger("relu_bench")
 
 #: The original design and the stream-copy ceiling, compiled at bench time (clang-format sees it).
 REFERENCE_CPP = Path(__file__).with_name("relu_reference.cpp")
-
-
-@dataclass
-class Timer:
-    """Round-robin timing of several callables: each repeat times every contender once.
-
-    The order is shuffled every repeat (fixed seed): whoever runs right after torch meets its
-    still-spinning OpenMP threads, and a fixed order would always hand that to the same one.
-    """
-
-    repeats: int
-    min_sample_s: float
-    max_loops: int
-    seed: int
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    faults: dict[str, float] = field(default_factory=dict)
-
-    def _loops(self, fn: Callable[[], object]) -> int:
-        fn()  # warm-up: first touch, lazy pool start, allocator state
-        dt = max(timed(fn)[1], 1e-9)
-        return max(1, min(self.max_loops, int(self.min_sample_s / dt)))
-
-    def run(self, fns: Mapping[str, Callable[[], object]]) -> None:
-        loops = {name: self._loops(fn) for name, fn in fns.items()}
-        for name in fns:
-            self.samples[name], self.faults[name] = [], 0.0
-        order = list(fns)
-        rng = random.Random(self.seed)
-        for _ in range(self.repeats):
-            rng.shuffle(order)
-            for name in order:
-                fn, k = fns[name], loops[name]
-                f0 = _minor_faults()
-                self.samples[name] += time_calls(fn, 0, 1, inner=k)
-                self.faults[name] += (_minor_faults() - f0) / k / self.repeats
-
-
-def _minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def build_references(workdir: Path) -> ModuleType:
@@ -252,6 +212,7 @@ def bench_machine(cfg: DictConfig) -> dict:
     return {
         **machine_info(),
         "simd": relu_module.simd_level(),
+        "policy": _ext.policy(),  # mid-size thresholds from this CPU's caches, and why
         "relu_module_threads": relu_module.get_num_threads(),
         "torch_threads": torch.get_num_threads(),
         "ceiling_threads": int(cfg.ceiling_threads),
@@ -342,6 +303,8 @@ def run(cfg: DictConfig) -> dict:
         "ratios": ratios,
         "rows": [asdict(r) for r in rows],
     }
+    if cfg.tensor_path.enabled:  # the torch operators, per call and per byte
+        result["tensor_path"] = run_tensor_path(cfg.tensor_path)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
     (out_dir / "summary.md").write_text(summary_markdown(result))
     plot(cfg, rows, out_dir / "bench.png")
@@ -354,6 +317,9 @@ def main(cfg: DictConfig) -> None:
     result = run(cfg.relu_bench)
     for line in log_lines(result):
         log.info("%s", line)
+    if "tensor_path" in result:
+        for line in table_lines(result["tensor_path"]):
+            log.info("%s", line)
     log.info(
         "wrote %s/results.json, summary.md and bench.png in %.0f s",
         cfg.relu_bench.out_dir,

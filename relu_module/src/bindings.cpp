@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "buffer_cache.hpp"
+#include "relu_api.hpp"
 #include "relu_kernel.hpp"
 #include "settings.hpp"
 #include "thread_pool.hpp"
@@ -29,7 +30,17 @@ constexpr std::size_t kReleaseGilMinBytes = std::size_t(64) << 10;
 
 enum class Kind { f32, f64 };
 
-// Releases the GIL for its scope when the call is large enough to pay for it.
+bool finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing() != 0;
+#else
+    return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// Releases the GIL for its scope when the call is large enough to pay for it, and never while the
+// interpreter finalises: then the call runs on the caller's thread alone, holding the GIL (a
+// __del__ in the final garbage collection would otherwise park the main thread below).
 //
 // Not pybind11's gil_scoped_release: a daemon thread that re-takes the GIL while the interpreter
 // finalises is ended by Python 3.11 with pthread_exit, whose forced unwind through that class's
@@ -39,7 +50,8 @@ enum class Kind { f32, f64 };
 // check and the re-take, the destructor lets the forced unwind pass (noexcept(false)).
 class MaybeNoGil {
 public:
-    explicit MaybeNoGil(bool release) : saved_(release ? PyEval_SaveThread() : nullptr) {}
+    explicit MaybeNoGil(bool release)
+        : saved_(release && !finalizing() ? PyEval_SaveThread() : nullptr) {}
     MaybeNoGil(const MaybeNoGil&) = delete;
     MaybeNoGil& operator=(const MaybeNoGil&) = delete;
     ~MaybeNoGil() noexcept(false) {
@@ -49,22 +61,32 @@ public:
     }
 
 private:
-    static bool finalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
-        return Py_IsFinalizing() != 0;
-#else
-        return _Py_IsFinalizing() != 0;
-#endif
-    }
     PyThreadState* saved_;
 };
 
-// Turns a degraded thread pool's message into a Python RuntimeWarning (GIL held).
-void warn_if_pool_degraded() {
+// Prepares the pool a job of out_bytes would use and, if it could not start its threads, says
+// so as a Python RuntimeWarning (GIL held) before anything is written: a caller that turned
+// warnings into errors gets its arrays back untouched.
+void warn_if_pool_degraded(std::size_t out_bytes) {
+    relu_kernel::prepare_pool(out_bytes);
     const std::string w = relu_kernel::take_pool_warning();
     if (!w.empty() && PyErr_WarnEx(PyExc_RuntimeWarning, w.c_str(), 1) != 0) {
         throw py::error_already_set();  // warnings turned into errors
     }
+}
+
+// Runs work() for a job of out_bytes: on the caller's thread alone, GIL held, while the
+// interpreter finalises; else with the GIL released when the job is large enough.
+template <class Work>
+void run_job(std::size_t out_bytes, Work work) {
+    if (finalizing()) {
+        relu_kernel::CallerOnly caller_only;
+        work();
+        return;
+    }
+    warn_if_pool_degraded(out_bytes);
+    MaybeNoGil nogil(out_bytes >= kReleaseGilMinBytes);
+    work();
 }
 
 std::string to_text(const py::handle& h) {
@@ -287,11 +309,7 @@ void relu_dispatch(const py::array& x, py::array& out) {
         else
             relu_kernel::relu_strided<T>(ndim ? ndim : 1, shape, xv, yv);
     };
-    {
-        MaybeNoGil nogil(n * sizeof(T) >= kReleaseGilMinBytes);
-        work();
-    }
-    warn_if_pool_degraded();
+    run_job(n * sizeof(T), work);
 }
 
 template <class T>
@@ -319,11 +337,7 @@ void backward_dispatch(const py::array& g, const py::array& x, py::array& out) {
             relu_kernel::relu_backward_strided<T>(ndim ? ndim : 1, shape, gv, xv, yv);
         }
     };
-    {
-        MaybeNoGil nogil(n * sizeof(T) >= kReleaseGilMinBytes);
-        work();
-    }
-    warn_if_pool_degraded();
+    run_job(n * sizeof(T), work);
 }
 
 py::object relu_py(const py::handle& x_obj, const py::handle& out_obj) {
@@ -403,6 +417,49 @@ long long spin_us() {
     return relu_kernel::settings().spin_us;
 }
 
+py::dict policy_dict() {
+    const relu_kernel::Policy& p = relu_kernel::policy();
+    py::dict d;
+    d["l2_bytes"] = p.l2_bytes;
+    d["llc_bytes"] = p.llc_bytes;
+    d["parallel_min_bytes"] = p.parallel_min_bytes;
+    d["stream_min_bytes"] = p.stream_min_bytes;
+    d["source"] = p.source;
+    d["why"] = p.why;
+    return d;
+}
+
+std::size_t pool_warning_c(std::size_t out_bytes, char* buf, std::size_t cap) {
+    relu_kernel::prepare_pool(out_bytes);
+    const std::string w = relu_kernel::take_pool_warning();
+    if (w.empty() || cap == 0) return 0;
+    const std::size_t n = std::min(w.size(), cap - 1);
+    std::copy(w.begin(), w.begin() + static_cast<std::ptrdiff_t>(n), buf);
+    buf[n] = '\0';
+    return n;
+}
+
+// The table relu_module._torch_ops calls the kernels through (relu_api.hpp).
+const relu_kernel::Api kApi{
+    relu_kernel::kApiVersion,
+    [](const float* x, float* y, std::size_t n) { relu_kernel::relu(x, y, n); },
+    [](const double* x, double* y, std::size_t n) { relu_kernel::relu(x, y, n); },
+    [](const float* g, const float* x, float* y, std::size_t n) {
+        relu_kernel::relu_backward(g, x, y, n);
+    },
+    [](const double* g, const double* x, double* y, std::size_t n) {
+        relu_kernel::relu_backward(g, x, y, n);
+    },
+    &relu_kernel::relu_strided<float>,
+    &relu_kernel::relu_strided<double>,
+    &relu_kernel::relu_backward_strided<float>,
+    &relu_kernel::relu_backward_strided<double>,
+    &pool_warning_c,
+    relu_kernel::kCacheMinBytes,
+    &relu_kernel::acquire_buffer,
+    [](void* p, std::size_t capacity) { relu_kernel::release_buffer(p, capacity); },
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_ext, m) {
@@ -436,8 +493,11 @@ PYBIND11_MODULE(_ext, m) {
     m.def("cache_limit_bytes", &relu_kernel::cache_limit_bytes,
           "Limit of the output-block cache (RELU_MODULE_CACHE_MB, default 1024 MiB; 0 disables).");
     m.attr("CACHE_MIN_BYTES") = relu_kernel::kCacheMinBytes;
-    m.attr("PARALLEL_MIN_BYTES") = relu_kernel::kParallelMinBytes;
-    m.attr("STREAM_MIN_BYTES") = relu_kernel::kStreamMinBytes;
+    m.attr("PARALLEL_MIN_BYTES") = relu_kernel::policy().parallel_min_bytes;
+    m.attr("STREAM_MIN_BYTES") = relu_kernel::policy().stream_min_bytes;
+    m.def("policy", &policy_dict,
+          "The mid-size policy derived from this CPU's caches: cache sizes, thresholds, and why.");
+    m.attr("_C_API") = py::capsule(&kApi, relu_kernel::kApiCapsule);
     m.attr("RELEASE_GIL_MIN_BYTES") = kReleaseGilMinBytes;
     m.attr("MAX_THREADS") = relu_kernel::kMaxThreads;
 }

@@ -204,7 +204,7 @@ inline std::size_t block_elems(std::size_t n, std::size_t elem, int threads) {
 // Runs task over `blocks` blocks on the pool when the output is large enough to pay for a
 // second thread; otherwise (or when another thread owns the pool) entirely on the caller.
 void run(ThreadPool::Task task, void* ctx, std::size_t blocks, std::size_t out_bytes) {
-    if (blocks > 1 && out_bytes >= kParallelMinBytes && get_num_threads() > 1) {
+    if (blocks > 1 && out_bytes >= policy().parallel_min_bytes && threads_for_call() > 1) {
         std::shared_ptr<ThreadPool> pool = global_pool();
         if (pool->try_run(task, ctx, blocks)) return;
     }
@@ -246,12 +246,12 @@ void binary_task(void* ctx, std::size_t blk) {
 template <class T>
 void relu_contiguous(const T* x, T* y, std::size_t n) {
     const std::size_t bytes = n * sizeof(T);
-    const bool stream = kHaveStream && x != y && bytes >= kStreamMinBytes;
-    if (bytes < kParallelMinBytes || get_num_threads() == 1) {
+    const bool stream = kHaveStream && x != y && bytes >= policy().stream_min_bytes;
+    if (bytes < policy().parallel_min_bytes || threads_for_call() == 1) {
         relu_serial(x, y, n, stream);
         return;
     }
-    const std::size_t block = block_elems(n, sizeof(T), get_num_threads());
+    const std::size_t block = block_elems(n, sizeof(T), threads_for_call());
     UnaryJob<T> job{x, y, n, block, stream};
     run(&unary_task<T>, &job, (n + block - 1) / block, bytes);
 }
@@ -259,11 +259,11 @@ void relu_contiguous(const T* x, T* y, std::size_t n) {
 template <class T>
 void relu_backward_contiguous(const T* g, const T* x, T* y, std::size_t n) {
     const std::size_t bytes = n * sizeof(T);
-    if (bytes < kParallelMinBytes || get_num_threads() == 1) {
+    if (bytes < policy().parallel_min_bytes || threads_for_call() == 1) {
         bwd_leaf(g, x, y, n);
         return;
     }
-    const std::size_t block = block_elems(n, sizeof(T), get_num_threads());
+    const std::size_t block = block_elems(n, sizeof(T), threads_for_call());
     BinaryJob<T> job{g, x, y, n, block};
     run(&binary_task<T>, &job, (n + block - 1) / block, bytes);
 }
@@ -430,7 +430,7 @@ void run_rows(ThreadPool::Task task, Job& j, std::size_t elem) {
     const std::size_t rows = static_cast<std::size_t>(j.shape[0]);
     const std::size_t row_elems = std::max<std::size_t>(1, n / rows);
     j.rows_per_block =
-        std::max<std::size_t>(1, block_elems(n, elem, get_num_threads()) / row_elems);
+        std::max<std::size_t>(1, block_elems(n, elem, threads_for_call()) / row_elems);
     run(task, &j, (rows + j.rows_per_block - 1) / j.rows_per_block, n * elem);
 }
 

@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "policy.hpp"
+
 namespace relu_kernel {
 
 // A view of an n-d array: byte strides, as numpy keeps them.
@@ -17,12 +19,7 @@ struct View {
     const std::ptrdiff_t* strides;  // ndim entries, bytes
 };
 
-// Streaming (non-temporal) stores pay off only when the output is far larger than the
-// last-level cache (32 MiB L3 here); below that they evict data the next call would reuse.
-constexpr std::size_t kStreamMinBytes = std::size_t(16) << 20;
-// Below this many bytes of output a second thread costs more (wake-up, cache-line hand-over)
-// than it saves; measured crossover on a 2-core Zen 3 is ~1e5 float32 elements.
-constexpr std::size_t kParallelMinBytes = std::size_t(256) << 10;
+// When a second thread and non-temporal stores pay: policy() (policy.hpp), from the CPU's caches.
 
 // Contiguous kernels. out may equal x exactly (in place) but must not partially overlap it.
 // They split across the global thread pool when the output is large.

@@ -5,6 +5,7 @@
 #include <string>
 #include <system_error>
 
+#include "policy.hpp"
 #include "settings.hpp"
 
 #if defined(__linux__)
@@ -194,6 +195,21 @@ int get_num_threads() {
     return n;
 }
 
+namespace {
+thread_local bool t_caller_only = false;
+}  // namespace
+
+int threads_for_call() {
+    return t_caller_only ? 1 : get_num_threads();
+}
+
+CallerOnly::CallerOnly() : saved_(t_caller_only) {
+    t_caller_only = true;
+}
+CallerOnly::~CallerOnly() {
+    t_caller_only = saved_;
+}
+
 void set_num_threads(int n) {
     g_num_threads.store(n < 1 ? 1 : (n > kMaxThreads ? kMaxThreads : n), std::memory_order_relaxed);
 }
@@ -251,6 +267,10 @@ std::shared_ptr<ThreadPool> global_pool() {
         }
     }
     return *g_pool;
+}
+
+void prepare_pool(std::size_t out_bytes) {
+    if (out_bytes >= policy().parallel_min_bytes && threads_for_call() > 1) global_pool();
 }
 
 std::string take_pool_warning() {

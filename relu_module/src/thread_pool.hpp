@@ -82,6 +82,24 @@ private:
 // valid, else the CPUs this process may run on).
 int default_num_threads();
 int get_num_threads();
+// Threads the calling thread may use for its next job: 1 inside a CallerOnly scope, else
+// get_num_threads().
+int threads_for_call();
+// For its lifetime, every job started by this thread runs on this thread alone. Used at
+// interpreter shutdown, when waiting on anything (the pool, the GIL) may never end.
+class CallerOnly {
+public:
+    CallerOnly();
+    ~CallerOnly();
+    CallerOnly(const CallerOnly&) = delete;
+    CallerOnly& operator=(const CallerOnly&) = delete;
+
+private:
+    bool saved_;
+};
+// Builds (or resizes) the pool a job of `out_bytes` would use, so that a pool that cannot start
+// its threads is known, and take_pool_warning() says so, before the job writes anything.
+void prepare_pool(std::size_t out_bytes);
 // Changes the thread count, clamped to [1, kMaxThreads] (the bindings reject values outside);
 // the pool is rebuilt lazily on the next parallel call.
 void set_num_threads(int n);

@@ -79,23 +79,27 @@ def test_backward_operands_must_match() -> None:
         relu_backward(np.zeros(3, np.float32), np.zeros(3))
 
 
-def test_non_cpu_tensor_says_call_cpu() -> None:
-    t = torch.empty(3, device="meta")
-    with pytest.raises(ValueError, match=r"\.cpu\(\)"):
-        relu(t)
-    with pytest.raises(ValueError, match=r"\.cpu\(\)"):
-        relu_(t)
+def test_tensors_behave_as_torch_relu() -> None:
+    """Tensors go to the torch operator: what torch.relu accepts works (meta, integer and
+    requires_grad tensors), and what it refuses raises torch's error."""
+    meta = torch.empty(3, device="meta")
+    assert relu(meta).device == meta.device and relu_(meta) is meta
+    assert relu(torch.arange(-2, 2)).tolist() == [0, 0, 0, 1]
+    y = relu(torch.tensor([-1.0, 2.0], requires_grad=True))
+    assert y.requires_grad and y.grad_fn is not None
+    with pytest.raises(RuntimeError, match="dtype"):
+        relu(torch.zeros(3), out=torch.zeros(3, dtype=torch.float64))
 
 
-def test_tensor_errors() -> None:
-    with pytest.raises(TypeError, match="float32 and float64"):
-        relu(torch.arange(3))
-    with pytest.raises(ValueError, match="requires grad"):
-        relu(torch.zeros(3, requires_grad=True))
-    with torch.no_grad():
-        relu(torch.zeros(3, requires_grad=True))
-    with pytest.raises(TypeError, match="to_dense"):
-        relu(torch.zeros(3, 3).to_sparse())
+def test_tensors_mixed_with_arrays_raise_type_error() -> None:
+    with pytest.raises(TypeError, match="pass tensors throughout"):
+        relu(torch.zeros(3), out=np.zeros(3))
+    with pytest.raises(TypeError, match="pass tensors throughout"):
+        relu(np.zeros(3), out=torch.zeros(3))
+    with pytest.raises(TypeError, match="pass tensors throughout"):
+        relu_backward(torch.zeros(3), np.zeros(3))
+    with pytest.raises(TypeError, match="not array-like"):  # the issue's list of a tensor
+        relu([torch.ones(2, requires_grad=True)])
 
 
 @pytest.mark.timeout(180)

@@ -244,3 +244,98 @@ def test_workers_started_in_flush_denormal_mode_follow_the_caller_later() -> Non
     proc = run_python(code, env={"RELU_MODULE_NUM_THREADS": "2"}, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n", [10_000, 1_000_000], ids=["gil-release-size", "pool-size"])
+def test_call_from_del_at_exit_does_not_hang(n: int) -> None:
+    """The issue's hang: a __del__ in the final garbage collection (a reference cycle alive at
+    exit) calls relu_module on >= 32 KiB. While the interpreter finalises the call runs on the
+    caller's thread with the GIL held, so exit completes; the result is still right.
+    """
+    code = f"""
+    import gc, os, numpy as np, relu_module as rm
+
+    class Cycle:
+        def __del__(self):
+            x = np.linspace(-1, 1, {n}, dtype=np.float32)
+            y = rm.relu(x)
+            rm.relu_(x)
+            ok = np.array_equal(x, y) and np.array_equal(y, np.maximum(x, 0))
+            os.write(1, b"del-ran %d\\n" % ok)
+
+    def make_cycle():
+        a, b = Cycle(), Cycle()
+        a.other, b.other = b, a
+
+    gc.set_threshold(0)  # no automatic collection: the cycle lives until Py_FinalizeEx's
+    make_cycle()  # collection, which runs once the interpreter is finalising
+    """
+    proc = run_python(code, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["del-ran", "1", "del-ran", "1"], proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_degraded_pool_warning_comes_before_the_write() -> None:
+    """warnings as errors and a pool that cannot start its threads: an array is not written
+    (the warning comes first); a tensor is written and its version bumped before torch raises
+    the op's warning, so a gradient through the saved tensor raises instead of being wrong.
+    """
+    import resource
+
+    def limit_address_space() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    code = """
+    import warnings, numpy as np, torch, relu_module as rm
+    b = np.full(10**6, -1.0, np.float32)
+    warnings.simplefilter("error")
+    try:
+        rm.relu_(b)
+        print("no-warning")
+    except RuntimeWarning as w:
+        print("warned", "could only start" in str(w), bool((b == -1).all()))
+    rm.set_num_threads(1000)  # the pool degrades again on the next parallel call
+    w = torch.ones(10**6, requires_grad=True)
+    t = torch.full((10**6,), -1.0)
+    y = (w * t).sum()
+    try:
+        rm.relu_(t)
+        print("no-warning")
+    except UserWarning as w:  # TORCH_WARN: torch's own warning class
+        print("tensor-warned", "could only start" in str(w))
+    try:
+        y.backward()
+        print("backward-ran", w.grad[0].item())
+    except RuntimeError as err:
+        print("backward-raised", "modified by an inplace operation" in str(err))
+    """
+    proc = run_python(
+        code, env={"RELU_MODULE_NUM_THREADS": "1000"}, timeout=150, preexec_fn=limit_address_space
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "warned True True", proc.stdout
+    assert lines[1:] == ["tensor-warned True", "backward-raised True"], proc.stdout
+
+
+def test_mid_size_policy_comes_from_this_cpus_caches() -> None:
+    """Thresholds follow the caches sysfs reports (L2/2 for threads, LLC/2 for streaming)."""
+    from pathlib import Path
+
+    policy = relu_module._ext.policy()
+    sizes: dict[int, int] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        if (index / "type").read_text().strip() == "Instruction":
+            continue
+        text = (index / "size").read_text().strip()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
+        sizes[int((index / "level").read_text())] = int(text.rstrip("KMG")) * scale
+    if 2 not in sizes:
+        pytest.skip("sysfs reports no L2 cache here: the policy uses its stated fallback")
+    assert policy["source"] == "sysfs"
+    assert policy["l2_bytes"] == sizes[2] and policy["llc_bytes"] == sizes[max(sizes)]
+    assert policy["parallel_min_bytes"] == sizes[2] // 2 == relu_module._ext.PARALLEL_MIN_BYTES
+    assert policy["stream_min_bytes"] == sizes[max(sizes)] // 2
+    assert "L2/2" in policy["why"] and "LLC/2" in policy["why"]

@@ -103,7 +103,7 @@ def test_cpp_sources_are_clang_formatted() -> None:
     import shutil
 
     root = Path(__file__).resolve().parents[1]
-    sources = sorted((root / "src").glob("*.[ch]pp"))
+    sources = sorted([*(root / "src").glob("*.[ch]pp"), *(root / "src").glob("torch_ops/*.cpp")])
     exe = shutil.which("clang-format", path=str(Path(sys.executable).parent)) or shutil.which(
         "clang-format"
     )

@@ -304,7 +304,7 @@ def test_cuda_measured_peaks_are_plausible() -> None:
 
 
 def test_relu_module_activation_counts_like_torch_relu() -> None:
-    """The kernel's autograd ReLU traces as a PythonOp: counted as elementwise, same as nn.ReLU."""
+    """The kernel's ReLU traces as the operator relu_module::relu: elementwise, as nn.ReLU."""
     from relu_module.torch import ReLU as KernelReLU
 
     def net(act: type[nn.Module]) -> nn.Sequential:

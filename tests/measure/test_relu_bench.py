@@ -20,6 +20,9 @@ TINY = (
     "relu_bench.warm.calls=3",
     "relu_bench.idle.sleep_s=0.2",
     "relu_bench.repeats=[{min_bytes: 0, repeats: 3}]",
+    "relu_bench.tensor_path.sizes=[10,300000]",
+    "relu_bench.tensor_path.dtypes=[float64]",
+    "relu_bench.tensor_path.repeats=3",
 )
 
 
@@ -47,6 +50,26 @@ def test_tiny_run_writes_every_column(tmp_path: Path) -> None:
     assert all(0 <= v < 10 * idle["sleep_s"] for v in idle["by_library"].values())
     summary = (Path(cfg.out_dir) / "summary.md").read_text()
     assert "warm med" in summary and "CPU time of an idle process" in summary
+    assert on_disk["machine"]["policy"]["parallel_min_bytes"] > 0
+
+
+def test_tensor_path_cells_ratios_targets_and_policy(tmp_path: Path) -> None:
+    from mlpipe.measure.relu_torch_bench import run_tensor_path, table_lines
+
+    cfg = compose_app("relu_bench", tmp_path, *TINY).relu_bench.tensor_path
+    result = run_tensor_path(cfg)
+    cells = {(c["n"], c["form"]): c for c in result["cells"]}
+    forms = ("out-of-place", "in-place", "out=")
+    assert set(cells) == {(n, f) for n in (10, 300000) for f in forms}
+    for c in cells.values():
+        assert set(c["min_s"]) == {"relu_module.torch", "torch", "numpy"}
+        assert c["ratio_vs_torch"] > 0 and c["ratio_vs_best"] > 0 and c["ours_gbps"] > 0
+    small, large = result["targets"]
+    assert small["where"].endswith(forms) and "n=1e+01" in small["where"]
+    assert "n=3e+05" in large["where"] and large["limit"] == 1.0
+    policy = result["policy"]
+    assert policy["parallel_min_bytes"] == policy["l2_bytes"] // 2 and policy["why"]
+    assert any(line.startswith(("[PASS]", "[MISS]")) for line in table_lines(result))
 
 
 @pytest.mark.parametrize(

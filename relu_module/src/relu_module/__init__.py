@@ -2,8 +2,9 @@
 
 Results are bit-identical to ``torch.relu``: ``-0.0`` stays ``-0.0`` and every NaN passes
 through with its payload (``np.maximum(x, 0)`` turns ``-0.0`` into ``+0.0``). The work happens
-in the compiled ``relu_module._ext``; this module only turns torch tensors and Python sequences
-into zero-copy ndarray views, so the fast path for ndarrays adds two ``type()`` checks.
+in the compiled ``relu_module._ext``; this module only turns Python sequences into arrays, so
+the fast path for ndarrays adds two ``type()`` checks. Torch tensors go to the torch operators
+of ``relu_module.torch`` (``torch.ops.relu_module.*``), which run the same kernels.
 """
 
 from __future__ import annotations
@@ -71,58 +72,38 @@ def _torch_tensor_type() -> Any:
     return getattr(torch, "Tensor", None)
 
 
-_INFERENCE_INPLACE = (
-    "Inplace update to inference tensor outside InferenceMode is not allowed.You can make a clone "
-    "to get a normal tensor before doing inplace update.See "
-    "https://github.com/pytorch/rfcs/pull/17 for more details."
-)
+_TORCH_INTEGRATION: Any = None
 
 
-def _tensor_to_array(t: Any, fn: str, arg: str, written: bool = False) -> np.ndarray:
-    """Zero-copy ndarray view of a CPU float tensor, or a clear error saying what to change.
+def _torch_integration() -> Any:
+    """relu_module.torch (the torch operators), imported on first use: it imports torch."""
+    global _TORCH_INTEGRATION
+    if _TORCH_INTEGRATION is None:
+        from . import torch as integration
 
-    ``written``: the call writes into ``t``, so torch's in-place rules apply first.
-    """
-    import torch
+        _TORCH_INTEGRATION = integration
+    return _TORCH_INTEGRATION
 
-    if t.device.type != "cpu":
-        raise ValueError(
-            f"{fn}: {arg} is a torch tensor on device '{t.device}'; relu_module computes on the "
-            f"CPU only. Move it first with {arg}.cpu() (or use torch.relu on that device)"
-        )
-    if t.layout != torch.strided:
+
+def _require_tensor(t: Any, fn: str, arg: str) -> None:
+    tensor_type = _torch_tensor_type()
+    if not isinstance(t, tensor_type):
         raise TypeError(
-            f"{fn}: {arg} has layout {t.layout}; only dense (strided) tensors are supported, "
-            f"call {arg}.to_dense()"
+            f"{fn}: {arg} must be a torch tensor like the other arguments, got "
+            f"{type(t).__name__}; pass tensors throughout (torch.from_numpy(a) views an array)"
         )
-    if t.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"{fn}: {arg} has unsupported dtype {t.dtype}; accepted dtypes are {_ACCEPTED}. "
-            f"Convert first, e.g. {arg}.float()"
-        )
-    if t.requires_grad and torch.is_grad_enabled():
-        raise ValueError(
-            f"{fn}: {arg} requires grad; relu_module.{fn} does not record autograd history. Use "
-            "relu_module.torch.relu / relu_module.torch.ReLU for autograd, or call inside "
-            "torch.no_grad()"
-        )
-    if written and t.is_inference() and not torch.is_inference_mode_enabled():
-        raise RuntimeError(f"{fn}: {_INFERENCE_INPLACE}")  # torch's own words for torch.relu_
-    try:
-        return t.detach().numpy()
-    except (RuntimeError, TypeError) as err:  # e.g. a tensor with the negative/conjugate bit set
-        raise ValueError(
-            f"{fn}: cannot view {arg} as a numpy array without a copy ({err})"
-        ) from err
 
 
-def _as_array(x: Any, fn: str, arg: str, writeable: bool) -> tuple[np.ndarray, bool]:
-    """(ndarray view of x, whether x was a torch tensor). Never copies an ndarray or a tensor."""
+def _as_array(x: Any, fn: str, arg: str, writeable: bool) -> np.ndarray:
+    """ndarray view of x (never a copy of an ndarray), or of a sequence of numbers."""
     if isinstance(x, _ndarray):
-        return x, False
+        return x
     tensor_type = _torch_tensor_type()
     if tensor_type is not None and isinstance(x, tensor_type):
-        return _tensor_to_array(x, fn, arg, written=writeable), True
+        raise TypeError(
+            f"{fn}: {arg} is a torch tensor but the other arguments are not; pass tensors "
+            "throughout (torch.from_numpy(a) views an array without a copy)"
+        )
     if writeable:
         raise TypeError(
             f"{fn}: {arg} must be a writeable numpy.ndarray or CPU torch tensor, got "
@@ -141,7 +122,7 @@ def _as_array(x: Any, fn: str, arg: str, writeable: bool) -> tuple[np.ndarray, b
         )
     try:
         arr = np.asarray(x)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RuntimeError) as err:  # RuntimeError: a list of tensors
         raise TypeError(
             f"{fn}: {arg} of type {type(x).__name__} is not array-like ({err})"
         ) from err
@@ -153,19 +134,12 @@ def _as_array(x: Any, fn: str, arg: str, writeable: bool) -> tuple[np.ndarray, b
             "accepted dtypes are "
             f"{_ACCEPTED} (a sequence must hold only real numbers)"
         )
-    return arr, False
+    return arr
 
 
-def _bump_version(t: Any) -> None:
-    """Tell autograd that ``t`` was written (its version counter), as every torch in-place op does.
-
-    The write went through a numpy view that torch cannot see; without this, a tensor saved for
-    backward and then rectified in place would give a silently wrong gradient instead of torch's
-    "modified by an inplace operation" error.
-    """
-    import torch
-
-    torch.autograd.graph.increment_version(t)
+def _is_tensor(x: Any) -> bool:
+    tensor_type = _torch_tensor_type()
+    return tensor_type is not None and isinstance(x, tensor_type)
 
 
 def relu(x: Any, out: Any = None) -> Any:
@@ -178,19 +152,15 @@ def relu(x: Any, out: Any = None) -> Any:
     """
     if type(x) is _ndarray and (out is None or type(out) is _ndarray):
         return _ext.relu(x, out)
-    arr, is_tensor = _as_array(x, "relu", "x", writeable=False)
+    if _is_tensor(x):  # the torch operator: autograd, version counters, every torch mode
+        if out is None:
+            return _torch_integration().relu(x)
+        _require_tensor(out, "relu", "out")
+        return _torch_integration().relu_out(x, out)
+    arr = _as_array(x, "relu", "x", writeable=False)
     if out is None:
-        result = _ext.relu(arr, None)
-        if is_tensor:
-            import torch
-
-            return torch.from_numpy(result)
-        return result
-    out_arr, out_tensor = _as_array(out, "relu", "out", writeable=True)
-    _ext.relu(arr, out_arr)
-    if out_tensor:
-        _bump_version(out)
-    return out
+        return _ext.relu(arr, None)
+    return _ext.relu(arr, _as_array(out, "relu", "out", writeable=True))
 
 
 def relu_(x: Any) -> Any:
@@ -201,11 +171,9 @@ def relu_(x: Any) -> Any:
     """
     if type(x) is _ndarray:
         return _ext.relu_(x)
-    arr, is_tensor = _as_array(x, "relu_", "x", writeable=True)
-    _ext.relu_(arr)
-    if is_tensor:
-        _bump_version(x)
-    return x
+    if _is_tensor(x):
+        return _torch_integration().relu(x, inplace=True)
+    return _ext.relu_(_as_array(x, "relu_", "x", writeable=True))
 
 
 def relu_backward(grad: Any, x: Any, out: Any = None) -> Any:
@@ -218,17 +186,16 @@ def relu_backward(grad: Any, x: Any, out: Any = None) -> Any:
     """
     if type(grad) is _ndarray and type(x) is _ndarray and (out is None or type(out) is _ndarray):
         return _ext.relu_backward(grad, x, out)
-    g_arr, g_tensor = _as_array(grad, "relu_backward", "grad", writeable=False)
-    x_arr, x_tensor = _as_array(x, "relu_backward", "x", writeable=False)
+    if _is_tensor(grad) or _is_tensor(x):
+        for name, t in (("grad", grad), ("x", x)) + ((("out", out),) if out is not None else ()):
+            _require_tensor(t, "relu_backward", name)
+        # x > 0 exactly where relu(x) > 0 (a NaN passes in both): the op's `result` may be x.
+        if out is None:
+            return _torch_integration().ops.relu_backward.default(grad, x)
+        _torch_integration().ops.relu_backward.out(grad, x, out=out)
+        return out
+    g_arr = _as_array(grad, "relu_backward", "grad", writeable=False)
+    x_arr = _as_array(x, "relu_backward", "x", writeable=False)
     if out is None:
-        result = _ext.relu_backward(g_arr, x_arr, None)
-        if g_tensor or x_tensor:
-            import torch
-
-            return torch.from_numpy(result)
-        return result
-    out_arr, out_tensor = _as_array(out, "relu_backward", "out", writeable=True)
-    _ext.relu_backward(g_arr, x_arr, out_arr)
-    if out_tensor:
-        _bump_version(out)
-    return out
+        return _ext.relu_backward(g_arr, x_arr, None)
+    return _ext.relu_backward(g_arr, x_arr, _as_array(out, "relu_backward", "out", writeable=True))

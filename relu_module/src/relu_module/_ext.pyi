@@ -1,5 +1,7 @@
 """Type stubs for the compiled relu_module._ext (private: call relu_module's functions)."""
 
+from typing import Any, TypedDict
+
 import numpy as np
 import numpy.typing as npt
 
@@ -10,6 +12,15 @@ STREAM_MIN_BYTES: int
 RELEASE_GIL_MIN_BYTES: int
 CACHE_MIN_BYTES: int
 MAX_THREADS: int
+_C_API: Any  # the kernels' table for relu_module._torch_ops (relu_api.hpp), a PyCapsule
+
+class Policy(TypedDict):
+    l2_bytes: int
+    llc_bytes: int
+    parallel_min_bytes: int
+    stream_min_bytes: int
+    source: str
+    why: str
 
 def relu(x: _FloatArray, out: _FloatArray | None = None) -> _FloatArray: ...
 def relu_(x: _FloatArray) -> _FloatArray: ...
@@ -24,3 +35,4 @@ def simd_level() -> str: ...
 def empty_cache() -> int: ...
 def cached_bytes() -> int: ...
 def cache_limit_bytes() -> int: ...
+def policy() -> Policy: ...

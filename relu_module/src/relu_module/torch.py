@@ -1,178 +1,347 @@
-"""torch integration: autograd Functions and an ``nn.Module`` running the relu_module kernels.
+"""relu_module's kernels as torch operators, and ``ReLU``, a drop-in for ``nn.ReLU``.
 
-Forward, backward and the forward-mode derivative (``jvp``) run the C++ kernels on zero-copy
-numpy views of CPU float32/float64 tensors, with torch's semantics in every mode torch has
-(docs/relu_module.md, "Semantics and limits"):
+As pytorch/extension-cpp does (``extension_cpp/ops.py``): the compiled ``_torch_ops`` library
+defines the operators with their schemas and registers the CPU kernels (on the tensors' data
+pointers) and the version-counter bumps of what they write; this module registers the rest with
+``torch.library``: fake kernels, autograd (backward and forward mode), vmap rules, and the
+decompositions exporters use. Every transform and mode of torch then sees a real operator:
 
-* autograd: version counters, the in-place checks (a leaf that requires grad, a view of one,
-  a ``chunk()`` output) raised before any data changes, double backward;
-* forward AD (``torch.autograd.forward_ad``) and ``torch.func`` (``grad``, ``jvp``, ``vmap``,
-  through ``setup_context`` and ``generate_vmap_rule``): where functorch hands the Function its
-  wrapped tensors, the Function computes with the bit-identical torch ops instead;
-* tracers and compilers record ``torch.relu`` / ``torch.relu_`` (bit-identical results) instead
-  of the kernel: ``torch.jit.script``, ``torch.jit.trace`` (so ``jit.save`` works),
-  ``torch.compile``, ``torch.export`` and the ONNX exporters, which therefore emit the standard
-  ``Relu`` node. ``torch.fx.symbolic_trace`` keeps :func:`relu` as one call (a leaf), so the
-  traced module still runs the kernel.
+=========================================  =============================================
+``torch.ops.relu_module.relu(x)``          ``torch.relu(x)``
+``torch.ops.relu_module.relu_(x)``         ``torch.relu_(x)``
+``torch.ops.relu_module.relu.out(x, out)`` ``torch.clamp_min(x, 0, out=out)``
+``torch.ops.relu_module.relu_backward``    ``threshold_backward(grad, result, 0)``
+=========================================  =============================================
 
-On other devices or dtypes (CUDA, float16, bfloat16) the module also uses ``torch.relu``.
+docs/relu_module.md ("torch semantics") lists the transforms and modes the conformance suite
+(tests/test_relu_conformance.py) checks against ``nn.ReLU``.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 import torch.autograd.forward_ad as _fwad
 from torch import Tensor, nn
+from torch._functorch.utils import enable_single_level_autograd_function
+from torch.autograd.function import _SingleLevelFunction as _Function
+from torch.overrides import has_torch_function
 
-from . import _ext
-from . import relu_ as _relu_inplace_tracked
+from . import _ext  # noqa: F401  (the kernels, which _torch_ops calls through their capsule)
 
-__all__ = ["ReLUFunction", "ReLUInplaceFunction", "relu", "ReLU"]
+try:
+    from . import _torch_ops  # registers torch.ops.relu_module.*
+except ImportError as err:  # a wheel built where torch was missing, or for another torch
+    raise ImportError(
+        f"relu_module.torch: the torch operators are not usable ({err}). relu-module builds them "
+        "against the torch of its build environment: reinstall it there with "
+        "`pip install --no-build-isolation ./relu_module` (torch installed first)"
+    ) from err
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
-# BatchedTensor, GradTrackingTensor, ...: torch.func's wrappers, which have no numpy view.
-_is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", lambda t: False)
-_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
+__all__ = ["relu", "relu_out", "ReLU", "ops", "ReLUFunction", "ReLUInplaceFunction"]
 
-
-def _kernel_ok(*tensors: Tensor) -> bool:
-    """True if the kernel can take every tensor as a plain zero-copy numpy view."""
-    return all(
-        t.is_cpu
-        and t.dtype in _KERNEL_DTYPES
-        and t.layout == torch.strided
-        and not _is_wrapped(t)
-        and not t.is_neg()
-        and not t.is_conj()
-        for t in tensors
-    )
+ops = torch.ops.relu_module
+_relu, _relu_, _relu_out = ops.relu.default, ops.relu_.default, ops.relu.out
+_backward = ops.relu_backward.default
+_lib = torch.library.Library("relu_module", "IMPL")  # noqa: TOR901  (kept alive: module global)
 
 
-def _relu_out_of_place(x: Tensor) -> Tensor:
-    if _kernel_ok(x):
-        return torch.from_numpy(_ext.relu(x.detach().numpy(), None))
-    return torch.relu(x)
+# ---- fake kernels: torch's own meta functions, so sizes, strides and errors are torch's -------
 
 
-def _mask(grad: Tensor, y: Tensor) -> Tensor:
-    """torch's threshold_backward(grad, y, 0): grad where y > 0 (or NaN), else +0."""
-    # A graph to record (backward with create_graph=True, or a jvp under grad mode on tensors
-    # that require grad) needs the differentiable aten op; it computes the same bits.
-    recording = torch.is_grad_enabled() and (grad.requires_grad or y.requires_grad)
-    if _kernel_ok(grad, y) and grad.dtype == y.dtype and not recording:
-        return torch.from_numpy(_ext.relu_backward(grad.detach().numpy(), y.detach().numpy()))
-    return torch.ops.aten.threshold_backward(grad, y, 0)
+@torch.library.register_fake("relu_module::relu")
+def _relu_fake(x: Tensor) -> Tensor:
+    return torch.ops.aten.relu.default(x)
 
 
-class ReLUFunction(torch.autograd.Function):
-    """ReLU whose forward, backward and jvp run the C++ kernels."""
+@torch.library.register_fake("relu_module::relu_")
+def _relu_inplace_fake(x: Tensor) -> None:
+    torch.ops.aten.relu_.default(x)
 
-    generate_vmap_rule = True  # vmap runs forward/backward/jvp on batched tensors: torch ops
+
+@torch.library.register_fake("relu_module::relu.out")
+def _relu_out_fake(x: Tensor, *, out: Tensor) -> None:
+    torch.ops.aten.clamp_min.out(x, 0, out=out)
+
+
+@torch.library.register_fake("relu_module::relu_backward")
+def _backward_fake(grad: Tensor, result: Tensor) -> Tensor:
+    return torch.ops.aten.threshold_backward.default(grad, result, 0)
+
+
+@torch.library.register_fake("relu_module::relu_backward.out")
+def _backward_out_fake(grad: Tensor, result: Tensor, *, out: Tensor) -> None:
+    torch.ops.aten.threshold_backward.grad_input(grad, result, 0, grad_input=out)
+
+
+# ---- autograd: reverse and forward mode, as torch's derivatives.yaml has them for relu -------
+
+
+def _forward_of(op: Any, *args: Tensor) -> Any:
+    """A Function's forward: ``op`` below this level's autograd, with forward AD left on.
+
+    A Function runs its forward with forward AD off; under torch.func that switch would also
+    reach the levels below this one (a jvp around a grad), which then lose their tangents.
+    torch's own kernels leave it alone: so does this.
+    """
+    with torch._C._AutoDispatchBelowAutograd(), _fwad._set_fwd_grad_enabled(True):
+        return op(*args)
+
+
+class _Relu(_Function):
+    """relu: grad -> relu_backward(grad, result); tangent -> relu_backward(tangent, result)."""
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:
-        return _relu_out_of_place(x)
+        return _forward_of(_relu, x)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
-        # Save the output, as torch does: y <= 0 exactly where x <= 0, and x can then be freed.
+        # The output, as torch saves it: x can be freed, and result > 0 exactly where x > 0.
         ctx.save_for_backward(output)
         ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return _mask(grad, y)
+        return _backward(grad, y)
 
     @staticmethod
     def jvp(ctx: Any, x_t: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
-        return _mask(x_t, y)
-
-    @staticmethod
-    def symbolic(g: Any, x: Any) -> Any:
-        """ONNX graph for the TorchScript exporter, if it meets the Function: the Relu operator."""
-        return g.op("Relu", x)
+        return _backward(x_t, y)
 
 
-class ReLUInplaceFunction(ReLUFunction):
-    """In-place ReLU on the tensor's own storage (``nn.ReLU(inplace=True)`` semantics).
-
-    ``apply`` first lets autograd accept the in-place op (``mark_dirty``), whose checks raise
-    torch's own errors for a leaf that requires grad, a view of one or a multi-output view; only
-    then does the kernel rectify ``x``. So a rejected call leaves the data alone, as
-    ``torch.relu_`` does. The saved tensor is ``x`` itself, rectified by the time backward runs;
-    the jvp's mask is the same from x before or after (x <= 0 exactly where relu(x) <= 0).
+class _ReluBackward(_Function):
+    """relu_backward is linear in grad: its derivatives are relu_backward again (double
+    backward, forward-over-reverse); ``result`` gets none, as in torch (zero almost everywhere).
     """
 
-    generate_vmap_rule = False  # under functorch, relu(inplace=True) calls torch.relu_
+    @staticmethod
+    def forward(grad: Tensor, y: Tensor) -> Tensor:
+        return _forward_of(_backward, grad, y)
 
     @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        return x  # the write happens in apply(), once autograd has accepted the in-place op
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
-        ctx.mark_dirty(inputs[0])
-        ctx.save_for_backward(output)
-        ctx.save_for_forward(output)
-
-    @staticmethod
-    def jvp(ctx: Any, x_t: Tensor) -> Tensor:
+    def backward(ctx: Any, gg: Tensor) -> tuple[Tensor, None]:
         (y,) = ctx.saved_tensors
-        return x_t.copy_(_mask(x_t, y))  # an in-place Function updates its tangent in place
+        return _backward(gg, y), None
 
-    @classmethod
-    def apply(cls, x: Tensor) -> Tensor:  # type: ignore[override]
-        if not _kernel_ok(x):
-            raise TypeError(
-                "ReLUInplaceFunction: x must be a CPU float32/float64 strided tensor; use "
-                "relu_module.torch.relu(x, inplace=True), which falls back to torch.relu_"
-            )
-        y = super().apply(x)
-        _ext.relu_(x.detach().numpy())  # no second version bump: autograd counted this write
-        return y
+    @staticmethod
+    def jvp(ctx: Any, grad_t: Tensor, y_t: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return _backward(grad_t, y)
 
 
-def _tracing() -> bool:
-    """True under torch.compile / torch.export / torch.jit.trace, which cannot trace numpy calls."""
-    return torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing()
+def _apply(fn: type[_Function], *args: Tensor) -> Tensor:
+    # One level of autograd: the one this kernel runs at. Under torch.func the transform has
+    # already unwrapped its level's tensors (as it does for torch's own ops), so the plain
+    # single-level apply is right, where Function.apply would re-enter functorch.
+    with enable_single_level_autograd_function():
+        return fn.apply(*args)
 
 
-def _forward_ad_active() -> bool:
-    return getattr(_fwad, "_current_level", -1) >= 0
+# The calls autograd records (a tensor requires grad, or is a dual tensor): the compiled
+# Autograd kernels hand exactly those to these, and run every other call themselves.
+
+
+def _record_relu(x: Tensor) -> Tensor:
+    return _apply(_Relu, x)
+
+
+def _record_relu_inplace(x: Tensor) -> None:
+    # Recorded as torch records an in-place op: y = relu(x) with its graph (and tangent), then
+    # copy_, whose checks (a leaf that requires grad, a view of one, overlapping elements) run
+    # before it writes, and which bumps the version and rebases x's history once.
+    x.copy_(_apply(_Relu, x))
+
+
+def _record_backward(grad: Tensor, y: Tensor) -> Tensor:
+    return _apply(_ReluBackward, grad, y)
+
+
+_torch_ops.set_recorders(_record_relu, _record_relu_inplace, _record_backward)
+
+
+# ---- vmap: the ops are elementwise, so a batched call is one call on the batched tensors ------
+
+
+def _at_front(t: Tensor, dim: int | None, size: int) -> Tensor:
+    return t.expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+@torch.library.register_vmap("relu_module::relu")
+def _relu_vmap(info: Any, in_dims: tuple[int | None], x: Tensor) -> tuple[Tensor, int | None]:
+    return _relu(x), in_dims[0]
+
+
+@torch.library.register_vmap("relu_module::relu_")
+def _relu_inplace_vmap(info: Any, in_dims: tuple[int | None], x: Tensor) -> tuple[None, None]:
+    _relu_(x)
+    return None, None
+
+
+@torch.library.register_vmap("relu_module::relu_backward")
+def _backward_vmap(
+    info: Any, in_dims: tuple[int | None, int | None], grad: Tensor, y: Tensor
+) -> tuple[Tensor, int]:
+    if in_dims[0] == in_dims[1]:
+        return _backward(grad, y), in_dims[0]
+    n = info.batch_size
+    return _backward(_at_front(grad, in_dims[0], n), _at_front(y, in_dims[1], n)), 0
+
+
+# ---- functionalisation: a write becomes the functional op plus a replace, as torch's own ------
+
+
+def _functional_write(compute: Any) -> Any:
+    """A Functionalize kernel for an op writing its last tensor argument (relu_: x; out=: out).
+
+    What torch generates for its own in-place and out= ops: sync the functional inputs, run
+    the functional op below Functionalize on their current values, then replace the written
+    tensor's value and commit it, so later reads (and views) see the write.
+    """
+
+    def kernel(*args: Tensor, **kwargs: Tensor) -> None:
+        tensors = (*args, *kwargs.values())
+        for t in tensors:
+            torch._functionalize_sync(t)
+        inner = [torch._from_functional_tensor(t) for t in tensors]
+        with torch._C._ExcludeDispatchKeyGuard(_FUNCTIONALIZE):
+            value = compute(*inner[:-1]) if kwargs else compute(*inner)
+        written = tensors[-1]
+        torch._functionalize_replace(written, value)
+        torch._functionalize_commit_update(written)
+        torch._functionalize_sync(written)
+
+    return kernel
+
+
+_FUNCTIONALIZE = torch._C.DispatchKeySet(torch._C.DispatchKey.Functionalize)
+_lib.impl("relu_", _functional_write(_relu), "Functionalize")
+_lib.impl("relu.out", _functional_write(_relu), "Functionalize")
+_lib.impl("relu_backward.out", _functional_write(_backward), "Functionalize")
+
+
+# ---- nested tensors: a strided one takes one kernel call per component -----------------------
+
+
+def _nested(fn: Any) -> Any:
+    def kernel(*args: Tensor) -> Tensor:
+        parts = zip(*(a.unbind() for a in args), strict=True)
+        return torch.nested.as_nested_tensor([fn(*p) for p in parts], layout=torch.strided)
+
+    return kernel
+
+
+def _relu_inplace_nested(x: Tensor) -> None:
+    for part in x.unbind():  # views of x's buffer
+        _relu_(part)
+
+
+def _relu_inplace_jagged(mode: Any, func: Any, types: Any, args: Any, kwargs: Any) -> None:
+    # Jagged nested tensors take the pointwise ops (Tag.pointwise) by themselves, but expect an
+    # in-place op to return its input; relu_ returns nothing: write the values buffer.
+    _relu_(args[0].values())
+
+
+torch.library.register_torch_dispatch(
+    "relu_module::relu_", torch.nested._internal.nested_tensor.NestedTensor, _relu_inplace_jagged
+)
+_lib.impl("relu", _nested(_relu), "NestedTensorCPU")
+_lib.impl("relu_", _relu_inplace_nested, "NestedTensorCPU")
+_lib.impl("relu_backward", _nested(_backward), "NestedTensorCPU")
+
+
+# ---- exporters: ONNX has no relu_module domain; the standard Relu computes the same bits ------
+
+
+def _register_exporters() -> None:
+    decompose = torch._decomp.register_decomposition
+    decompose(_relu)(torch.ops.aten.relu.default)
+
+    @decompose(_relu_)
+    def _(x: Tensor) -> None:
+        torch.ops.aten.relu_.default(x)
+
+    for name in ("relu", "relu_"):  # the TorchScript-based exporter (dynamo=False)
+        torch.onnx.register_custom_op_symbolic(
+            f"relu_module::{name}", lambda g, x: g.op("Relu", x), 1
+        )
+
+
+_register_exporters()
+
+
+# ---- the public API -----------------------------------------------------------------------------
 
 
 def relu(x: Tensor, inplace: bool = False) -> Tensor:
-    """``torch.relu`` (``torch.relu_`` if inplace) through the kernel, with autograd.
+    """``torch.relu`` (``torch.relu_`` if inplace) through the kernel: the relu_module operators.
 
-    See the module docstring for when it defers to torch (tracing, functorch in place,
-    non-CPU, other dtypes).
+    One operator call and nothing else, so every tracer (``fx.symbolic_trace``, ``make_fx``,
+    ``torch.compile``, ``torch.export``, ``torch.jit``) records it as that operator.
     """
-    if torch.jit.is_scripting():  # TorchScript compiles only this branch: torch.relu instead
-        return torch.relu_(x) if inplace else torch.relu(x)
-    if _tracing() or not x.is_cpu or x.dtype not in _KERNEL_DTYPES or x.layout != torch.strided:
-        if torch.jit.is_tracing():
-            with warnings.catch_warnings():  # the tracer's note about Python values: none here
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                return torch.relu_(x) if inplace else torch.relu(x)
-        return torch.relu_(x) if inplace else torch.relu(x)
-    if _is_wrapped(x):  # inside torch.func: the Function's generated vmap rule / jvp handle it
-        return torch.relu_(x) if inplace else ReLUFunction.apply(x)
-    if (x.requires_grad and torch.is_grad_enabled()) or _forward_ad_active():
-        return ReLUInplaceFunction.apply(x) if inplace else ReLUFunction.apply(x)
-    if inplace:
-        return _relu_inplace_tracked(x)  # checks inference tensors, bumps the version counter
-    # Nothing to record: skip the autograd.Function machinery (~10 us per call).
-    return torch.from_numpy(_ext.relu(x.detach().numpy(), None))
+    if torch.jit.is_scripting():  # TorchScript compiles only this branch: the packets
+        if inplace:
+            torch.ops.relu_module.relu_(x)
+            return x
+        return torch.ops.relu_module.relu(x)
+    if not _is_compiling():  # Dynamo traces Python: it must see the operator, not a C call
+        y = _torch_ops.relu_(x) if inplace else _torch_ops.relu(x)  # ~1 us less per call
+        if y is not NotImplemented:
+            return y
+    if not isinstance(x, Tensor) and not has_torch_function((x,)):  # an fx Proxy has one
+        raise TypeError(
+            f"relu(): argument 'input' (position 1) must be Tensor, not {type(x).__name__}"
+        )
+    if not inplace:
+        return _relu(x)
+    if torch._C._get_tracing_state() is not None:
+        # torch.jit.trace (and the TorchScript-based ONNX exporter) follows a write only
+        # through aten ops: record the same write as relu + copy_.
+        return x.copy_(_relu(x))
+    _relu_(x)
+    return x
 
 
-# symbolic_trace records relu() as one call_function node instead of tracing into it (its
-# tensor checks cannot run on a Proxy), and the GraphModule then calls it: the kernel stays.
-torch.fx.wrap("relu")
+def relu_out(x: Tensor, out: Tensor) -> Tensor:
+    """``torch.ops.relu_module.relu.out(x, out=out)``; returns ``out``."""
+    if not _is_compiling():
+        y = _torch_ops.relu_out(x, out)
+        if y is not NotImplemented:
+            return y
+    _relu_out(x, out=out)
+    return out
+
+
+# The compiled entry points (_torch_ops.relu, relu_, relu_out) call the operators through the
+# dispatcher from C, as torch's generated bindings do, ~1 us less than torch.ops' Python call;
+# the dispatcher still sees every call (autograd, torch.func, dispatch modes, the jit tracer).
+# They return NotImplemented for what only the Python call handles: a tensor subclass's or a
+# mode's __torch_function__, a non-tensor (an fx Proxy), a write under a jit trace.
+_is_compiling = torch.compiler.is_compiling
+
+
+class ReLUFunction:
+    """Kept for callers of the former ``autograd.Function``: ``apply(x)`` is :func:`relu`."""
+
+    @staticmethod
+    def apply(x: Tensor) -> Tensor:
+        return relu(x)
+
+
+class ReLUInplaceFunction:
+    """Kept for callers of the former ``autograd.Function``: ``apply(x)`` is ``relu(x, True)``."""
+
+    @staticmethod
+    def apply(x: Tensor) -> Tensor:
+        return relu(x, inplace=True)
 
 
 class ReLU(nn.Module):
