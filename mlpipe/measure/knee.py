@@ -27,24 +27,23 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from mlpipe import config_dir
 from mlpipe.common.cli import entry_point
-from mlpipe.common.config import as_float, positive_int, positive_ints, require
-from mlpipe.common.errors import ConfigError
+from mlpipe.common.config import as_float, positive_int, require
 from mlpipe.common.provenance import machine_info
 from mlpipe.common.stats import time_calls
 from mlpipe.measure.consistency import roof_for
 from mlpipe.measure.cost import ModelCost
-from mlpipe.measure.peaks import PeakSettings, measure_runtime_peaks, observed_vs_peak
+from mlpipe.measure.peaks import knee_peaks, observed_vs_peak
 from mlpipe.measure.profile import profile_network, untrained_network
 from mlpipe.measure.roofline import (
     FLOP_CONVENTION,
@@ -326,39 +325,6 @@ def layer_costs(
         for r in profile_result["layers"]
         if r["type"] in kinds
     ]
-
-
-def knee_peaks(
-    device_dir: str | Path, preset: str, dtype: str, node: Mapping[str, Any]
-) -> tuple[DevicePeaks, str]:
-    """Peaks of a runtime preset's device, measured now at the thread count the layers run
-    with, and that device ("cpu"/"cuda"): the layers are timed there too. The FLOP/s peak is the
-    best of `peak_repeats` matmuls at each of `peak_matmul_sizes` in the preset's interleaved
-    rounds (short ones too: on a shared machine a long call is rarely left alone, which would
-    depress the peak and inflate every share of it); the copy and cache roofs are the preset's."""
-    path = Path(device_dir) / f"{preset}.yaml"
-    cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
-    require(
-        cfg.get("use") == "runtime",
-        "profile.knee.device",
-        f"{preset!r} is not a preset measured at run time (use: runtime) in {device_dir}: a "
-        "knee is measured against the peaks of the device it runs on; choose cpu_measured or "
-        "cuda_measured",
-    )
-    settings = replace(
-        PeakSettings.from_config(cfg.measure, f"{preset}.measure"),
-        matmul_sizes=tuple(
-            positive_ints(node["peak_matmul_sizes"], "profile.knee.peak_matmul_sizes")
-        ),
-        repeats=positive_int(node["peak_repeats"], "profile.knee.peak_repeats"),
-        threads=(0,),  # as profile.knee.torch_threads set them: the layers' own
-    )
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"profile.knee.device={preset!r} measures a CUDA GPU and torch sees none here; "
-            "use profile/knee=cpu"
-        )
-    return measure_runtime_peaks(preset, dtype, settings), settings.device
 
 
 def measure_knees(cfg: DictConfig) -> dict[str, Any]:

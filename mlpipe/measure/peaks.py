@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from mlpipe.common.config import positive_int, positive_ints, require
+from mlpipe.common.errors import ConfigError
 from mlpipe.common.stats import time_calls
 from mlpipe.measure.roofline import CacheRoof, DevicePeaks, check_dtype
 from mlpipe.measure.rounds import interleaved
@@ -245,3 +247,75 @@ def _best_seconds(call: Callable[[], Any], repeats: int, device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     return min(time_calls(synced, 0, repeats))
+
+
+def device_peaks(device_cfg: Mapping[str, Any], dtype: str) -> DevicePeaks:
+    """Peaks for `dtype` from a device preset node (`conf/profile/device/<name>.yaml`).
+
+    `use` picks the figure set: `measured` / `datasheet` (stored in the preset) or `runtime`
+    (measured now on this machine with the preset's `measure` settings).
+    """
+    check_dtype(dtype)
+    name = str(device_cfg["name"])
+    use = str(device_cfg["use"])
+    if use == "runtime":
+        settings = PeakSettings.from_config(device_cfg["measure"], f"{name}.measure")
+        if settings.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"device preset {name!r} measures a CUDA GPU, and torch sees none here; "
+                "use cpu_measured or a datasheet preset (h100_sxm, a100, t4, rtx3090)"
+            )
+        return measure_runtime_peaks(name, dtype, settings)
+    sets = {k: device_cfg[k] for k in ("measured", "datasheet") if device_cfg.get(k)}
+    if use not in sets:
+        raise ConfigError(
+            f"device preset {name!r}: use={use!r} has no figures; valid choices: "
+            f"{sorted(sets) + ['runtime'] if 'measure' in device_cfg else sorted(sets)}"
+        )
+    figures = sets[use]
+    if dtype not in figures["flops"]:
+        raise ConfigError(
+            f"device preset {name!r} ({use}) has no peak for dtype {dtype!r}; "
+            f"valid choices: {sorted(figures['flops'])}"
+        )
+    return DevicePeaks(
+        name,
+        dtype,
+        float(figures["flops"][dtype]),
+        float(figures["bandwidth"]),
+        str(figures["source"]),
+        use,
+    )
+
+
+def knee_peaks(
+    device_dir: str | Path, preset: str, dtype: str, node: Mapping[str, Any]
+) -> tuple[DevicePeaks, str]:
+    """Peaks of a runtime preset's device, measured now at the thread count the layers run
+    with, and that device ("cpu"/"cuda"): the layers are timed there too. The FLOP/s peak is the
+    best of `peak_repeats` matmuls at each of `peak_matmul_sizes` in the preset's interleaved
+    rounds (short ones too: on a shared machine a long call is rarely left alone, which would
+    depress the peak and inflate every share of it); the copy and cache roofs are the preset's."""
+    path = Path(device_dir) / f"{preset}.yaml"
+    cfg = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
+    require(
+        cfg.get("use") == "runtime",
+        "profile.knee.device",
+        f"{preset!r} is not a preset measured at run time (use: runtime) in {device_dir}: a "
+        "knee is measured against the peaks of the device it runs on; choose cpu_measured or "
+        "cuda_measured",
+    )
+    settings = replace(
+        PeakSettings.from_config(cfg.measure, f"{preset}.measure"),
+        matmul_sizes=tuple(
+            positive_ints(node["peak_matmul_sizes"], "profile.knee.peak_matmul_sizes")
+        ),
+        repeats=positive_int(node["peak_repeats"], "profile.knee.peak_repeats"),
+        threads=(0,),  # as profile.knee.torch_threads set them: the layers' own
+    )
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"profile.knee.device={preset!r} measures a CUDA GPU and torch sees none here; "
+            "use profile/knee=cpu"
+        )
+    return measure_runtime_peaks(preset, dtype, settings), settings.device

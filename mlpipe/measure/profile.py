@@ -25,13 +25,13 @@ from mlpipe.common import repro
 from mlpipe.common.cli import entry_point
 from mlpipe.common.config import names, positive_int
 from mlpipe.common.errors import ConfigError
+from mlpipe.measure.peaks import device_peaks
 from mlpipe.measure.roofline import (
     FLOP_CONVENTION,
     DevicePeaks,
     available_presets,
     bound,
     check_dtype,
-    device_peaks,
     flip_batch,
     intensity,
     plot_roofline,

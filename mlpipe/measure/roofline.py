@@ -100,47 +100,6 @@ def available_presets(device_dir: str | Path) -> list[str]:
     return sorted(p.stem for p in Path(device_dir).glob("*.yaml"))
 
 
-def device_peaks(device_cfg: Mapping[str, Any], dtype: str) -> DevicePeaks:
-    """Peaks for `dtype` from a device preset node (`conf/profile/device/<name>.yaml`).
-
-    `use` picks the figure set: `measured` / `datasheet` (stored in the preset) or `runtime`
-    (measured now on this machine with the preset's `measure` settings).
-    """
-    check_dtype(dtype)
-    name = str(device_cfg["name"])
-    use = str(device_cfg["use"])
-    if use == "runtime":
-        from mlpipe.measure.peaks import PeakSettings, measure_runtime_peaks
-
-        settings = PeakSettings.from_config(device_cfg["measure"], f"{name}.measure")
-        if settings.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(
-                f"device preset {name!r} measures a CUDA GPU, and torch sees none here; "
-                "use cpu_measured or a datasheet preset (h100_sxm, a100, t4, rtx3090)"
-            )
-        return measure_runtime_peaks(name, dtype, settings)
-    sets = {k: device_cfg[k] for k in ("measured", "datasheet") if device_cfg.get(k)}
-    if use not in sets:
-        raise ConfigError(
-            f"device preset {name!r}: use={use!r} has no figures; valid choices: "
-            f"{sorted(sets) + ['runtime'] if 'measure' in device_cfg else sorted(sets)}"
-        )
-    figures = sets[use]
-    if dtype not in figures["flops"]:
-        raise ConfigError(
-            f"device preset {name!r} ({use}) has no peak for dtype {dtype!r}; "
-            f"valid choices: {sorted(figures['flops'])}"
-        )
-    return DevicePeaks(
-        name,
-        dtype,
-        float(figures["flops"][dtype]),
-        float(figures["bandwidth"]),
-        str(figures["source"]),
-        use,
-    )
-
-
 def intensity(flops: float, nbytes: float) -> float:
     """FLOP per byte; 0 for a layer that moves bytes and computes nothing."""
     return flops / nbytes if nbytes > 0 else 0.0

@@ -17,14 +17,13 @@ from torch import nn
 
 from mlpipe.common.config import positive_ints
 from mlpipe.common.errors import ConfigError
-from mlpipe.measure.peaks import cache_levels, observed_vs_peak
+from mlpipe.measure.peaks import cache_levels, device_peaks, observed_vs_peak
 from mlpipe.measure.profile import profile, profile_network, resolve_devices
 from mlpipe.measure.roofline import (
     DTYPES,
     CacheRoof,
     DevicePeaks,
     available_presets,
-    device_peaks,
     flip_batch,
 )
 
