@@ -27,6 +27,7 @@ from mlpipe.common.errors import ArtifactError, ConsistencyError, DataError
 from mlpipe.common.provenance import data_version, git_revision, machine_info, sha256_file
 from mlpipe.measure import consistency
 from mlpipe.measure.consistency import Finding
+from mlpipe.measure.profile_section import section_profile
 from mlpipe.measure.sections import (
     Missing,
     Section,
@@ -34,7 +35,6 @@ from mlpipe.measure.sections import (
     section_bench,
     section_gpu,
     section_knees,
-    section_profile,
     section_relu,
     section_served,
     section_tune,

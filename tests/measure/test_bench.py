@@ -22,7 +22,14 @@ from mlpipe.measure.backends import BACKENDS, BenchContext, Unavailable
 from mlpipe.measure.bench import bench, check_bench_config
 from mlpipe.measure.consistency import bench_findings
 from mlpipe.measure.cost import ModelCost, analytic_columns
-from mlpipe.measure.loadgen import LoadSettings, Workers, run_until_stable, run_window
+from mlpipe.measure.loadgen import (
+    LoadSettings,
+    WindowResult,
+    Workers,
+    run_until_stable,
+    run_window,
+    until_stable,
+)
 from mlpipe.measure.roofline import DevicePeaks
 from mlpipe.measure.rounds import Stability
 from mlpipe.measure.tune import candidate, write_tuned_repository
@@ -71,17 +78,47 @@ def test_loadgen_counts_errors_and_keeps_the_first_message() -> None:
     assert w.errors == 5 and w.requests == 5 and w.first_error == "RuntimeError: boom"
 
 
+class _ScriptedWorkers:
+    """Stands in for the load workers, not for the rule under test: each window answers the next
+    scripted p50 (ms), so the stability rule is checked exactly, whatever the machine's load."""
+
+    def __init__(self, p50s_ms: list[float], errors_at: int | None = None) -> None:
+        self.p50s_ms, self.errors_at, self.calls = p50s_ms, errors_at, []
+
+    def window(self, warmup: int, requests: int) -> WindowResult:
+        i = len(self.calls)
+        self.calls.append((warmup, requests))
+        latencies = np.full(requests, self.p50s_ms[i] / 1e3)
+        return WindowResult(latencies, float(latencies.sum()), int(i == self.errors_at))
+
+
 def test_stability_rule_stops_when_p50_settles_and_caps_windows() -> None:
-    steady = run_until_stable(_sleeper(0.002), 1, 10, 1, Stability(0.5, 2, 5), THREADS)
+    # settles at the first pair within 10 % (after min_rounds); warm-up before the first window only
+    settles = _ScriptedWorkers([5.0, 3.0, 2.8, 2.8, 2.8])
+    steady = until_stable(settles, 10, 3, Stability(0.1, 2, 5))
+    assert steady.stable and steady.p50_history_ms == pytest.approx([5.0, 3.0, 2.8])
+    assert settles.calls == [(3, 10), (0, 10), (0, 10)]
+    # min_rounds holds even when the first two already agree
+    late = until_stable(_ScriptedWorkers([2.0, 2.0, 2.0, 2.0]), 4, 0, Stability(0.1, 3, 5))
+    assert late.stable and len(late.p50_history_ms) == 3
+    # p50 doubling every window never settles: capped at max_rounds, reported unstable
+    drifting = until_stable(
+        _ScriptedWorkers([2.0**i for i in range(10)]), 2, 0, Stability(0.05, 2, 3)
+    )
+    assert not drifting.stable and drifting.p50_history_ms == pytest.approx([1.0, 2.0, 4.0])
+    # a window with errors ends the loop unsettled, and it is the window returned
+    broken = until_stable(
+        _ScriptedWorkers([2.0, 2.0, 2.0], errors_at=1), 2, 0, Stability(0.1, 2, 5)
+    )
+    assert not broken.stable and broken.p50_history_ms == [2.0] and broken.window.errors == 1
+
+
+def test_stability_loop_runs_on_real_threads() -> None:
+    # the same rule on real sleeping workers; margins wide enough for a loaded machine (a window
+    # would have to be 10x its predecessor to miss), so only a broken loop fails
+    steady = run_until_stable(_sleeper(0.005), 2, 5, 1, Stability(10.0, 2, 5), THREADS)
     assert steady.stable and len(steady.p50_history_ms) == 2
-
-    delay = iter(0.001 * 2**i for i in range(100))  # doubles every request: p50 never settles
-
-    def growing():
-        return lambda: time.sleep(next(delay))
-
-    drifting = run_until_stable(growing, 1, 2, 0, Stability(0.05, 2, 3), THREADS)
-    assert not drifting.stable and len(drifting.p50_history_ms) == 3
+    assert steady.window.requests == 10 and min(steady.p50_history_ms) >= 5
 
 
 def test_loadgen_retarget_swaps_the_caller_and_keeps_the_workers() -> None:

@@ -18,15 +18,13 @@ from mlpipe.common.errors import ArtifactError, ArtifactMissingError, ConfigErro
 from mlpipe.common.provenance import sha256_file
 from mlpipe.export.run import export, export_onnx
 from mlpipe.export.triton_repo import SHA256_PARAMETER, build_python_repository, parse_pbtxt
+from mlpipe.measure.decision import checks, decide, select
 from mlpipe.measure.pareto import choose, eps_dominates, on_front, pareto_front, spread
 from mlpipe.measure.tune import (
     build_sweep_repository,
     candidate,
     candidates,
     check_tune_config,
-    checks,
-    decide,
-    select,
     tune,
     write_tuned_repository,
 )

@@ -33,7 +33,8 @@ from mlpipe.data import load_split
 from mlpipe.export.reference import ort_session, run_ort
 from mlpipe.serving.admin import AdminSettings, make_key
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.gateway import Gateway, GatewayPaths, Upstream, render_config
+from mlpipe.serving.gateway import Gateway
+from mlpipe.serving.nginx_conf import GatewayPaths, Upstream, render_config
 from mlpipe.serving.server import TritonServer
 from mlpipe.serving.supervisor import shutdown, start_stack
 

@@ -39,8 +39,9 @@ from tritonclient.utils import InferenceServerException
 
 from mlpipe.common.config import plain
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.gateway import Gateway, Upstream
+from mlpipe.serving.gateway import Gateway
 from mlpipe.serving.network import free_port
+from mlpipe.serving.nginx_conf import Upstream
 from mlpipe.serving.server import TritonServer
 from mlpipe.serving.supervisor import shutdown, start_stack
 
