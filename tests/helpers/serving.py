@@ -11,8 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -136,3 +139,20 @@ def drain_output(proc: subprocess.Popen[str]) -> list[str]:
     out: list[str] = []
     threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True).start()
     return out
+
+
+@contextmanager
+def served_stack(root: Path, *overrides: str) -> Iterator[tuple[Any, Any, Any]]:
+    """(cfg, TritonServer, Gateway) started as mlpipe-serve starts them, stopped afterwards."""
+    from helpers.compose import compose_app
+    from mlpipe.serving.server import TritonServer
+    from mlpipe.serving.supervisor import shutdown, start_stack
+
+    cfg = compose_app("serve", root, *overrides)
+    server = TritonServer.from_config(cfg.serve)
+    gateway = start_stack(cfg, server)
+    assert gateway is not None
+    try:
+        yield cfg, server, gateway
+    finally:
+        shutdown(server, gateway)

@@ -24,7 +24,7 @@ import psutil
 import pytest
 import tritonclient.grpc as tg
 from helpers.compose import EPHEMERAL, compose_app
-from helpers.serving import open_socket, raw_request, rss_mib
+from helpers.serving import open_socket, raw_request, rss_mib, served_stack
 from tritonclient.utils import InferenceServerException
 
 from mlpipe.common.config import plain
@@ -36,7 +36,6 @@ from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway
 from mlpipe.serving.nginx_conf import GatewayPaths, Upstream, render_config
 from mlpipe.serving.server import TritonServer
-from mlpipe.serving.supervisor import shutdown, start_stack
 
 GATEWAY = (
     "gateway.http_port=0",
@@ -48,14 +47,8 @@ GATEWAY = (
 
 @pytest.fixture(scope="module")
 def stack(hardening_export: Path) -> Iterator[tuple[Any, TritonServer, Gateway]]:
-    cfg = compose_app("serve", hardening_export, *EPHEMERAL, *GATEWAY)
-    server = TritonServer.from_config(cfg.serve)
-    gateway = start_stack(cfg, server)
-    assert gateway is not None
-    try:
-        yield cfg, server, gateway
-    finally:
-        shutdown(server, gateway)
+    with served_stack(hardening_export, *EPHEMERAL, *GATEWAY) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as th
-from helpers.compose import EPHEMERAL, compose_app
-from helpers.serving import open_socket, raw_request
+from helpers.compose import EPHEMERAL
+from helpers.serving import open_socket, raw_request, served_stack
 from helpers.signature_requests import (
     dump,
     good_grpc,
@@ -43,21 +43,14 @@ from mlpipe.serving.gateway import Gateway
 from mlpipe.serving.network import free_port
 from mlpipe.serving.nginx_conf import Upstream
 from mlpipe.serving.server import TritonServer
-from mlpipe.serving.supervisor import shutdown, start_stack
 
 GATEWAY = ("gateway.http_port=0", "gateway.grpc_port=0", "gateway.timeouts.client_body_s=3")
 
 
 @pytest.fixture(scope="module")
 def stack(hardening_export: Path) -> Iterator[tuple[Any, TritonServer, Gateway]]:
-    cfg = compose_app("serve", hardening_export, *EPHEMERAL, *GATEWAY)
-    server = TritonServer.from_config(cfg.serve)
-    gateway = start_stack(cfg, server)
-    assert gateway is not None
-    try:
-        yield cfg, server, gateway
-    finally:
-        shutdown(server, gateway)
+    with served_stack(hardening_export, *EPHEMERAL, *GATEWAY) as stack:
+        yield stack
 
 
 def _answers_one_sample(server: TritonServer, address: str, name: str) -> None:
