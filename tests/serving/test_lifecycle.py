@@ -313,7 +313,7 @@ def test_killed_reaper_is_replaced_and_nothing_is_orphaned(hardening_export: Pat
         key_file = re.search(r"admin\s+key in (\S+)", banner).group(1)
         assert Path(key_file).is_absolute(), banner  # the banner's paths are all absolute
         children = descendants(proc.pid)
-        assert len([p for p in children if p.name() == "nginx"]) >= 2  # master + worker
+        assert len([p for p in children if p.name == "nginx"]) >= 2  # master + worker
         first = _reaper(proc.pid)
         assert first is not None
         first.kill()
