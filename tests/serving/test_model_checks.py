@@ -217,8 +217,17 @@ def test_shm_regions_are_unreadable_to_other_users(server: TritonServer, tmp_pat
     control.write_bytes(b"x")
     control.chmod(0o644)
     try:
-        readable = subprocess.run(["head", "-c", "1", str(control)], user="nobody", check=False)
-        assert readable.returncode == 0  # the test can fail: a 0644 region would be read
+        # the control: `nobody` reads a 0644 file, so the test can fail (a 0644 region would be
+        # read). Where no program runs as `nobody` (PATH in a root-only folder, as in the Nix
+        # check's sandbox-like host) the comparison means nothing: skip with that reason.
+        try:
+            readable = subprocess.run(
+                ["head", "-c", "1", str(control)], user="nobody", capture_output=True, text=True
+            )
+        except OSError as err:
+            pytest.skip(f"cannot run a program as `nobody` here: {err}")
+        if readable.returncode != 0:
+            pytest.skip(f"cannot run a program as `nobody` here: {readable.stderr.strip()}")
         for region in server.shm:
             assert stat.S_IMODE(region.stat().st_mode) == 0o600, region
             read = subprocess.run(
