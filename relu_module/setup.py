@@ -37,7 +37,10 @@ def torch_ops_extension() -> list[Extension]:
             sorted(glob("src/torch_ops/*.cpp")),
             include_dirs=["src"],
             # torch's headers need C++20; the kernels they call live in _ext (relu_api.hpp).
-            extra_compile_args=[*OPT, "-std=c++20", "-fvisibility=hidden"],
+            # -fopenmp compiles at::parallel_for (an inline OpenMP region; without it the ops run
+            # on one thread). Not linked: the GOMP_* calls bind to the OpenMP runtime torch has
+            # already loaded, so the process never holds two runtimes (whatever torch ships).
+            extra_compile_args=[*OPT, "-std=c++20", "-fvisibility=hidden", "-fopenmp"],
             extra_link_args=["-pthread"],
         )
     ]

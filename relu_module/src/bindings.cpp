@@ -442,18 +442,15 @@ std::size_t pool_warning_c(std::size_t out_bytes, char* buf, std::size_t cap) {
 // The table relu_module._torch_ops calls the kernels through (relu_api.hpp).
 const relu_kernel::Api kApi{
     relu_kernel::kApiVersion,
-    [](const float* x, float* y, std::size_t n) { relu_kernel::relu(x, y, n); },
-    [](const double* x, double* y, std::size_t n) { relu_kernel::relu(x, y, n); },
-    [](const float* g, const float* x, float* y, std::size_t n) {
-        relu_kernel::relu_backward(g, x, y, n);
-    },
-    [](const double* g, const double* x, double* y, std::size_t n) {
-        relu_kernel::relu_backward(g, x, y, n);
-    },
     &relu_kernel::relu_strided<float>,
     &relu_kernel::relu_strided<double>,
     &relu_kernel::relu_backward_strided<float>,
     &relu_kernel::relu_backward_strided<double>,
+    &relu_kernel::job_env,
+    &relu_kernel::relu_part<float>,
+    &relu_kernel::relu_part<double>,
+    &relu_kernel::relu_backward_part<float>,
+    &relu_kernel::relu_backward_part<double>,
     &pool_warning_c,
     relu_kernel::kCacheMinBytes,
     &relu_kernel::acquire_buffer,

@@ -11,19 +11,23 @@
 
 namespace relu_kernel {
 
-constexpr unsigned kApiVersion = 1;
+constexpr unsigned kApiVersion = 2;
 constexpr const char* kApiCapsule = "relu_module._ext._C_API";
 
 struct Api {
     unsigned version;  // kApiVersion of the _ext that filled the table
-    void (*relu_f32)(const float* x, float* out, std::size_t n);
-    void (*relu_f64)(const double* x, double* out, std::size_t n);
-    void (*backward_f32)(const float* grad, const float* x, float* out, std::size_t n);
-    void (*backward_f64)(const double* grad, const double* x, double* out, std::size_t n);
     void (*relu_strided_f32)(int ndim, const std::ptrdiff_t* shape, View x, View out);
     void (*relu_strided_f64)(int ndim, const std::ptrdiff_t* shape, View x, View out);
     void (*backward_strided_f32)(int ndim, const std::ptrdiff_t* shape, View g, View x, View out);
     void (*backward_strided_f64)(int ndim, const std::ptrdiff_t* shape, View g, View x, View out);
+    // Contiguous jobs that the caller splits over its own threads (relu_kernel.hpp, JobEnv).
+    JobEnv (*job_env)(std::size_t out_bytes, bool in_place);
+    void (*relu_part_f32)(const float* x, float* out, std::size_t n, JobEnv env);
+    void (*relu_part_f64)(const double* x, double* out, std::size_t n, JobEnv env);
+    void (*backward_part_f32)(const float* g, const float* x, float* out, std::size_t n,
+                              JobEnv env);
+    void (*backward_part_f64)(const double* g, const double* x, double* out, std::size_t n,
+                              JobEnv env);
     // Prepares the pool a job of out_bytes would use and copies a degraded pool's warning (once)
     // into buf, NUL-terminated; returns its length, 0 if there is none.
     std::size_t (*pool_warning)(std::size_t out_bytes, char* buf, std::size_t cap);

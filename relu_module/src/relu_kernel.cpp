@@ -174,8 +174,7 @@ inline void bwd_leaf(const T* g, const T* x, T* y, std::size_t n) {
 }
 
 template <class T>
-inline void relu_serial(const T* x, T* y, std::size_t n, bool stream) {
-    const bool daz = denormals_are_zero();
+inline void relu_serial(const T* x, T* y, std::size_t n, bool stream, bool daz) {
     if (stream && (reinterpret_cast<std::uintptr_t>(y) % sizeof(T)) == 0)
         relu_leaf_stream(x, y, n, daz);
     else if (daz)
@@ -224,7 +223,7 @@ template <class T>
 void unary_task(void* ctx, std::size_t blk) {
     const auto& j = *static_cast<const UnaryJob<T>*>(ctx);
     const std::size_t b = blk * j.block, e = std::min(j.n, b + j.block);
-    relu_serial(j.x + b, j.y + b, e - b, j.stream);
+    relu_serial(j.x + b, j.y + b, e - b, j.stream, denormals_are_zero());  // the caller's MXCSR
 }
 
 template <class T>
@@ -248,7 +247,7 @@ void relu_contiguous(const T* x, T* y, std::size_t n) {
     const std::size_t bytes = n * sizeof(T);
     const bool stream = kHaveStream && x != y && bytes >= policy().stream_min_bytes;
     if (bytes < policy().parallel_min_bytes || threads_for_call() == 1) {
-        relu_serial(x, y, n, stream);
+        relu_serial(x, y, n, stream, denormals_are_zero());
         return;
     }
     const std::size_t block = block_elems(n, sizeof(T), threads_for_call());
@@ -316,13 +315,13 @@ void unary_inner(char* xp, char* yp, std::ptrdiff_t n, std::ptrdiff_t sx, std::p
     const bool aligned =
         ((reinterpret_cast<std::uintptr_t>(xp) | reinterpret_cast<std::uintptr_t>(yp)) %
          sizeof(T)) == 0;
+    const bool daz = denormals_are_zero();
     if (aligned && sx == static_cast<std::ptrdiff_t>(sizeof(T)) &&
         sy == static_cast<std::ptrdiff_t>(sizeof(T))) {
         relu_serial(reinterpret_cast<const T*>(xp), reinterpret_cast<T*>(yp),
-                    static_cast<std::size_t>(n), false);
+                    static_cast<std::size_t>(n), false, daz);
         return;
     }
-    const bool daz = denormals_are_zero();
     for (std::ptrdiff_t i = 0; i < n; ++i, xp += sx, yp += sy) {
         T v;
         std::memcpy(&v, xp, sizeof(T));  // strided views may be unaligned (e.g. np.frombuffer)
@@ -448,6 +447,61 @@ void relu_backward(const float* g, const float* x, float* out, std::size_t n) {
 void relu_backward(const double* g, const double* x, double* out, std::size_t n) {
     relu_backward_contiguous(g, x, out, n);
 }
+
+JobEnv job_env(std::size_t out_bytes, bool in_place) {
+    JobEnv env{0, kHaveStream && !in_place && out_bytes >= policy().stream_min_bytes};
+#if defined(__SSE2__)
+    env.csr = _mm_getcsr();
+#endif
+    return env;
+}
+
+namespace {
+
+// For one share run on a thread that is not the job's caller (an OpenMP worker of torch's): the
+// caller's MXCSR for the share's duration, so DAZ decides the semantics as it would on the
+// caller's thread, then the worker's own back (the thread belongs to torch).
+class CallerCsr {
+public:
+    explicit CallerCsr(unsigned csr) {
+#if defined(__SSE2__)
+        saved_ = _mm_getcsr();
+        if (saved_ != csr) _mm_setcsr(csr);
+#else
+        (void)csr;
+#endif
+    }
+    ~CallerCsr() {
+#if defined(__SSE2__)
+        if (_mm_getcsr() != saved_) _mm_setcsr(saved_);
+#endif
+    }
+    CallerCsr(const CallerCsr&) = delete;
+    CallerCsr& operator=(const CallerCsr&) = delete;
+
+private:
+    unsigned saved_ = 0;
+};
+
+}  // namespace
+
+template <class T>
+void relu_part(const T* x, T* out, std::size_t n, JobEnv env) {
+    CallerCsr scope(env.csr);
+    relu_serial(x, out, n, env.stream, denormals_are_zero());
+}
+
+template <class T>
+void relu_backward_part(const T* g, const T* x, T* out, std::size_t n, JobEnv env) {
+    CallerCsr scope(env.csr);
+    bwd_leaf(g, x, out, n);
+}
+
+template void relu_part<float>(const float*, float*, std::size_t, JobEnv);
+template void relu_part<double>(const double*, double*, std::size_t, JobEnv);
+template void relu_backward_part<float>(const float*, const float*, float*, std::size_t, JobEnv);
+template void relu_backward_part<double>(const double*, const double*, double*, std::size_t,
+                                         JobEnv);
 
 template <class T>
 void relu_strided(int ndim, const std::ptrdiff_t* shape, View x, View out) {

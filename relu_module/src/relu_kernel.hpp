@@ -28,6 +28,27 @@ void relu(const double* x, double* out, std::size_t n);
 void relu_backward(const float* grad, const float* x, float* out, std::size_t n);
 void relu_backward(const double* grad, const double* x, double* out, std::size_t n);
 
+// For a caller that splits a contiguous job over threads of its own (relu_module._torch_ops runs
+// on torch's intra-op threads through at::parallel_for, so that a model mixing torch's ops and
+// these never has two spinning pools on the same cores): the job's decisions, taken once on the
+// calling thread, and one share of the job under them. A share never uses the pool.
+struct JobEnv {
+    unsigned csr;  // the caller's MXCSR (x86; 0 elsewhere): its DAZ bit decides the semantics
+    bool stream;   // non-temporal stores: the whole output exceeds policy().stream_min_bytes
+};
+JobEnv job_env(std::size_t out_bytes, bool in_place);
+template <class T>
+void relu_part(const T* x, T* out, std::size_t n, JobEnv env);
+template <class T>
+void relu_backward_part(const T* grad, const T* x, T* out, std::size_t n, JobEnv env);
+
+extern template void relu_part<float>(const float*, float*, std::size_t, JobEnv);
+extern template void relu_part<double>(const double*, double*, std::size_t, JobEnv);
+extern template void relu_backward_part<float>(const float*, const float*, float*, std::size_t,
+                                               JobEnv);
+extern template void relu_backward_part<double>(const double*, const double*, double*, std::size_t,
+                                                JobEnv);
+
 // Strided n-d kernels over `shape` (ndim >= 1, no zero-size dimension). out may equal x (same
 // data and strides) but must not otherwise overlap an input. Parallel over the first dimension.
 template <class T>

@@ -247,6 +247,35 @@ def test_workers_started_in_flush_denormal_mode_follow_the_caller_later() -> Non
 
 
 @pytest.mark.timeout(120)
+def test_dense_tensors_on_torchs_threads_follow_the_callers_flush_denormal_mode() -> None:
+    """Dense tensors run on torch's OpenMP team, whose workers keep the MXCSR they started with:
+    a team started under torch.set_flush_denormal(True) must not leak DAZ into a later call made
+    without it, and the reverse; every share runs under the caller's MXCSR, then gives the
+    worker its own back (torch's threads are not ours to change)."""
+    code = """
+    import torch, relu_module.torch as rt
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(True)  # the first parallel region: the team starts with DAZ
+    torch.zeros(1_000_000).add_(1)
+    torch.set_flush_denormal(False)
+    bits = lambda t: set(t.view(torch.int32).unique().tolist())
+    x = torch.full((1_000_000,), -1e-40)
+    assert bits(x) == {-2147412286}, bits(x)  # the denormal itself
+    # (torch.relu(x) here mixes -0.0 and +0.0: its workers compute under their own DAZ)
+    for _ in range(5):
+        assert bits(rt.relu(x)) == {0}  # -1e-40 < 0: +0.0, on every share
+        y = x.clone(); rt.relu(y, inplace=True); assert bits(y) == {0}
+        o = torch.empty_like(x); rt.relu_out(x, o); assert bits(o) == {0}
+    torch.set_flush_denormal(True)
+    assert bits(rt.relu(x)) == {-2**31}
+    print("ok")
+    """
+    proc = run_python(code, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("n", [10_000, 1_000_000], ids=["gil-release-size", "pool-size"])
 def test_call_from_del_at_exit_does_not_hang(n: int) -> None:
     """The issue's hang: a __del__ in the final garbage collection (a reference cycle alive at
@@ -281,6 +310,7 @@ def test_degraded_pool_warning_comes_before_the_write() -> None:
     """warnings as errors and a pool that cannot start its threads: an array is not written
     (the warning comes first); a tensor is written and its version bumped before torch raises
     the op's warning, so a gradient through the saved tensor raises instead of being wrong.
+    The tensor is strided: dense tensors run on torch's intra-op threads, not on the pool.
     """
     import resource
 
@@ -298,7 +328,7 @@ def test_degraded_pool_warning_comes_before_the_write() -> None:
         print("warned", "could only start" in str(w), bool((b == -1).all()))
     rm.set_num_threads(1000)  # the pool degrades again on the next parallel call
     w = torch.ones(10**6, requires_grad=True)
-    t = torch.full((10**6,), -1.0)
+    t = torch.full((2 * 10**6,), -1.0)[::2]  # strided: the kernels' own pool runs it
     y = (w * t).sum()
     try:
         rm.relu_(t)

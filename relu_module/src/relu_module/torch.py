@@ -287,13 +287,13 @@ def relu(x: Tensor, inplace: bool = False) -> Tensor:
     One operator call and nothing else, so every tracer (``fx.symbolic_trace``, ``make_fx``,
     ``torch.compile``, ``torch.export``, ``torch.jit``) records it as that operator.
     """
-    if torch.jit.is_scripting():  # TorchScript compiles only this branch: the packets
+    if _is_scripting():  # TorchScript compiles only this branch: the packets
         if inplace:
             torch.ops.relu_module.relu_(x)
             return x
         return torch.ops.relu_module.relu(x)
     if not _is_compiling():  # Dynamo traces Python: it must see the operator, not a C call
-        y = _torch_ops.relu_(x) if inplace else _torch_ops.relu(x)  # ~1 us less per call
+        y = _c_relu_(x) if inplace else _c_relu(x)  # ~1 us less per call
         if y is not NotImplemented:
             return y
     if not isinstance(x, Tensor) and not has_torch_function((x,)):  # an fx Proxy has one
@@ -313,7 +313,7 @@ def relu(x: Tensor, inplace: bool = False) -> Tensor:
 def relu_out(x: Tensor, out: Tensor) -> Tensor:
     """``torch.ops.relu_module.relu.out(x, out=out)``; returns ``out``."""
     if not _is_compiling():
-        y = _torch_ops.relu_out(x, out)
+        y = _c_relu_out(x, out)
         if y is not NotImplemented:
             return y
     _relu_out(x, out=out)
@@ -325,7 +325,14 @@ def relu_out(x: Tensor, out: Tensor) -> Tensor:
 # the dispatcher still sees every call (autograd, torch.func, dispatch modes, the jit tracer).
 # They return NotImplemented for what only the Python call handles: a tensor subclass's or a
 # mode's __torch_function__, a non-tensor (an fx Proxy), a write under a jit trace.
-_is_compiling = torch.compiler.is_compiling
+# Dynamo's own flag (constant-folded to True while it traces; a plain `return False` in eager,
+# ~40 ns cheaper per call than is_compiling()): non-strict torch.export and make_fx run this
+# Python eagerly under a dispatch mode, for which the compiled entry points return NotImplemented.
+_is_compiling = torch.compiler.is_dynamo_compiling
+# Module-level names: each saves an attribute lookup (~15 ns) on calls of under a microsecond.
+# TorchScript still recognises _is_scripting: it resolves the function, not its name.
+_is_scripting = torch.jit.is_scripting
+_c_relu, _c_relu_, _c_relu_out = _torch_ops.relu, _torch_ops.relu_, _torch_ops.relu_out
 
 
 class ReLUFunction:
