@@ -94,10 +94,13 @@ def _git_tracked(root: Path, *paths: str) -> set[str]:
 
 
 def test_train_stage_names_real_files_and_keys(repo_root: Path) -> None:
-    stage = _stages(repo_root)["train"]
+    stages = _stages(repo_root)
+    stage = stages["train"]
     assert stage["cmd"].split()[:2] == ["mlpipe-train", "pipeline=true"]
+    verified = _paths(stages["verify_data"]["outs"])
+    assert set(verified) <= set(stage["deps"]), "train runs after the data check"
     for dep in stage["deps"]:
-        assert (repo_root / dep).exists(), dep
+        assert dep in verified or (repo_root / dep).exists(), dep
     for entry in stage["params"]:
         for file, keys in entry.items():
             conf = OmegaConf.to_container(OmegaConf.load(repo_root / file))
@@ -162,7 +165,8 @@ def test_train_stage_outputs_match_the_config(repo_root: Path) -> None:
     with initialize_config_dir(
         version_base="1.3", config_dir=str(repo_root / "conf"), job_name="test"
     ):
-        cfg = compose(config_name="train")  # the defaults the stage runs with, relative paths
+        # the stage's command line (the tracked paths are the pipeline's), relative paths
+        cfg = compose(config_name="train", overrides=stage["cmd"].split("#")[0].split()[1:])
     declared = {str(Path(p)) for k in ("outs", "metrics", "plots") for p in _paths(stage[k])}
     for key in ("best_checkpoint", "metrics", "curves"):
         assert str(Path(cfg.outputs[key])) in declared, key
@@ -411,15 +415,25 @@ def _data_cfg(clone: Path, repo_root: Path):
 def test_dvc_repro_refuses_changed_data_and_the_recovery_works(
     repo_root: Path, tmp_path: Path
 ) -> None:
-    """`dvc repro` re-records changed data in data.dvc before the train stage runs; the stage
-    compares with the committed data.dvc and refuses in one line, naming a recovery that works."""
+    """`dvc repro` re-records changed data in data.dvc before any stage runs; the verify_data
+    stage compares with the committed data.dvc and refuses in one line, naming a recovery that
+    works, before DVC deletes train's outputs (it does so right before running a stage)."""
     clone = _pulled_clone(repo_root, tmp_path)
+    # the last good outputs: a checkpoint (never in git; any bytes do) and the committed metrics
+    kept = [clone / "artifacts/checkpoints/best.ckpt", clone / "reports/train/metrics.json"]
+    kept[0].parent.mkdir(parents=True)
+    kept[0].write_bytes(b"the last good checkpoint")
+    before = {path: path.read_bytes() for path in kept}
     _append_a_row(clone / "data" / "digits.csv.gz")
     proc = _dvc_in(clone, "repro", "train", ok=False)
     assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlpipe-train: error:")]
+    prefix = "mlpipe-verify-data: error:"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(prefix)]
     assert len(errors) == 1 and "re-records changed data" in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    assert {path: path.read_bytes() for path in kept if path.is_file()} == before, (
+        "a refused run must leave train's outputs as they were"
+    )
     _run_recovery(clone, errors[0])
     assert "up to date" in _dvc_in(clone, "status", "data.dvc").stdout
     assert len(load_split(_data_cfg(clone, repo_root), "test")[1]) > 0
