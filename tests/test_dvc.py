@@ -269,6 +269,33 @@ def test_plots_and_metrics_render(repo_root: Path, tmp_path: Path, dvc_cli) -> N
     assert "val_acc_best" in metrics
 
 
+def _declared_plots(root: Path) -> set[str]:
+    """Names `dvc plots` gives every plot that a dvc.yaml of the checkout declares."""
+    names = set()
+    for dvc_yaml in ("dvc.yaml", "measurements/dvc.yaml"):
+        spec = yaml.safe_load((root / dvc_yaml).read_text())
+        names |= {name for plot in spec.get("plots") or [] for name in plot}
+        names |= {p for stage in spec["stages"].values() for p in _paths(stage.get("plots"))}
+    return names
+
+
+def test_every_declared_plot_loads_at_head_in_a_clean_clone(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """The real `dvc plots diff HEAD` in a fresh clone (no pipeline run, no data pulled): every
+    plot a dvc.yaml declares loads from git, none "failed to load"."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(repo_root), str(clone)], check=True, timeout=120)
+    proc = _dvc_in(clone, "plots", "diff", "HEAD", "--json", "-o", str(tmp_path / "html"))
+    assert "failed to load" not in proc.stderr, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    declared = _declared_plots(clone)
+    assert declared <= set(shown["data"]), declared - set(shown["data"])
+    for name in declared:
+        assert all(view["content"]["data"]["values"] for view in shown["data"][name]), name
+
+
 @pytest.mark.slow
 def test_clean_clone_pulls_data_offline(repo_root: Path, tmp_path: Path, dvc_cli) -> None:
     clone = tmp_path / "clone"
