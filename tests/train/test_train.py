@@ -220,7 +220,11 @@ def test_resolved_config_shows_the_paths_the_run_writes(
     args = ["--cfg", "job", "--resolve", f"hydra.run.dir={run_dir}", f"pipeline={pipeline}"]
     proc = _cli(repo_root, tmp_path, *args, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    outputs = yaml.safe_load(proc.stdout)["outputs"]
+    resolved = yaml.safe_load(proc.stdout)
+    outputs = resolved["outputs"]
+    assert resolved["callbacks"]["model_checkpoint"]["dirpath"] == str(
+        Path(outputs["best_checkpoint"]).parent
+    ), "Lightning's checkpoints go beside best.ckpt"
     expected = {
         "best_checkpoint": "artifacts/checkpoints/best.ckpt"
         if pipeline
