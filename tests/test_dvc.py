@@ -454,13 +454,13 @@ def test_dvc_repro_refuses_changed_data_and_the_recovery_works(
     _append_a_row(clone / "data" / "digits.csv.gz")
     proc = _dvc_in(clone, "repro", "train", ok=False)
     assert proc.returncode != 0
+    assert {path: path.read_bytes() for path in kept if path.is_file()} == before, (
+        "a refused run must leave train's outputs as they were"
+    )
     prefix = "mlpipe-verify-data: error:"
     errors = [line for line in proc.stderr.splitlines() if line.startswith(prefix)]
     assert len(errors) == 1 and "re-records changed data" in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert {path: path.read_bytes() for path in kept if path.is_file()} == before, (
-        "a refused run must leave train's outputs as they were"
-    )
     _run_recovery(clone, errors[0])
     assert "up to date" in _dvc_in(clone, "status", "data.dvc").stdout
     assert len(load_split(_data_cfg(clone, repo_root), "test")[1]) > 0
