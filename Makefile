@@ -51,7 +51,7 @@ data: setup ## fetch the DVC-tracked data from the committed remote (no network 
 # The measurement stages, in order (they declare no outs, so DVC cannot order them; see
 # measurements/dvc.yaml). --force: a measurement is re-taken on every run.
 MEASURE := tune serve knee profile_cpu bench relu_bench report
-run: data gateway-deps ## the main job: dvc repro (train -> export, profile), the measurements, a summary (exit 1 on a consistency violation)
+run: data gateway-deps ## the main job: dvc repro (verify_data -> train -> export, profile), the measurements, a summary (exit 1 on a consistency violation)
 	dvc repro
 	$(MAKE) --no-print-directory measure
 	$(PY) -m mlpipe.report report.write=false

@@ -6,6 +6,7 @@ import os
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -17,6 +18,40 @@ except metadata.PackageNotFoundError:  # a checkout on sys.path without an insta
 #: `${pid:}` in conf/hydra/default.yaml: with sub-second time, two runs started together never
 #: share a run directory. Registered on import: every entry point imports `config_dir` from here.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+
+
+def run_output(pipeline: bool, tracked: str, name: str) -> str:
+    """`${run_output:${pipeline},<tracked dir>,<name>}` in conf/wiring/train.yaml: where a run
+    writes, decided by the config so that `--cfg job --resolve` shows the paths the run writes.
+
+    `pipeline=true` in a single run (the DVC stage): `tracked`, the checkout's tracked path. Any
+    other run, and every job of a `-m` sweep: `<its Hydra output dir>/<name>`, so that quick runs,
+    experiments and sweeps never overwrite the pipeline's outputs nor each other's. Outside a
+    Hydra app (a library or test call of `train(cfg)`): `tracked`, the caller's `paths.*`.
+    """
+    from hydra.core.hydra_config import HydraConfig  # lazily: `import mlpipe` stays light
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return tracked
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if pipeline and not multirun:
+        return tracked
+    return f"{_output_dir(hydra_cfg, multirun)}/{name}"
+
+
+def _output_dir(hydra_cfg: Any, multirun: bool) -> str:
+    """The job's output dir; before the job starts (`--cfg job`), the run or sweep dir it gets."""
+    output_dir = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None)
+    if output_dir is not None and output_dir != "???":
+        return str(output_dir)
+    if multirun:
+        return f"{hydra_cfg.sweep.dir}/{hydra_cfg.sweep.subdir}"
+    return str(hydra_cfg.run.dir)
+
+
+OmegaConf.register_new_resolver("run_output", run_output, replace=True)
 
 
 def config_dir() -> str:

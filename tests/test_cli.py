@@ -38,6 +38,9 @@ CASES: list[tuple[str, str, str]] = [
             )
         ]
     ),
+    ("mlpipe-verify-data", "data.dvc_file=/nonexistent/data.dvc", "`git checkout data.dvc`"),
+    ("mlpipe-verify-data", "data.filename=nope.csv.gz", "fetch it with `dvc pull`"),
+    ("mlpipe-verify-data", "verify.out=/proc/no/v.json", "set verify.out to a writable path"),
     ("mlpipe-train-throughput", "optimizer.lr=-1", "optimizer.lr: must be > 0"),
     ("mlpipe-train-throughput", "bench.passes=0", "bench.passes: must be an integer >= 1"),
     ("mlpipe-train-throughput", "data.batch_size=abc", "data.batch_size: must be an integer > 0"),

@@ -164,11 +164,14 @@ def _resolved(tmp_path: Path, name: str, *overrides: str) -> dict:
             return_hydra_config=True,
         )
     HydraConfig.instance().set_config(cfg)
-    nodes = {key: cfg[key] for key in cfg if key != "hydra"}  # reading a value resolves it
-    return {
-        key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-        for key, node in nodes.items()
-    }
+    try:
+        nodes = {key: cfg[key] for key in cfg if key != "hydra"}  # reading a value resolves it
+        return {
+            key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            for key, node in nodes.items()
+        }
+    finally:  # process-wide: later tests' composed configs are library calls, not a Hydra app
+        HydraConfig.instance().cfg = None
 
 
 @pytest.mark.parametrize("name", PRIMARY)

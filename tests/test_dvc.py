@@ -94,10 +94,13 @@ def _git_tracked(root: Path, *paths: str) -> set[str]:
 
 
 def test_train_stage_names_real_files_and_keys(repo_root: Path) -> None:
-    stage = _stages(repo_root)["train"]
+    stages = _stages(repo_root)
+    stage = stages["train"]
     assert stage["cmd"].split()[:2] == ["mlpipe-train", "pipeline=true"]
+    verified = _paths(stages["verify_data"]["outs"])
+    assert set(verified) <= set(stage["deps"]), "train runs after the data check"
     for dep in stage["deps"]:
-        assert (repo_root / dep).exists(), dep
+        assert dep in verified or (repo_root / dep).exists(), dep
     for entry in stage["params"]:
         for file, keys in entry.items():
             conf = OmegaConf.to_container(OmegaConf.load(repo_root / file))
@@ -162,7 +165,8 @@ def test_train_stage_outputs_match_the_config(repo_root: Path) -> None:
     with initialize_config_dir(
         version_base="1.3", config_dir=str(repo_root / "conf"), job_name="test"
     ):
-        cfg = compose(config_name="train")  # the defaults the stage runs with, relative paths
+        # the stage's command line (the tracked paths are the pipeline's), relative paths
+        cfg = compose(config_name="train", overrides=stage["cmd"].split("#")[0].split()[1:])
     declared = {str(Path(p)) for k in ("outs", "metrics", "plots") for p in _paths(stage[k])}
     for key in ("best_checkpoint", "metrics", "curves"):
         assert str(Path(cfg.outputs[key])) in declared, key
@@ -263,6 +267,33 @@ def test_plots_and_metrics_render(repo_root: Path, tmp_path: Path, dvc_cli) -> N
     assert "training loss per epoch" in names and "training accuracy per epoch" in names
     metrics = dvc_cli("metrics", "show", "--json", cwd=repo_root).stdout
     assert "val_acc_best" in metrics
+
+
+def _declared_plots(root: Path) -> set[str]:
+    """Names `dvc plots` gives every plot that a dvc.yaml of the checkout declares."""
+    names = set()
+    for dvc_yaml in ("dvc.yaml", "measurements/dvc.yaml"):
+        spec = yaml.safe_load((root / dvc_yaml).read_text())
+        names |= {name for plot in spec.get("plots") or [] for name in plot}
+        names |= {p for stage in spec["stages"].values() for p in _paths(stage.get("plots"))}
+    return names
+
+
+def test_every_declared_plot_loads_at_head_in_a_clean_clone(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """The real `dvc plots diff HEAD` in a fresh clone (no pipeline run, no data pulled): every
+    plot a dvc.yaml declares loads from git, none "failed to load"."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(repo_root), str(clone)], check=True, timeout=120)
+    proc = _dvc_in(clone, "plots", "diff", "HEAD", "--json", "-o", str(tmp_path / "html"))
+    assert "failed to load" not in proc.stderr, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    declared = _declared_plots(clone)
+    assert declared <= set(shown["data"]), declared - set(shown["data"])
+    for name in declared:
+        assert all(view["content"]["data"]["values"] for view in shown["data"][name]), name
 
 
 @pytest.mark.slow
@@ -411,13 +442,23 @@ def _data_cfg(clone: Path, repo_root: Path):
 def test_dvc_repro_refuses_changed_data_and_the_recovery_works(
     repo_root: Path, tmp_path: Path
 ) -> None:
-    """`dvc repro` re-records changed data in data.dvc before the train stage runs; the stage
-    compares with the committed data.dvc and refuses in one line, naming a recovery that works."""
+    """`dvc repro` re-records changed data in data.dvc before any stage runs; the verify_data
+    stage compares with the committed data.dvc and refuses in one line, naming a recovery that
+    works, before DVC deletes train's outputs (it does so right before running a stage)."""
     clone = _pulled_clone(repo_root, tmp_path)
+    # the last good outputs: a checkpoint (never in git; any bytes do) and the committed metrics
+    kept = [clone / "artifacts/checkpoints/best.ckpt", clone / "reports/train/metrics.json"]
+    kept[0].parent.mkdir(parents=True)
+    kept[0].write_bytes(b"the last good checkpoint")
+    before = {path: path.read_bytes() for path in kept}
     _append_a_row(clone / "data" / "digits.csv.gz")
     proc = _dvc_in(clone, "repro", "train", ok=False)
     assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlpipe-train: error:")]
+    assert {path: path.read_bytes() for path in kept if path.is_file()} == before, (
+        "a refused run must leave train's outputs as they were"
+    )
+    prefix = "mlpipe-verify-data: error:"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(prefix)]
     assert len(errors) == 1 and "re-records changed data" in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     _run_recovery(clone, errors[0])

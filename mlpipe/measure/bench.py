@@ -244,6 +244,20 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str) -> None:
             r["speedup_vs_baseline"] = base[(r["batch"], r["concurrency"])] / r["p50_ms"]
 
 
+#: Columns of latency.csv, the DVC plot's data: one row per measured cell, nothing else.
+LATENCY_COLUMNS: tuple[str, ...] = ("backend", "batch", "concurrency", "p50_ms", "p99_ms")
+
+
+def latency_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The measured rows as CSV for `dvc plots`: DVC plots a list only when every entry has the
+    same keys, which results.json's rows (unavailable backends carry a reason instead) do not."""
+    lines = [",".join(LATENCY_COLUMNS)]
+    for row in rows:
+        if row.get("status") == "ok":
+            lines.append(",".join(str(row[column]) for column in LATENCY_COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(result: Mapping[str, Any], out_dir: Path, style: PlotStyle) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = bench_table(result["rows"], result["meta"]["config"]["baseline"])
@@ -255,10 +269,13 @@ def write_outputs(result: Mapping[str, Any], out_dir: Path, style: PlotStyle) ->
     )
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "results.md").write_text(header + table)
+    (out_dir / "latency.csv").write_text(latency_csv(result["rows"]))
     bench_plots(result["rows"], out_dir, style)
     print(table)
     log.info(
-        "wrote %s/results.json, results.md and PNGs in %.1f s", out_dir, result["meta"]["wall_s"]
+        "wrote %s/results.json, results.md, latency.csv and PNGs in %.1f s",
+        out_dir,
+        result["meta"]["wall_s"],
     )
 
 

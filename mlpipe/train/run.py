@@ -26,14 +26,12 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from mlpipe import config_dir
 from mlpipe.common import repro
@@ -342,19 +340,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {**metrics, **timing}
 
 
-def isolate_run(cfg: DictConfig) -> None:
-    """Unless `pipeline=true` (the DVC stage), send checkpoints and reports to the Hydra run (or
-    sweep job) directory: quick runs, fast_dev_run, experiments and sweeps never overwrite the
-    pipeline's tracked outputs, nor each other's. A `-m` sweep is never the pipeline."""
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if cfg.pipeline and not multirun:
-        return
-    job_dir = Path(hydra_cfg.runtime.output_dir)
-    with open_dict(cfg):
-        cfg.paths.checkpoint_dir = str(job_dir / "checkpoints")
-        cfg.paths.reports_dir = str(job_dir / "reports")
-    log.info("outputs under %s (pipeline=true writes the DVC-tracked paths)", job_dir)
+def log_output_dirs(cfg: DictConfig) -> None:
+    """Say where this run writes: `output_dirs` in conf/wiring/train.yaml decides (the tracked
+    paths only under `pipeline=true`, else the Hydra run or sweep job directory)."""
+    log.info(
+        "outputs under %s and %s (pipeline=true writes the DVC-tracked paths)",
+        cfg.output_dirs.checkpoints,
+        cfg.output_dirs.reports,
+    )
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -362,7 +355,7 @@ def isolate_run(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra wrapper; returns `metrics[optimized_metric]` (best validation metric) for sweepers:
     tuning on the test split would make the test score meaningless."""
-    isolate_run(cfg)
+    log_output_dirs(cfg)
     return train(cfg)[str(cfg.optimized_metric)]
 
 

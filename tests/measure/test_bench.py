@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlpipe.common.errors import ConfigError
 from mlpipe.measure.backends import BACKENDS, BenchContext, Unavailable
-from mlpipe.measure.bench import bench, check_bench_config
+from mlpipe.measure.bench import LATENCY_COLUMNS, bench, check_bench_config, latency_csv
 from mlpipe.measure.consistency import bench_findings
 from mlpipe.measure.cost import ModelCost, analytic_columns
 from mlpipe.measure.loadgen import (
@@ -305,11 +305,23 @@ def test_minimal_bench_end_to_end_against_real_server(exported: dict) -> None:
     assert "tensorrt**: unavailable:" in table
     for png in ("latency_vs_batch.png", "throughput_vs_concurrency.png"):
         assert (out / png).stat().st_size > 10_000
+    latency = (out / "latency.csv").read_text().splitlines()  # the DVC plot's data
+    assert latency[0] == ",".join(LATENCY_COLUMNS) and len(latency) == 1 + len(ok)
     # the bench stopped its server: nothing listens on its ports any more
     logs = list((exported["root"] / "logs" / "triton").glob("tritonserver-*.log"))
     assert logs
     http_port = logs[-1].stem.split("-")[-1]
     assert _port_closed(f"127.0.0.1:{http_port}")
+
+
+def test_committed_latency_plot_data_is_the_committed_runs_rows() -> None:
+    """reports/gpu/latency.csv (the root dvc.yaml's latency plot) holds the measured rows of the
+    committed GPU run's results.json, as mlpipe-bench writes them: unavailable backends left out
+    (DVC plots a list only when every entry has the same keys)."""
+    gpu = ROOT / "reports" / "gpu"
+    rows = json.loads((gpu / "results.json").read_text())["rows"]
+    assert any(r["status"] != "ok" for r in rows), "the committed run has unavailable rows"
+    assert (gpu / "latency.csv").read_text() == latency_csv(rows)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import DictConfig
 
 from mlpipe.common.errors import ConfigError, NonFiniteLossError, UnavailableError
@@ -206,6 +207,34 @@ def test_only_pipeline_runs_write_the_tracked_outputs(
         "reports/train/curves.csv",
     ):
         assert (tmp_path / rel).is_file(), rel
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_resolved_config_shows_the_paths_the_run_writes(
+    repo_root: Path, tmp_path: Path, pipeline: bool
+) -> None:
+    """`--cfg job --resolve` prints the outputs the run really writes: its own run dir (what
+    test_only_pipeline_runs_write_the_tracked_outputs checks on disk), the tracked paths only
+    under pipeline=true."""
+    run_dir = tmp_path / "run"
+    args = ["--cfg", "job", "--resolve", f"hydra.run.dir={run_dir}", f"pipeline={pipeline}"]
+    proc = _cli(repo_root, tmp_path, *args, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resolved = yaml.safe_load(proc.stdout)
+    outputs = resolved["outputs"]
+    assert resolved["callbacks"]["model_checkpoint"]["dirpath"] == str(
+        Path(outputs["best_checkpoint"]).parent
+    ), "Lightning's checkpoints go beside best.ckpt"
+    expected = {
+        "best_checkpoint": "artifacts/checkpoints/best.ckpt"
+        if pipeline
+        else "checkpoints/best.ckpt",
+        "metrics": "reports/train/metrics.json",
+        "curves": "reports/train/curves.csv",
+    }
+    base = tmp_path if pipeline else run_dir
+    for key, rel in expected.items():
+        assert outputs[key] == str(base / rel), (key, outputs[key])
 
 
 @pytest.mark.slow
