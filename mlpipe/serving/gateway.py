@@ -11,8 +11,11 @@ server. What the gateway enforces, in front of every bug of Triton 2.51 it conta
   parser) and binary tensors; gRPC messages; oversize bodies get 413 before Triton sees a byte;
 * a ``Content-Encoding`` (or a gRPC message encoding) is refused with 415: Triton 2.51 leaks the
   inflated buffer of a compressed body it cannot parse;
-* header and body timeouts and a per-client connection limit stop slow-loris; bodies are
-  buffered whole by nginx, so Triton never holds a half-sent request;
+* a TCP front (nginx's stream module) on the public ports caps open connections per client
+  address, HTTP/1.1 and HTTP/2 alike, and passes the address on (PROXY protocol) to the HTTP and
+  gRPC servers behind it on unix sockets; there header and body timeouts and a per-client cap on
+  requests in progress stop slow-loris; bodies are buffered whole by nginx, so Triton never
+  holds a half-sent request;
 * every request body is checked against the model signature (:mod:`mlpipe.serving.gateway_js`);
 * every error the gateway makes itself is Triton's ``{"error": ...}`` JSON (gRPC: a status and
   its message), so clients show the reason.
@@ -44,6 +47,7 @@ from mlpipe.serving.repository import ModelSpec
 log = logging.getLogger(__name__)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SOCKET_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes on Linux, with its NUL
 
 
 def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
@@ -63,13 +67,32 @@ def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
 
 
 def _prepare_runtime(runtime: Path, cfg: Mapping[str, Any]) -> None:
-    """Temp folders nginx's workers write request bodies to (theirs alone when run as root)."""
-    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+    """Temp folders nginx's workers write request bodies to, and the folder of the unix sockets
+    behind the TCP front (theirs alone when run as root: no other local user can connect there
+    and forge a PROXY header). A socket left by a killed nginx would block the bind: removed."""
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "sockets"):
         path = runtime / sub
         path.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(path, str(cfg["worker_user"]), str(cfg["worker_group"]))
-            path.chmod(0o700)
+        path.chmod(0o700)
+    for stale in (runtime / "sockets").glob("*.sock"):
+        stale.unlink(missing_ok=True)
+
+
+def stream_module(binary: str, module: str) -> str | None:
+    """What the TCP front needs loaded: ``module`` where ``nginx -V`` says the stream module is
+    dynamic (Debian: libnginx-mod-stream), None where it is compiled in (nixpkgs)."""
+    flags = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr.split()
+    if "--with-stream" in flags:
+        return None
+    if "--with-stream=dynamic" in flags and Path(module).is_file():
+        return module
+    why = f"{module} is missing" if "--with-stream=dynamic" in flags else "not built in"
+    raise ServerError(
+        f"the gateway's per-client connection cap needs nginx's stream module ({why}); "
+        "`apt-get install libnginx-mod-stream`, or serve on loopback only with gateway=off"
+    )
 
 
 class Gateway(ManagedProcess):
@@ -100,6 +123,12 @@ class Gateway(ManagedProcess):
         logs.mkdir(parents=True, exist_ok=True)
         _prepare_runtime(runtime, self.cfg)
         stem = f"gateway-{self.ports['http']}"
+        sockets = runtime / "sockets"
+        if len(str(sockets / "http.sock").encode()) > _SOCKET_PATH_MAX:
+            raise ConfigError(
+                f"invalid config value gateway.runtime_dir: {sockets}/http.sock is longer than a "
+                f"unix socket path may be ({_SOCKET_PATH_MAX} bytes); choose a shorter folder"
+            )
         return GatewayPaths(
             self.ports["http"],
             self.ports["grpc"],
@@ -108,6 +137,7 @@ class Gateway(ManagedProcess):
             logs / f"{stem}.error.log",
             logs / f"{stem}.access.log",
             runtime / "check.js",
+            sockets,
         )
 
     def _nginx(self, *args: str) -> list[str]:
@@ -130,7 +160,9 @@ class Gateway(ManagedProcess):
     def _write_config(self) -> None:
         """nginx.conf (and check.js), checked with ``nginx -t`` before anything listens."""
         self._write_check()
-        self.paths.config.write_text(render_config(self.cfg, self.specs, self.upstream, self.paths))
+        stream = stream_module(self.binary, str(self.cfg["stream_module"]))
+        text = render_config(self.cfg, self.specs, self.upstream, self.paths, stream)
+        self.paths.config.write_text(text)
         check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
             raise ServerError(

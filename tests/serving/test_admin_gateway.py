@@ -431,11 +431,11 @@ def test_gateway_may_listen_beyond_loopback_triton_may_not(
     cfg, server, _ = stack
     wide = compose_app("serve", tmp_path, "gateway.host=0.0.0.0")
     upstream = Upstream(server.host, 8000, 8001, server.admin.header)
-    paths = GatewayPaths(
-        8080, 8081, tmp_path, tmp_path / "c", tmp_path / "e", tmp_path / "a", tmp_path / "j"
-    )
+    files = (tmp_path / name for name in ("c", "e", "a", "j", "s"))
+    paths = GatewayPaths(8080, 8081, tmp_path, *files)
     text = render_config(plain(wide.gateway), server.specs, upstream, paths)
-    assert "listen 0.0.0.0:8080;" in text and "listen 0.0.0.0:8081 http2;" in text
+    assert "listen 0.0.0.0:8080;" in text and "listen 0.0.0.0:8081;" in text  # the TCP front
+    assert f"listen unix:{tmp_path}/s/grpc.sock http2 proxy_protocol;" in text
     assert "server 127.0.0.1:8000;" in text and "server 127.0.0.1:8001;" in text
     assert 'proxy_set_header mlpipe-admin-key "";' in text  # the key never passes the gateway
 

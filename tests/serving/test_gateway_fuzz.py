@@ -218,6 +218,9 @@ def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
     )
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0, b"")  # and SETTINGS
+
+
 def _hpack_literal(name: str, value: str) -> bytes:
     """A header as an HPACK literal without indexing (names and values < 127 bytes)."""
     return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
@@ -239,12 +242,12 @@ def _half_sent_model_infer(address: str, source: str, message: bytes) -> socket.
         )
     )
     framed = b"\x00" + struct.pack(">I", len(message)) + message
-    sock.sendall(
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-        + _h2_frame(4, 0, 0, b"")  # SETTINGS
-        + _h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
-        + _h2_frame(0, 0, 1, framed[: len(framed) // 2])  # DATA, no END_STREAM
-    )
+    with contextlib.suppress(OSError):  # a connection past the per-address cap is closed at once
+        sock.sendall(
+            _H2_PREFACE
+            + _h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
+            + _h2_frame(0, 0, 1, framed[: len(framed) // 2])  # DATA, no END_STREAM
+        )
     return sock
 
 
@@ -252,7 +255,8 @@ def test_h2_flood_leaves_room_for_legitimate_clients(
     stack: tuple[Any, TritonServer, Gateway],
 ) -> None:
     """The issue's flood: 1,100 h2 connections from one address (127.0.0.2), each half a
-    ModelInfer; HTTP and gRPC clients from another address are still answered."""
+    ModelInfer (the TCP front keeps tcp_connections_per_client of them); HTTP and gRPC clients
+    from another address are still answered."""
     _, server, gateway = stack
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 1500:
@@ -278,6 +282,42 @@ def test_h2_flood_leaves_room_for_legitimate_clients(
         for sock in flood:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _answered_h2(sock: socket.socket) -> bool:
+    """True when nginx's HTTP/2 server answered the preface (its SETTINGS frame), False when
+    the connection was closed unanswered."""
+    try:
+        return bool(sock.recv(9))
+    except OSError:  # reset: closed with the preface unread
+        return False
+
+
+def test_tcp_cap_per_address_closes_the_extra_connections(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    """One address (127.0.0.3) opens tcp_connections_per_client + 16 h2 connections: exactly the
+    cap is served (nginx's SETTINGS), the 16 are closed on accept, and clients from 127.0.0.1
+    are answered meanwhile over HTTP and gRPC."""
+    cfg, server, gateway = stack
+    cap, extra = int(cfg.gateway.limits.tcp_connections_per_client), 16
+    host, port = gateway.grpc_address.rsplit(":", 1)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(cap + extra):
+            sock = socket.create_connection((host, int(port)), 30, source_address=("127.0.0.3", 0))
+            socks.append(sock)
+            with contextlib.suppress(OSError):
+                sock.sendall(_H2_PREFACE)
+        answered = [_answered_h2(sock) for sock in socks]
+        assert (answered.count(True), answered.count(False)) == (cap, extra)
+        images = np.zeros((1, *server.specs["digits"].sample_dims), np.float32)
+        for protocol, address in (("http", gateway.http_address), ("grpc", gateway.grpc_address)):
+            with TritonClient(protocol, address, "digits", 30.0) as client:
+                assert client.infer(images).shape == (1, *server.specs["digits"].outputs[0].dims)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_stream_infer_is_not_routed(stack: tuple[Any, TritonServer, Gateway]) -> None:
