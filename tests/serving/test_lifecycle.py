@@ -19,6 +19,7 @@ import psutil
 import pytest
 from helpers.compose import EPHEMERAL, compose_app, tmp_path_overrides
 from helpers.serving import alive, banner_address, descendants, drain_output, start_cli
+from tritonclient.utils import InferenceServerException
 
 from mlpipe.data import load_split
 from mlpipe.serving.client import TritonClient
@@ -28,6 +29,7 @@ from mlpipe.serving.server import TritonServer
 
 CLI = (*EPHEMERAL, "gateway.http_port=0", "gateway.grpc_port=0")
 RESTART = re.compile(r"\brestart \d+/\d+|restarted after|giving up")
+_OVERLOAD_CLIENTS, _OVERLOAD_S = 240, 15.0
 pytestmark = pytest.mark.slow
 
 
@@ -227,6 +229,57 @@ def _load(address: str, images: np.ndarray, stop: threading.Event, results: dict
         except Exception:
             results["errors"] += 1
             time.sleep(0.05)
+
+
+def _overload_client(
+    address: str, images: np.ndarray, want: np.ndarray, stop: threading.Event, counts: dict
+) -> None:
+    """One closed-loop client until `stop`: answers (each checked against `want`), 429s (the
+    gateway's per-address cap on requests in progress) and every other failure (cut off)."""
+    while not stop.is_set():
+        try:
+            with TritonClient("http", address, "digits", 60.0) as client:
+                while not stop.is_set():
+                    right = np.allclose(client.infer(images), want, atol=1e-5)
+                    counts["ok" if right else "wrong"] += 1
+        except InferenceServerException as err:
+            counts["refused" if err.status() == "429" else "cut off"] += 1
+            time.sleep(0.05)
+        except Exception:
+            counts["cut off"] += 1
+            time.sleep(0.05)
+
+
+def test_four_times_the_sustained_concurrency_is_never_restarted(hardening_export: Path) -> None:
+    """The issue's overload: 240 concurrent correct batch-64 requests through the gateway (240
+    once cost two restarts in 35 s, 120 none). Every answer is right, none is cut off,
+    tritonserver keeps its PID; the requests past the per-address cap get 429."""
+    proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
+    output = drain_output(proc)
+    gateway = banner_address(banner, "gateway HTTP")
+    images = np.repeat(_images(hardening_export), 8, axis=0)  # a full batch of 64
+    want, _ = _answer_within(gateway, images, 30)
+    stop, counts = threading.Event(), dict.fromkeys(("ok", "wrong", "refused", "cut off"), 0)
+    threads = [
+        threading.Thread(target=_overload_client, args=(gateway, images, want, stop, counts))
+        for _ in range(_OVERLOAD_CLIENTS)
+    ]
+    try:
+        pid = _triton(proc.pid).pid
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + _OVERLOAD_S
+        while time.monotonic() < deadline and not RESTART.search("".join(output)):
+            time.sleep(0.5)
+        assert _triton(proc.pid).pid == pid, "".join(output)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=90)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert not RESTART.search("".join(output)), "".join(output)
+    assert counts["ok"] > 0 and counts["wrong"] == counts["cut off"] == 0, counts
 
 
 def _reaper(proc_pid: int) -> psutil.Process | None:
