@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -66,18 +67,35 @@ def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
     positive_int(cfg["check"]["max_json_depth"], "gateway.check.max_json_depth")
 
 
+def _workers_own(path: Path, cfg: Mapping[str, Any]) -> None:
+    """Only nginx's workers may use `path` (they run as worker_user when started as root)."""
+    if os.geteuid() == 0:
+        shutil.chown(path, str(cfg["worker_user"]), str(cfg["worker_group"]))
+    path.chmod(0o700)
+
+
 def _prepare_runtime(runtime: Path, cfg: Mapping[str, Any]) -> None:
-    """Temp folders nginx's workers write request bodies to, and the folder of the unix sockets
-    behind the TCP front (theirs alone when run as root: no other local user can connect there
-    and forge a PROXY header). A socket left by a killed nginx would block the bind: removed."""
-    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "sockets"):
+    """Temp folders nginx's workers write request bodies to."""
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         path = runtime / sub
         path.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(path, str(cfg["worker_user"]), str(cfg["worker_group"]))
-        path.chmod(0o700)
-    for stale in (runtime / "sockets").glob("*.sock"):
-        stale.unlink(missing_ok=True)
+        _workers_own(path, cfg)
+
+
+def _socket_dir(port: int, cfg: Mapping[str, Any]) -> Path:
+    """A fresh folder for the unix sockets behind the TCP front, in the temp folder ($TMPDIR,
+    else /tmp): the workers connect to them, so every folder above must let worker_user through
+    (a checkout's or pytest's private folders may not), and a socket path has at most 107 bytes.
+    The workers' alone: no other local user can connect there and forge a PROXY header."""
+    sockets = Path(tempfile.mkdtemp(prefix=f"mlpipe-gateway-{port}-"))
+    if len(str(sockets / "http.sock").encode()) > _SOCKET_PATH_MAX:
+        shutil.rmtree(sockets)
+        raise ServerError(
+            f"the gateway's unix sockets would be {sockets}/http.sock, longer than a socket path "
+            f"may be ({_SOCKET_PATH_MAX} bytes); set TMPDIR to a shorter folder (or unset it)"
+        )
+    _workers_own(sockets, cfg)
+    return sockets
 
 
 def stream_module(binary: str, module: str) -> str | None:
@@ -123,12 +141,6 @@ class Gateway(ManagedProcess):
         logs.mkdir(parents=True, exist_ok=True)
         _prepare_runtime(runtime, self.cfg)
         stem = f"gateway-{self.ports['http']}"
-        sockets = runtime / "sockets"
-        if len(str(sockets / "http.sock").encode()) > _SOCKET_PATH_MAX:
-            raise ConfigError(
-                f"invalid config value gateway.runtime_dir: {sockets}/http.sock is longer than a "
-                f"unix socket path may be ({_SOCKET_PATH_MAX} bytes); choose a shorter folder"
-            )
         return GatewayPaths(
             self.ports["http"],
             self.ports["grpc"],
@@ -137,7 +149,7 @@ class Gateway(ManagedProcess):
             logs / f"{stem}.error.log",
             logs / f"{stem}.access.log",
             runtime / "check.js",
-            sockets,
+            _socket_dir(self.ports["http"], self.cfg),
         )
 
     def _nginx(self, *args: str) -> list[str]:
@@ -179,7 +191,11 @@ class Gateway(ManagedProcess):
             )
         self.resolve_ports()
         self.paths = self._paths()
-        self._write_config()
+        try:
+            self._write_config()
+        except ServerError:
+            shutil.rmtree(self.paths.sockets, ignore_errors=True)
+            raise
         started = time.perf_counter()
         self.spawn(self._nginx(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # error_log
         self.wait_ready(
@@ -206,7 +222,10 @@ class Gateway(ManagedProcess):
         """Graceful: SIGQUIT (stop accepting, finish in-flight requests), then after
         ``timeout_s`` (default ``gateway.stop_timeout_s``) SIGKILL of the group."""
         grace = float(self.cfg["stop_timeout_s"]) if timeout_s is None else timeout_s
-        return self.terminate(signal.SIGQUIT, grace)
+        status = self.terminate(signal.SIGQUIT, grace)
+        if self.paths is not None:  # nginx has exited: its sockets' folder goes too
+            shutil.rmtree(self.paths.sockets, ignore_errors=True)
+        return status
 
 
 def from_config(

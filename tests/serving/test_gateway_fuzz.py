@@ -35,13 +35,14 @@ from helpers.signature_requests import (
     http_cases,
     sample_bytes,
 )
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from mlpipe.common.config import plain
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway
 from mlpipe.serving.network import free_port
 from mlpipe.serving.nginx_conf import Upstream
+from mlpipe.serving.repository import ModelSpec
 from mlpipe.serving.server import TritonServer
 
 GATEWAY = ("gateway.http_port=0", "gateway.grpc_port=0", "gateway.timeouts.client_body_s=3")
@@ -155,13 +156,21 @@ def test_gateway_errors_are_triton_json(
     assert json.loads(text)["error"].startswith("refused by the mlpipe gateway"), text
 
 
+def _oversize_input(client_module: Any, spec: ModelSpec) -> Any:
+    """An InferInput of `client_module` (tritonclient.http or .grpc) 64x past max_batch_size."""
+    too_big = np.zeros((spec.max_batch_size * 64, *spec.sample_dims), spec.dtype)
+    tensor = client_module.InferInput(
+        spec.input_name, list(too_big.shape), np_to_triton_dtype(spec.dtype)
+    )
+    tensor.set_data_from_numpy(too_big)
+    return tensor
+
+
 def test_tritonclient_reads_the_gateway_errors(stack: tuple[Any, TritonServer, Gateway]) -> None:
     """413 and 404 made by nginx reach tritonclient as messages, not "Parse error at offset 0"."""
     _, server, gateway = stack
     client = th.InferenceServerClient(gateway.http_address)
-    too_big = np.zeros((server.specs["digits"].max_batch_size * 64, 1, 8, 8), np.float32)
-    tensor = th.InferInput("images", list(too_big.shape), "FP32")
-    tensor.set_data_from_numpy(too_big)
+    tensor = _oversize_input(th, server.specs["digits"])
     try:
         with pytest.raises(InferenceServerException) as caught:
             client.infer("digits", [tensor])
@@ -181,9 +190,7 @@ def test_grpc_gateway_errors_carry_status_and_reason(
 
     _, server, gateway = stack
     client = tg.InferenceServerClient(gateway.grpc_address)
-    too_big = np.zeros((server.specs["digits"].max_batch_size * 64, 1, 8, 8), np.float32)
-    tensor = tg.InferInput("images", list(too_big.shape), "FP32")
-    tensor.set_data_from_numpy(too_big)
+    tensor = _oversize_input(tg, server.specs["digits"])
     try:
         with pytest.raises(InferenceServerException) as caught:
             client.infer("digits", [tensor])
