@@ -40,6 +40,7 @@ from typing import Any
 from mlpipe.common.config import as_float, positive_int, require
 from mlpipe.common.errors import ConfigError, ServerError
 from mlpipe.serving.gateway_js import check_script
+from mlpipe.serving.lifecycle import Reaper
 from mlpipe.serving.network import is_loopback, port_number
 from mlpipe.serving.nginx_conf import GatewayPaths, Upstream, render_config
 from mlpipe.serving.process import ManagedProcess
@@ -191,10 +192,11 @@ class Gateway(ManagedProcess):
             )
         self.resolve_ports()
         self.paths = self._paths()
+        Reaper.shared().watch_files(self._socket_files())  # if mlpipe-serve is SIGKILLed
         try:
             self._write_config()
         except ServerError:
-            shutil.rmtree(self.paths.sockets, ignore_errors=True)
+            self._remove_sockets()
             raise
         started = time.perf_counter()
         self.spawn(self._nginx(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # error_log
@@ -224,8 +226,15 @@ class Gateway(ManagedProcess):
         grace = float(self.cfg["stop_timeout_s"]) if timeout_s is None else timeout_s
         status = self.terminate(signal.SIGQUIT, grace)
         if self.paths is not None:  # nginx has exited: its sockets' folder goes too
-            shutil.rmtree(self.paths.sockets, ignore_errors=True)
+            self._remove_sockets()
         return status
+
+    def _socket_files(self) -> list[Path]:
+        return [self.paths.sockets, *(self.paths.socket(w) for w in ("http", "grpc"))]
+
+    def _remove_sockets(self) -> None:
+        shutil.rmtree(self.paths.sockets, ignore_errors=True)
+        Reaper.shared().forget_files(self._socket_files())
 
 
 def from_config(

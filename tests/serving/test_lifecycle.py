@@ -135,16 +135,20 @@ def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_expo
 
 
 def test_sigkill_of_mlpipe_serve_leaves_nothing(hardening_export: Path) -> None:
-    """Cases 7 and 8: no tritonserver, stub or nginx keeps running; regions and ports free."""
+    """Cases 7 and 8: no tritonserver, stub or nginx keeps running; regions, the gateway's unix
+    sockets (and their folder) and ports free."""
     proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
     children = descendants(proc.pid)
     assert {"tritonserver", "triton_python_backend_stub", "nginx"} <= {p.name for p in children}
     regions = shm_regions(process_tree(_triton(proc.pid).pid))
     assert len(regions) == 2  # one per model instance
+    (master,) = _nginx_masters(proc.pid)
+    sockets = {Path(c.laddr) for c in master.net_connections("unix") if c.laddr.endswith(".sock")}
+    assert len(sockets) == 2 and len({s.parent for s in sockets}) == 1, sockets
     addresses = [banner_address(banner, label) for label in ("HTTP", "gRPC", "gateway HTTP")]
     proc.kill()
     proc.wait()
-    _wait_gone([p.pid for p in children], regions, 15)
+    _wait_gone([p.pid for p in children], regions | sockets | {next(iter(sockets)).parent}, 15)
     for address in addresses:
         host, port = address.rsplit(":", 1)
         check_port_free(host, int(port), "port")  # the next start will not hit PortInUseError
