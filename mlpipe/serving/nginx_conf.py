@@ -43,7 +43,7 @@ _HTTP_ERRORS = {
     "for large batches)",
     414: "request line too long",
     415: "compressed bodies (Content-Encoding) are refused",
-    429: "too many connections from this client (gateway.limits.connections_per_client)",
+    429: "too many requests in progress from this client (gateway.limits.connections_per_client)",
     494: "request headers too large",
     500: "internal gateway error",
     502: "tritonserver is not answering (restarting?); retry",

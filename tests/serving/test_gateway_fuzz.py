@@ -200,7 +200,7 @@ def test_grpc_gateway_errors_carry_status_and_reason(
         client.close()
 
 
-def test_too_many_connections_is_a_json_429(stack: tuple[Any, TritonServer, Gateway]) -> None:
+def test_too_many_requests_is_a_json_429(stack: tuple[Any, TritonServer, Gateway]) -> None:
     """Half-sent requests up to gateway.limits.connections_per_client: the next one is 429."""
     cfg, _, gateway = stack
     limit = int(cfg.gateway.limits.connections_per_client)
@@ -210,7 +210,7 @@ def test_too_many_connections_is_a_json_429(stack: tuple[Any, TritonServer, Gate
         for sock in socks:
             sock.sendall(head)
         status, text = raw_request(gateway.http_address, "GET", "/v2/health/ready")
-        assert status == 429 and "too many connections" in json.loads(text)["error"], text
+        assert status == 429 and "too many requests" in json.loads(text)["error"], text
     finally:
         for sock in socks:
             sock.close()
