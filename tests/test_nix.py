@@ -912,6 +912,7 @@ def test_image_layer_is_deterministic(evaluated: dict, tmp_path: Path) -> None:
 # search_path), Debian's njs module, pip in the venv, the network.
 DEBIAN_NGINX = Path("/usr/sbin/nginx")
 DEBIAN_NJS = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")
+DEBIAN_STREAM = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 HIDDEN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/lib/nginx/modules")
 
 
@@ -942,16 +943,22 @@ def link_farm(directory: Path, programs: list[Path]) -> Path:
 
 def nix_nginx_stand_in(store: Path, modules: list[str]) -> Path:
     """pkgs/gateway-nginx.nix on this host: a copy of Debian's nginx outside /usr/sbin that loads
-    njs before reading any config (`-g load_module`), i.e. behaves as nginx with njs compiled in:
-    the gateway must find it on PATH and must not name a module itself."""
+    njs and stream before reading any config (`-g load_module`) and says `--with-stream` in
+    `nginx -V`, i.e. behaves as nixpkgs' nginx (stream compiled in, withStream) with njs compiled
+    in: the gateway must find it on PATH and must not name a module itself."""
     assert modules == ["njs"], f"no host stand-in for an nginx with modules {modules}"
     bindir = store / "nginx-njs" / "bin"
     bindir.mkdir(parents=True)
     shutil.copy2(DEBIAN_NGINX, bindir / ".nginx-real")
-    shutil.copy2(DEBIAN_NJS, bindir.parent / "ngx_http_js_module.so")
-    wrapper = bindir / "nginx"
-    load = f"load_module {bindir.parent}/ngx_http_js_module.so;"
-    wrapper.write_text(f'#!/bin/sh\nexec "{bindir}/.nginx-real" -g "{load}" "$@"\n')
+    load = ""
+    for module in (DEBIAN_STREAM, DEBIAN_NJS):
+        shutil.copy2(module, bindir.parent / module.name)
+        load += f"load_module {bindir.parent / module.name};"
+    real, wrapper = bindir / ".nginx-real", bindir / "nginx"
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$*" = -V ]; then "{real}" -V 2>&1 | sed s/--with-stream=dynamic/--with-'
+        f'stream/ >&2; exit; fi\nexec "{real}" -g "{load}" "$@"\n'
+    )
     wrapper.chmod(0o755)
     return bindir
 
@@ -1004,9 +1011,10 @@ def sandbox_ready() -> None:
     """Skip, saying why, where this host cannot be made to look like the sandbox."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a mount and network namespace")
-    if not (DEBIAN_NGINX.is_file() and DEBIAN_NJS.is_file()):
+    if not (DEBIAN_NGINX.is_file() and DEBIAN_NJS.is_file() and DEBIAN_STREAM.is_file()):
         pytest.skip(
-            "needs Debian's nginx and njs module (`bash .ci/nginx.sh`) to stand in for Nix's"
+            "needs Debian's nginx, njs and stream modules (`bash .ci/nginx.sh`) to stand in for "
+            "Nix's"
         )
     if shutil.which("dpkg-query") is None or shutil.which("ip") is None:
         pytest.skip("needs dpkg-query (coreutils' file list) and ip (loopback in the namespace)")

@@ -11,8 +11,11 @@ server. What the gateway enforces, in front of every bug of Triton 2.51 it conta
   parser) and binary tensors; gRPC messages; oversize bodies get 413 before Triton sees a byte;
 * a ``Content-Encoding`` (or a gRPC message encoding) is refused with 415: Triton 2.51 leaks the
   inflated buffer of a compressed body it cannot parse;
-* header and body timeouts and a per-client connection limit stop slow-loris; bodies are
-  buffered whole by nginx, so Triton never holds a half-sent request;
+* a TCP front (nginx's stream module) on the public ports caps open connections per client
+  address, HTTP/1.1 and HTTP/2 alike, and passes the address on (PROXY protocol) to the HTTP and
+  gRPC servers behind it on unix sockets; there header and body timeouts and a per-client cap on
+  requests in progress stop slow-loris; bodies are buffered whole by nginx, so Triton never
+  holds a half-sent request;
 * every request body is checked against the model signature (:mod:`mlpipe.serving.gateway_js`);
 * every error the gateway makes itself is Triton's ``{"error": ...}`` JSON (gRPC: a status and
   its message), so clients show the reason.
@@ -26,6 +29,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +40,7 @@ from typing import Any
 from mlpipe.common.config import as_float, positive_int, require
 from mlpipe.common.errors import ConfigError, ServerError
 from mlpipe.serving.gateway_js import check_script
+from mlpipe.serving.lifecycle import Reaper
 from mlpipe.serving.network import is_loopback, port_number
 from mlpipe.serving.nginx_conf import GatewayPaths, Upstream, render_config
 from mlpipe.serving.process import ManagedProcess
@@ -44,6 +49,7 @@ from mlpipe.serving.repository import ModelSpec
 log = logging.getLogger(__name__)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SOCKET_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes on Linux, with its NUL
 
 
 def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
@@ -62,14 +68,50 @@ def validate_gateway_cfg(cfg: Mapping[str, Any]) -> None:
     positive_int(cfg["check"]["max_json_depth"], "gateway.check.max_json_depth")
 
 
+def _workers_own(path: Path, cfg: Mapping[str, Any]) -> None:
+    """Only nginx's workers may use `path` (they run as worker_user when started as root)."""
+    if os.geteuid() == 0:
+        shutil.chown(path, str(cfg["worker_user"]), str(cfg["worker_group"]))
+    path.chmod(0o700)
+
+
 def _prepare_runtime(runtime: Path, cfg: Mapping[str, Any]) -> None:
-    """Temp folders nginx's workers write request bodies to (theirs alone when run as root)."""
+    """Temp folders nginx's workers write request bodies to."""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         path = runtime / sub
         path.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(path, str(cfg["worker_user"]), str(cfg["worker_group"]))
-            path.chmod(0o700)
+        _workers_own(path, cfg)
+
+
+def _socket_dir(port: int, cfg: Mapping[str, Any]) -> Path:
+    """A fresh folder for the unix sockets behind the TCP front, in the temp folder ($TMPDIR,
+    else /tmp): the workers connect to them, so every folder above must let worker_user through
+    (a checkout's or pytest's private folders may not), and a socket path has at most 107 bytes.
+    The workers' alone: no other local user can connect there and forge a PROXY header."""
+    sockets = Path(tempfile.mkdtemp(prefix=f"mlpipe-gateway-{port}-"))
+    if len(str(sockets / "http.sock").encode()) > _SOCKET_PATH_MAX:
+        shutil.rmtree(sockets)
+        raise ServerError(
+            f"the gateway's unix sockets would be {sockets}/http.sock, longer than a socket path "
+            f"may be ({_SOCKET_PATH_MAX} bytes); set TMPDIR to a shorter folder (or unset it)"
+        )
+    _workers_own(sockets, cfg)
+    return sockets
+
+
+def stream_module(binary: str, module: str) -> str | None:
+    """What the TCP front needs loaded: ``module`` where ``nginx -V`` says the stream module is
+    dynamic (Debian: libnginx-mod-stream), None where it is compiled in (nixpkgs)."""
+    flags = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr.split()
+    if "--with-stream" in flags:
+        return None
+    if "--with-stream=dynamic" in flags and Path(module).is_file():
+        return module
+    why = f"{module} is missing" if "--with-stream=dynamic" in flags else "not built in"
+    raise ServerError(
+        f"the gateway's per-client connection cap needs nginx's stream module ({why}); "
+        "`apt-get install libnginx-mod-stream`, or serve on loopback only with gateway=off"
+    )
 
 
 class Gateway(ManagedProcess):
@@ -108,6 +150,7 @@ class Gateway(ManagedProcess):
             logs / f"{stem}.error.log",
             logs / f"{stem}.access.log",
             runtime / "check.js",
+            _socket_dir(self.ports["http"], self.cfg),
         )
 
     def _nginx(self, *args: str) -> list[str]:
@@ -130,7 +173,9 @@ class Gateway(ManagedProcess):
     def _write_config(self) -> None:
         """nginx.conf (and check.js), checked with ``nginx -t`` before anything listens."""
         self._write_check()
-        self.paths.config.write_text(render_config(self.cfg, self.specs, self.upstream, self.paths))
+        stream = stream_module(self.binary, str(self.cfg["stream_module"]))
+        text = render_config(self.cfg, self.specs, self.upstream, self.paths, stream)
+        self.paths.config.write_text(text)
         check = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
         if check.returncode != 0:
             raise ServerError(
@@ -147,7 +192,12 @@ class Gateway(ManagedProcess):
             )
         self.resolve_ports()
         self.paths = self._paths()
-        self._write_config()
+        Reaper.shared().watch_files(self._socket_files())  # if mlpipe-serve is SIGKILLed
+        try:
+            self._write_config()
+        except ServerError:
+            self._remove_sockets()
+            raise
         started = time.perf_counter()
         self.spawn(self._nginx(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # error_log
         self.wait_ready(
@@ -174,7 +224,17 @@ class Gateway(ManagedProcess):
         """Graceful: SIGQUIT (stop accepting, finish in-flight requests), then after
         ``timeout_s`` (default ``gateway.stop_timeout_s``) SIGKILL of the group."""
         grace = float(self.cfg["stop_timeout_s"]) if timeout_s is None else timeout_s
-        return self.terminate(signal.SIGQUIT, grace)
+        status = self.terminate(signal.SIGQUIT, grace)
+        if self.paths is not None:  # nginx has exited: its sockets' folder goes too
+            self._remove_sockets()
+        return status
+
+    def _socket_files(self) -> list[Path]:
+        return [self.paths.sockets, *(self.paths.socket(w) for w in ("http", "grpc"))]
+
+    def _remove_sockets(self) -> None:
+        shutil.rmtree(self.paths.sockets, ignore_errors=True)
+        Reaper.shared().forget_files(self._socket_files())
 
 
 def from_config(

@@ -1,8 +1,10 @@
 """The gateway's nginx.conf, rendered from the model signature and ``conf/gateway/``.
 
-Pure text: routes (inference, health and metadata only, HTTP and gRPC), per-model body limits,
-timeouts and connection caps, and every gateway-made error as Triton's ``{"error": ...}`` body.
-:class:`mlpipe.serving.gateway.Gateway` writes it and runs nginx on it.
+Pure text: a TCP (stream) front on the public ports that caps connections per client address
+and hands each connection on (PROXY protocol) to the HTTP and gRPC servers on unix sockets; routes
+(inference, health and metadata only); per-model body limits, timeouts and request caps; every
+gateway-made error as Triton's ``{"error": ...}`` body. :class:`mlpipe.serving.gateway.Gateway`
+writes it and runs nginx on it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ _HTTP_ERRORS = {
     "for large batches)",
     414: "request line too long",
     415: "compressed bodies (Content-Encoding) are refused",
-    429: "too many connections from this client (gateway.limits.connections_per_client)",
+    429: "too many requests in progress from this client (gateway.limits.connections_per_client)",
     494: "request headers too large",
     500: "internal gateway error",
     502: "tritonserver is not answering (restarting?); retry",
@@ -146,7 +148,7 @@ def _http_server(
     listen: str,
     specs: Mapping[str, ModelSpec],
     limits: BodyLimits,
-    connections: int,
+    requests: int,
     check: bool,
     header_digits: int,
 ) -> str:
@@ -169,8 +171,8 @@ def _http_server(
         }}""")
     return f"""
     server {{
-        listen {listen};
-        limit_conn per_client {connections};
+        listen {listen} proxy_protocol;
+        limit_conn per_client {requests};
         client_max_body_size {limits.small};
         default_type application/json;
         {_http_errors()}
@@ -189,16 +191,14 @@ def _http_server(
     }}"""
 
 
-def _grpc_server(
-    listen: str, limits: BodyLimits, streams: int, connections: int, check: bool
-) -> str:
+def _grpc_server(listen: str, limits: BodyLimits, streams: int, requests: int, check: bool) -> str:
     unary = "|".join(_GRPC_OPEN)
     forward = "js_content check.checkGrpc;" if check else "grpc_pass grpc://triton_grpc;"
     return f"""
     server {{
-        listen {listen} http2;
+        listen {listen} http2 proxy_protocol;
         http2_max_concurrent_streams {streams};
-        limit_conn per_client {connections};
+        limit_conn per_client {requests};
         client_max_body_size {limits.small};
         {_grpc_errors()}
         if ($http_content_encoding) {{ return 415; }}
@@ -231,6 +231,10 @@ class GatewayPaths:
     error_log: Path
     access_log: Path
     check_script: Path
+    sockets: Path  # the HTTP and gRPC servers' unix sockets behind the TCP front
+
+    def socket(self, which: str) -> Path:
+        return self.sockets / f"{which}.sock"
 
 
 @dataclass(frozen=True)
@@ -244,7 +248,9 @@ class Upstream:
 
 
 def _client_settings(cfg: Mapping[str, Any], paths: GatewayPaths) -> str:
-    """http-level settings: temp paths, header buffers, slow-loris timeouts, connection limit."""
+    """http-level settings: temp paths, header buffers, slow-loris timeouts, request limit; the
+    client's address from the TCP front's PROXY protocol header, so per-address limits and the
+    access log see the client, not the unix socket."""
     lim, t, runtime = cfg["limits"], cfg["timeouts"], paths.runtime_dir
     access = f"{paths.access_log} combined" if cfg["access_log"] else "off"
     large_headers = f"{int(lim['large_header_buffers'])} {int(lim['large_header_buffer_bytes'])}"
@@ -263,6 +269,8 @@ def _client_settings(cfg: Mapping[str, Any], paths: GatewayPaths) -> str:
     send_timeout {t["send_s"]}s;
     keepalive_timeout {t["keepalive_s"]}s;
     reset_timedout_connection on;
+    set_real_ip_from unix:;
+    real_ip_header proxy_protocol;
     limit_conn_zone $binary_remote_addr zone=per_client:1m;
     limit_conn_status 429;
     map $http_inference_header_content_length $mlpipe_body {{
@@ -285,19 +293,49 @@ def _upstreams(cfg: Mapping[str, Any], upstream: Upstream) -> str:
     }}"""
 
 
+def _tcp_front(cfg: Mapping[str, Any], paths: GatewayPaths) -> str:
+    """The public ports: at most tcp_connections_per_client open connections per address (under
+    HTTP/2 nginx's http limit_conn counts streams, so only a TCP-level cap bounds connections),
+    each handed to its server's unix socket with the client's address in a PROXY header."""
+    host, cap = bracketed(str(cfg["host"])), int(cfg["limits"]["tcp_connections_per_client"])
+    servers = "".join(
+        f"""
+    server {{
+        listen {host}:{port};
+        limit_conn tcp_per_client {cap};
+        proxy_pass unix:{paths.socket(which)};
+        proxy_protocol on;
+        proxy_connect_timeout {cfg["timeouts"]["upstream_connect_s"]}s;
+    }}"""
+        for which, port in (("http", paths.http_port), ("grpc", paths.grpc_port))
+    )
+    return f"""stream {{
+    limit_conn_zone $binary_remote_addr zone=tcp_per_client:1m;{servers}
+}}"""
+
+
+def _modules(cfg: Mapping[str, Any], stream_module: str | None) -> str:
+    """load_module lines for the modules this nginx has as dynamic ones (Debian), none where they
+    are compiled in (nixpkgs)."""
+    njs = cfg["check"]["module"] if cfg["check"]["enabled"] else None  # null: compiled in
+    return "\n".join(f"load_module {m};" for m in (stream_module, njs) if m)
+
+
 def render_config(
-    cfg: Mapping[str, Any], specs: Mapping[str, ModelSpec], upstream: Upstream, paths: GatewayPaths
+    cfg: Mapping[str, Any],
+    specs: Mapping[str, ModelSpec],
+    upstream: Upstream,
+    paths: GatewayPaths,
+    stream_module: str | None = None,
 ) -> str:
-    """The whole nginx.conf: one HTTP/1.1 server, one gRPC (h2c) server, both to tritonserver."""
+    """The whole nginx.conf: the TCP front, one HTTP/1.1 server, one gRPC (h2c) server, both to
+    tritonserver. ``stream_module``: the path to load_module, None where stream is compiled in."""
     limits, lim = body_limits(specs, cfg["limits"]), cfg["limits"]
-    host = bracketed(str(cfg["host"]))
     user = f"user {cfg['worker_user']} {cfg['worker_group']};" if os.geteuid() == 0 else ""
-    conns = int(lim["connections_per_client"])
+    requests = int(lim["connections_per_client"])
     check = bool(cfg["check"]["enabled"])
     digits = int(lim["binary_header_max_digits"])
     streams = int(lim["http2_max_concurrent_streams"])
-    module = cfg["check"]["module"]  # null: njs is compiled into nginx (nixpkgs' nginxModules)
-    load = f"load_module {module};" if check and module else ""
     js = f"js_import check from {paths.check_script};" if check else ""
     settings = "".join(
         [
@@ -306,8 +344,9 @@ def render_config(
             _proxy_settings(cfg, upstream.admin_header),
         ]
     )
+    http_listen, grpc_listen = (f"unix:{paths.socket(w)}" for w in ("http", "grpc"))
     return f"""# generated by mlpipe-serve (mlpipe.serving.gateway) -- do not edit
-{load}
+{_modules(cfg, stream_module)}
 daemon off;
 worker_processes {int(cfg["worker_processes"])};
 {user}
@@ -315,10 +354,11 @@ pid {paths.runtime_dir}/nginx.pid;
 error_log {paths.error_log} warn;
 worker_rlimit_nofile {_open_files(int(cfg["worker_connections"]))};
 events {{ worker_connections {int(cfg["worker_connections"])}; }}
+{_tcp_front(cfg, paths)}
 http {{
     {js}{settings}
-{_http_server(f"{host}:{paths.http_port}", specs, limits, conns, check, digits)}
-{_grpc_server(f"{host}:{paths.grpc_port}", limits, streams, conns, check)}
+{_http_server(http_listen, specs, limits, requests, check, digits)}
+{_grpc_server(grpc_listen, limits, streams, requests, check)}
 }}
 """
 

@@ -5,7 +5,8 @@ its stdin open. Over that pipe it registers what must not outlive it::
 
     group <pgid>     a process group to SIGKILL (tritonserver + its python stubs, nginx)
     release <pgid>   that group was stopped cleanly: forget it
-    file <path>      a file to remove (a /dev/shm region of the python backend)
+    file <path>      a file to remove (a /dev/shm region of the python backend), or an empty
+                     folder (the gateway's unix sockets' folder, registered with its sockets)
     forget <path>    that file was removed already
 
 When the pipe closes (its parent exited, however: SIGKILL included, since the kernel closes the
@@ -39,10 +40,15 @@ def _reap(groups: set[int], files: set[str]) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    for path in files:
+    for path in sorted(files, key=len, reverse=True):  # a folder after the files in it
         try:
-            os.unlink(path)
+            if os.path.isdir(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
         except FileNotFoundError:
+            pass
+        except OSError:  # a folder something else has put a file in: left alone
             pass
 
 

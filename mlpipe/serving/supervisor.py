@@ -44,9 +44,10 @@ from mlpipe.common.cli import entry_point
 from mlpipe.common.config import as_float, plain, positive_int, require
 from mlpipe.common.errors import ServerError
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.gateway import Gateway, Upstream, validate_gateway_cfg
+from mlpipe.serving.gateway import Gateway, validate_gateway_cfg
 from mlpipe.serving.gateway import from_config as gateway_from_config
 from mlpipe.serving.lifecycle import Reaper, describe_exit
+from mlpipe.serving.nginx_conf import Upstream
 from mlpipe.serving.server import TritonServer
 
 log = logging.getLogger(__name__)

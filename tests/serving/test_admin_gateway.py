@@ -13,6 +13,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 import time
 import zlib
 from collections.abc import Iterator
@@ -28,12 +29,12 @@ from helpers.serving import open_socket, raw_request, rss_mib, served_stack
 from tritonclient.utils import InferenceServerException
 
 from mlpipe.common.config import plain
-from mlpipe.common.errors import ConfigError
+from mlpipe.common.errors import ConfigError, ServerError
 from mlpipe.data import load_split
 from mlpipe.export.reference import ort_session, run_ort
 from mlpipe.serving.admin import AdminSettings, make_key
 from mlpipe.serving.client import TritonClient
-from mlpipe.serving.gateway import Gateway
+from mlpipe.serving.gateway import Gateway, stream_module
 from mlpipe.serving.nginx_conf import GatewayPaths, Upstream, render_config
 from mlpipe.serving.server import TritonServer
 
@@ -431,13 +432,27 @@ def test_gateway_may_listen_beyond_loopback_triton_may_not(
     cfg, server, _ = stack
     wide = compose_app("serve", tmp_path, "gateway.host=0.0.0.0")
     upstream = Upstream(server.host, 8000, 8001, server.admin.header)
-    paths = GatewayPaths(
-        8080, 8081, tmp_path, tmp_path / "c", tmp_path / "e", tmp_path / "a", tmp_path / "j"
-    )
+    files = (tmp_path / name for name in ("c", "e", "a", "j", "s"))
+    paths = GatewayPaths(8080, 8081, tmp_path, *files)
     text = render_config(plain(wide.gateway), server.specs, upstream, paths)
-    assert "listen 0.0.0.0:8080;" in text and "listen 0.0.0.0:8081 http2;" in text
+    assert "listen 0.0.0.0:8080;" in text and "listen 0.0.0.0:8081;" in text  # the TCP front
+    assert f"listen unix:{tmp_path}/s/grpc.sock http2 proxy_protocol;" in text
     assert "server 127.0.0.1:8000;" in text and "server 127.0.0.1:8001;" in text
     assert 'proxy_set_header mlpipe-admin-key "";' in text  # the key never passes the gateway
+
+
+def test_a_missing_stream_module_names_the_package(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    """Debian's nginx without libnginx-mod-stream: one line naming the package (the TCP front's
+    per-address cap has no fallback)."""
+    binary = stack[2].binary
+    flags = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr.split()
+    if "--with-stream=dynamic" not in flags:
+        pytest.skip(f"{binary} has the stream module compiled in: nothing to be missing")
+    with pytest.raises(ServerError, match=r"apt-get install libnginx-mod-stream") as caught:
+        stream_module(binary, "/nonexistent/ngx_stream_module.so")
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -35,13 +35,14 @@ from helpers.signature_requests import (
     http_cases,
     sample_bytes,
 )
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from mlpipe.common.config import plain
 from mlpipe.serving.client import TritonClient
 from mlpipe.serving.gateway import Gateway
 from mlpipe.serving.network import free_port
 from mlpipe.serving.nginx_conf import Upstream
+from mlpipe.serving.repository import ModelSpec
 from mlpipe.serving.server import TritonServer
 
 GATEWAY = ("gateway.http_port=0", "gateway.grpc_port=0", "gateway.timeouts.client_body_s=3")
@@ -155,13 +156,21 @@ def test_gateway_errors_are_triton_json(
     assert json.loads(text)["error"].startswith("refused by the mlpipe gateway"), text
 
 
+def _oversize_input(client_module: Any, spec: ModelSpec) -> Any:
+    """An InferInput of `client_module` (tritonclient.http or .grpc) 64x past max_batch_size."""
+    too_big = np.zeros((spec.max_batch_size * 64, *spec.sample_dims), spec.dtype)
+    tensor = client_module.InferInput(
+        spec.input_name, list(too_big.shape), np_to_triton_dtype(spec.dtype)
+    )
+    tensor.set_data_from_numpy(too_big)
+    return tensor
+
+
 def test_tritonclient_reads_the_gateway_errors(stack: tuple[Any, TritonServer, Gateway]) -> None:
     """413 and 404 made by nginx reach tritonclient as messages, not "Parse error at offset 0"."""
     _, server, gateway = stack
     client = th.InferenceServerClient(gateway.http_address)
-    too_big = np.zeros((server.specs["digits"].max_batch_size * 64, 1, 8, 8), np.float32)
-    tensor = th.InferInput("images", list(too_big.shape), "FP32")
-    tensor.set_data_from_numpy(too_big)
+    tensor = _oversize_input(th, server.specs["digits"])
     try:
         with pytest.raises(InferenceServerException) as caught:
             client.infer("digits", [tensor])
@@ -181,9 +190,7 @@ def test_grpc_gateway_errors_carry_status_and_reason(
 
     _, server, gateway = stack
     client = tg.InferenceServerClient(gateway.grpc_address)
-    too_big = np.zeros((server.specs["digits"].max_batch_size * 64, 1, 8, 8), np.float32)
-    tensor = tg.InferInput("images", list(too_big.shape), "FP32")
-    tensor.set_data_from_numpy(too_big)
+    tensor = _oversize_input(tg, server.specs["digits"])
     try:
         with pytest.raises(InferenceServerException) as caught:
             client.infer("digits", [tensor])
@@ -193,7 +200,7 @@ def test_grpc_gateway_errors_carry_status_and_reason(
         client.close()
 
 
-def test_too_many_connections_is_a_json_429(stack: tuple[Any, TritonServer, Gateway]) -> None:
+def test_too_many_requests_is_a_json_429(stack: tuple[Any, TritonServer, Gateway]) -> None:
     """Half-sent requests up to gateway.limits.connections_per_client: the next one is 429."""
     cfg, _, gateway = stack
     limit = int(cfg.gateway.limits.connections_per_client)
@@ -203,7 +210,7 @@ def test_too_many_connections_is_a_json_429(stack: tuple[Any, TritonServer, Gate
         for sock in socks:
             sock.sendall(head)
         status, text = raw_request(gateway.http_address, "GET", "/v2/health/ready")
-        assert status == 429 and "too many connections" in json.loads(text)["error"], text
+        assert status == 429 and "too many requests" in json.loads(text)["error"], text
     finally:
         for sock in socks:
             sock.close()
@@ -216,6 +223,9 @@ def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
         + struct.pack(">I", stream)
         + payload
     )
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0, b"")  # and SETTINGS
 
 
 def _hpack_literal(name: str, value: str) -> bytes:
@@ -239,12 +249,12 @@ def _half_sent_model_infer(address: str, source: str, message: bytes) -> socket.
         )
     )
     framed = b"\x00" + struct.pack(">I", len(message)) + message
-    sock.sendall(
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-        + _h2_frame(4, 0, 0, b"")  # SETTINGS
-        + _h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
-        + _h2_frame(0, 0, 1, framed[: len(framed) // 2])  # DATA, no END_STREAM
-    )
+    with contextlib.suppress(OSError):  # a connection past the per-address cap is closed at once
+        sock.sendall(
+            _H2_PREFACE
+            + _h2_frame(1, 4, 1, headers)  # HEADERS, END_HEADERS
+            + _h2_frame(0, 0, 1, framed[: len(framed) // 2])  # DATA, no END_STREAM
+        )
     return sock
 
 
@@ -252,7 +262,8 @@ def test_h2_flood_leaves_room_for_legitimate_clients(
     stack: tuple[Any, TritonServer, Gateway],
 ) -> None:
     """The issue's flood: 1,100 h2 connections from one address (127.0.0.2), each half a
-    ModelInfer; HTTP and gRPC clients from another address are still answered."""
+    ModelInfer (the TCP front keeps tcp_connections_per_client of them); HTTP and gRPC clients
+    from another address are still answered."""
     _, server, gateway = stack
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 1500:
@@ -278,6 +289,42 @@ def test_h2_flood_leaves_room_for_legitimate_clients(
         for sock in flood:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _answered_h2(sock: socket.socket) -> bool:
+    """True when nginx's HTTP/2 server answered the preface (its SETTINGS frame), False when
+    the connection was closed unanswered."""
+    try:
+        return bool(sock.recv(9))
+    except OSError:  # reset: closed with the preface unread
+        return False
+
+
+def test_tcp_cap_per_address_closes_the_extra_connections(
+    stack: tuple[Any, TritonServer, Gateway],
+) -> None:
+    """One address (127.0.0.3) opens tcp_connections_per_client + 16 h2 connections: exactly the
+    cap is served (nginx's SETTINGS), the 16 are closed on accept, and clients from 127.0.0.1
+    are answered meanwhile over HTTP and gRPC."""
+    cfg, server, gateway = stack
+    cap, extra = int(cfg.gateway.limits.tcp_connections_per_client), 16
+    host, port = gateway.grpc_address.rsplit(":", 1)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(cap + extra):
+            sock = socket.create_connection((host, int(port)), 30, source_address=("127.0.0.3", 0))
+            socks.append(sock)
+            with contextlib.suppress(OSError):
+                sock.sendall(_H2_PREFACE)
+        answered = [_answered_h2(sock) for sock in socks]
+        assert (answered.count(True), answered.count(False)) == (cap, extra)
+        images = np.zeros((1, *server.specs["digits"].sample_dims), np.float32)
+        for protocol, address in (("http", gateway.http_address), ("grpc", gateway.grpc_address)):
+            with TritonClient(protocol, address, "digits", 30.0) as client:
+                assert client.infer(images).shape == (1, *server.specs["digits"].outputs[0].dims)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_stream_infer_is_not_routed(stack: tuple[Any, TritonServer, Gateway]) -> None:

@@ -28,6 +28,7 @@ from mlpipe.serving.server import TritonServer
 
 CLI = (*EPHEMERAL, "gateway.http_port=0", "gateway.grpc_port=0")
 RESTART = re.compile(r"\brestart \d+/\d+|restarted after|giving up")
+_OVERLOAD_CLIENTS, _OVERLOAD_S = 240, 15.0
 pytestmark = pytest.mark.slow
 
 
@@ -134,16 +135,20 @@ def test_stub_kill_recovered_within_15s_then_spent_retries_exit_1(hardening_expo
 
 
 def test_sigkill_of_mlpipe_serve_leaves_nothing(hardening_export: Path) -> None:
-    """Cases 7 and 8: no tritonserver, stub or nginx keeps running; regions and ports free."""
+    """Cases 7 and 8: no tritonserver, stub or nginx keeps running; regions, the gateway's unix
+    sockets (and their folder) and ports free."""
     proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI])
     children = descendants(proc.pid)
     assert {"tritonserver", "triton_python_backend_stub", "nginx"} <= {p.name for p in children}
     regions = shm_regions(process_tree(_triton(proc.pid).pid))
     assert len(regions) == 2  # one per model instance
+    (master,) = _nginx_masters(proc.pid)
+    sockets = {Path(c.laddr) for c in master.net_connections("unix") if c.laddr.endswith(".sock")}
+    assert len(sockets) == 2 and len({s.parent for s in sockets}) == 1, sockets
     addresses = [banner_address(banner, label) for label in ("HTTP", "gRPC", "gateway HTTP")]
     proc.kill()
     proc.wait()
-    _wait_gone([p.pid for p in children], regions, 15)
+    _wait_gone([p.pid for p in children], regions | sockets | {next(iter(sockets)).parent}, 15)
     for address in addresses:
         host, port = address.rsplit(":", 1)
         check_port_free(host, int(port), "port")  # the next start will not hit PortInUseError
@@ -227,6 +232,58 @@ def _load(address: str, images: np.ndarray, stop: threading.Event, results: dict
         except Exception:
             results["errors"] += 1
             time.sleep(0.05)
+
+
+def _overload_client(
+    address: str, images: np.ndarray, want: np.ndarray, stop: threading.Event, counts: dict
+) -> None:
+    """One closed-loop client until `stop`: answers (each checked against `want`), 429s (the
+    gateway's per-address cap on requests in progress) and every other failure (cut off)."""
+    while not stop.is_set():
+        try:
+            with TritonClient("http", address, "digits", 60.0) as client:
+                while not stop.is_set():
+                    right = np.allclose(client.infer(images), want, atol=1e-5)
+                    counts["ok" if right else "wrong"] += 1
+        except Exception as err:  # the client's own, or mlpipe's around one (its metadata call)
+            counts["refused" if "[429]" in str(err) else "cut off"] += 1
+            time.sleep(0.05)
+
+
+def test_four_times_the_sustained_concurrency_is_never_restarted(hardening_export: Path) -> None:
+    """The issue's overload: 240 concurrent correct batch-64 requests through the gateway (240
+    once cost two restarts in 35 s, 120 none), all of them let through to tritonserver (the
+    per-address cap on requests in progress raised past 240; at its default 128 the rest get
+    429). Every answer is right, none is refused or cut off, tritonserver keeps its PID."""
+    cap = f"gateway.limits.connections_per_client={2 * _OVERLOAD_CLIENTS}"
+    proc, banner = start_cli([*tmp_path_overrides(hardening_export), *CLI, cap])
+    output = drain_output(proc)
+    gateway = banner_address(banner, "gateway HTTP")
+    images = np.repeat(_images(hardening_export), 8, axis=0)  # a full batch of 64
+    want, _ = _answer_within(gateway, images, 30)
+    stop, counts = threading.Event(), dict.fromkeys(("ok", "wrong", "refused", "cut off"), 0)
+    threads = [
+        threading.Thread(target=_overload_client, args=(gateway, images, want, stop, counts))
+        for _ in range(_OVERLOAD_CLIENTS)
+    ]
+    try:
+        pid = _triton(proc.pid).pid
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + _OVERLOAD_S
+        while time.monotonic() < deadline and not RESTART.search("".join(output)):
+            time.sleep(0.5)
+        assert _triton(proc.pid).pid == pid, "".join(output)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=90)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert not RESTART.search("".join(output)), "".join(output)
+    assert counts["ok"] > 0 and counts["wrong"] == counts["refused"] == counts["cut off"] == 0, (
+        counts
+    )
 
 
 def _reaper(proc_pid: int) -> psutil.Process | None:
