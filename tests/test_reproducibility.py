@@ -30,7 +30,7 @@ from mlpipe.common.provenance import git_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ("train", "export", "profile")  # the root dvc.yaml: deterministic, lock committed
+STAGES = ("verify_data", "train", "export", "profile")  # the root dvc.yaml: deterministic, lock committed
 
 
 def _git(cwd: Path, *args: str) -> str:
