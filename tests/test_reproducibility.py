@@ -30,7 +30,8 @@ from mlpipe.common.provenance import git_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ("verify_data", "train", "export", "profile")  # the root dvc.yaml: deterministic, lock committed
+# The root dvc.yaml: deterministic, its lock committed.
+STAGES = ("verify_data", "train", "export", "profile")
 
 
 def _git(cwd: Path, *args: str) -> str:
