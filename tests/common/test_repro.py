@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,18 @@ SHORT = (
 )
 #: sha256 of the short training's weights under the contract (conf/repro/avx2.yaml).
 RECORDED = ROOT / "tests" / "fixtures" / "repro" / "short_train.json"
+
+#: sha256 of tests/helpers/cpu_ops.py's kernels under the contract (recorded on an AMD EPYC).
+RECORDED_OPS = ROOT / "tests" / "fixtures" / "repro" / "cpu_ops.json"
+#: AVX2-only x86-64 CPUs that QEMU's user mode emulates (apt: qemu-user; QEMU >= 7.2's TCG has
+#: AVX2 and FMA); the features turned off are system ones TCG lacks, which it would warn about.
+QEMU = "qemu-x86_64"
+AVX2_ONLY_CPUS = {
+    "EPYC-Rome": "EPYC-Rome,-rdseed,-sha-ni,-rdpid,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,"
+    "-topoext,-perfctr-core,-clzero,-xsaveerptr,-wbnoinvd,-ibpb,-amd-stibp,-nrip-save,-xsavec,"
+    "-xsaves",
+    "Haswell-v4": "Haswell-v4,-pcid,-x2apic,-tsc-deadline,-invpcid,-spec-ctrl",
+}
 
 
 def _contract() -> OmegaConf:
@@ -165,6 +178,60 @@ def test_dispatch_level_changes_the_bytes_and_the_contract_gives_the_recorded_on
         f"the short training under the contract gave weights {contract}, recorded {recorded}: "
         f"if training changed on purpose, record the new digest in {RECORDED}"
     )
+
+
+def _emulated(model: str) -> list[str]:
+    """The command prefix that runs this interpreter on QEMU's `model`; skips, saying why, where
+    there is none."""
+    if platform.machine().lower() not in repro.X86_64:
+        pytest.skip(f"this interpreter is a {platform.machine()} program, not an x86-64 one")
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        pytest.skip(f"{QEMU} not found: apt-get install qemu-user (bash .ci/qemu.sh)")
+    models = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True, timeout=60)
+    if model not in models.stdout.split():
+        pytest.skip(f"{QEMU} names no {model} CPU model")
+    return [qemu, "-cpu", AVX2_ONLY_CPUS[model], sys.executable]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "model",
+    [
+        "EPYC-Rome",
+        pytest.param(
+            "Haswell-v4",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="MKL honours MKL_CBWR=AVX2 on Intel only: there its AVX2 GEMMs and VML "
+                "exp/log/erf round otherwise than the generic path it runs on AMD "
+                "(docs/training.md, the CPU contract)",
+            ),
+        ),
+    ],
+)
+def test_an_emulated_avx2_only_cpu_computes_the_contracts_bytes(model: str) -> None:
+    """The kernels of training under the contract, on an AVX2-only CPU that QEMU emulates (the
+    process says so itself: no AVX-512), give the recorded bytes. Whole trainings cannot be
+    compared so: QEMU computes rsqrtps exactly, unlike every real CPU (tests/helpers/cpu_ops.py)."""
+    launcher = _emulated(model)
+    env = {**os.environ, **repro.contract_env(_contract())}
+    proc = subprocess.run(
+        [*launcher, str(ROOT / "tests" / "helpers" / "cpu_ops.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    if not got["cpu"]["avx2"]:
+        pytest.skip(f"{QEMU}'s TCG does not emulate AVX2 here (QEMU 7.2 and later do)")
+    assert got["cpu"] == {"avx2": True, "avx512": False, "capability": "AVX2"}, got["cpu"]
+    recorded = json.loads(RECORDED_OPS.read_text())["sha256"]
+    differ = sorted(k for k in recorded if got["sha256"].get(k) != recorded[k])
+    assert not differ, f"on an emulated {model}, under the contract, these differ: {differ}"
 
 
 @pytest.mark.slow
