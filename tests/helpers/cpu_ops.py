@@ -5,7 +5,8 @@ it prints them as JSON with what the process sees of its CPU.
 Only kernels without approximate instructions (``rcpps``/``rsqrtps``, whose bits each CPU design
 chooses and QEMU computes exactly) are here, so an emulated CPU gives the bytes a real one of
 that model gives: MKL's GEMMs and VML exp/log/erf, oneDNN's convolutions, ATen's reductions and
-activations. ``torch.sqrt`` (MKL VML, ``rsqrtps``; Adam's step) is left out for that reason.
+activations, and AdamW's fused step (its square root is ``vsqrtps``). ``torch.sqrt`` (MKL VML,
+``rsqrtps``; the unfused Adam step) is left out for that reason.
 
     python tests/helpers/cpu_ops.py
 """
@@ -41,7 +42,19 @@ def results() -> dict[str, torch.Tensor]:
     out |= {"log_softmax": torch.log_softmax(a, 1), "var": a.var(0), "sum": a.sum()}
     out |= {"gelu": F.gelu(a), "batch_norm": F.batch_norm(y, None, None, training=True)}
     out["cross_entropy"] = F.cross_entropy(a[:, :10], torch.arange(256) % 10)
+    out["adamw_fused"] = _adamw_fused_steps()
     return {k: v.detach() for k, v in out.items()}
+
+
+def _adamw_fused_steps(steps: int = 3) -> torch.Tensor:
+    """The training's optimizer (conf/optimizer/adamw.yaml: fused) over a few steps: its square
+    root is vsqrtps, exact on every CPU, unlike torch.sqrt's MKL VML kernel (rsqrtps)."""
+    p = _inputs(4096, salt=5).requires_grad_()
+    opt = torch.optim.AdamW([p], lr=0.003, weight_decay=0.0001, fused=True)
+    for step in range(steps):
+        p.grad = _inputs(4096, salt=6 + step)
+        opt.step()
+    return p
 
 
 def main() -> None:
