@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -275,15 +276,22 @@ def test_four_times_the_sustained_concurrency_is_never_restarted(hardening_expor
             time.sleep(0.5)
         assert _triton(proc.pid).pid == pid, "".join(output)
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=90)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        _stop_load_and_serve(proc, stop, threads, join_s=90)
     assert not RESTART.search("".join(output)), "".join(output)
     assert counts["ok"] > 0 and counts["wrong"] == counts["refused"] == counts["cut off"] == 0, (
         counts
     )
+
+
+def _stop_load_and_serve(
+    proc: subprocess.Popen, stop: threading.Event, threads: list[threading.Thread], join_s: float
+) -> None:
+    """End a load test: stop the client threads, then mlpipe-serve (SIGTERM, as a user would)."""
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=join_s)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
 
 
 def _reaper(proc_pid: int) -> psutil.Process | None:
@@ -321,11 +329,7 @@ def test_busy_server_is_never_restarted(hardening_export: Path) -> None:
             time.sleep(0.2)
         assert _triton(proc.pid).pid == pid and results["ok"] > 0, results
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        _stop_load_and_serve(proc, stop, threads, join_s=60)
     assert not RESTART.search("".join(output)), "".join(output)
 
 
