@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -83,12 +84,33 @@ def _prepare_runtime(runtime: Path, cfg: Mapping[str, Any]) -> None:
         _workers_own(path, cfg)
 
 
+def _open_to_others(folder: Path) -> bool:
+    """Every folder from / down to `folder` lets any user through (o+x)."""
+    folder = folder.resolve()
+    return all(os.stat(f).st_mode & stat.S_IXOTH for f in (folder, *folder.parents))
+
+
+def _socket_base() -> Path:
+    """Where the socket folder goes: the temp folder ($TMPDIR, else /tmp). Started as root, the
+    workers run as worker_user and must pass every folder above it: a private $TMPDIR (a build
+    sandbox's, pytest's, `mktemp -d`) would leave them unable to connect, so /tmp then."""
+    base = Path(tempfile.gettempdir())
+    if os.geteuid() != 0 or _open_to_others(base):
+        return base
+    if _open_to_others(Path("/tmp")):
+        log.info("TMPDIR %s is private: the gateway's sockets go under /tmp", base)
+        return Path("/tmp")
+    raise ServerError(
+        f"nginx's workers (gateway.worker_user) cannot reach a socket folder under {base} or "
+        "/tmp: some folder above is closed to other users; set TMPDIR to one they can pass"
+    )
+
+
 def _socket_dir(port: int, cfg: Mapping[str, Any]) -> Path:
-    """A fresh folder for the unix sockets behind the TCP front, in the temp folder ($TMPDIR,
-    else /tmp): the workers connect to them, so every folder above must let worker_user through
-    (a checkout's or pytest's private folders may not), and a socket path has at most 107 bytes.
-    The workers' alone: no other local user can connect there and forge a PROXY header."""
-    sockets = Path(tempfile.mkdtemp(prefix=f"mlpipe-gateway-{port}-"))
+    """A fresh folder for the unix sockets behind the TCP front (:func:`_socket_base`): the
+    workers connect to them, and a socket path has at most 107 bytes. The workers' alone: no
+    other local user can connect there and forge a PROXY header."""
+    sockets = Path(tempfile.mkdtemp(prefix=f"mlpipe-gateway-{port}-", dir=_socket_base()))
     if len(str(sockets / "http.sock").encode()) > _SOCKET_PATH_MAX:
         shutil.rmtree(sockets)
         raise ServerError(

@@ -102,14 +102,17 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start_cli(overrides: list[str], timeout: float = 120) -> tuple[subprocess.Popen[str], str]:
-    """`python -m mlpipe.serving.supervisor` (mlpipe-serve) until its banner; (process, banner)."""
+def start_cli(
+    overrides: list[str], timeout: float = 120, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """`python -m mlpipe.serving.supervisor` (mlpipe-serve) until its banner; (process, banner).
+    `env` adds to (or replaces in) this process's environment."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlpipe.serving.supervisor", *overrides],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     lines: list[str] = []
     deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ region behind; SIGTERM under load drains through the gateway with no SIGSEGV; lo
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -153,6 +154,31 @@ def test_sigkill_of_mlpipe_serve_leaves_nothing(hardening_export: Path) -> None:
     for address in addresses:
         host, port = address.rsplit(":", 1)
         check_port_free(host, int(port), "port")  # the next start will not hit PortInUseError
+
+
+def test_a_private_tmpdir_still_serves_through_the_gateway(
+    hardening_export: Path, tmp_path: Path
+) -> None:
+    """Started as root, nginx's workers run as gateway.worker_user, which cannot pass a private
+    $TMPDIR (a build sandbox's, pytest's, `mktemp -d`'s): the gateway's socket folder then goes
+    under /tmp, and requests through the gateway are answered (they timed out before)."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    proc, banner = start_cli(
+        [*tmp_path_overrides(hardening_export), *CLI], env={"TMPDIR": str(private)}
+    )
+    try:
+        (master,) = _nginx_masters(proc.pid)
+        conns = master.net_connections("unix")
+        sockets = {Path(c.laddr) for c in conns if c.laddr.endswith(".sock")}
+        expected = Path("/tmp") if os.geteuid() == 0 else private
+        assert {s.parent.parent for s in sockets} == {expected}, sockets
+        gateway = banner_address(banner, "gateway HTTP")
+        with TritonClient("http", gateway, "digits", 30.0) as client:
+            assert client.infer(_images(hardening_export)).shape == (8, 10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
 
 
 def test_sigterm_under_load_drains_without_segfault(hardening_export: Path) -> None:
